@@ -1,0 +1,31 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both set up
+# everything they need on a fresh machine (Python venv, npm packages) first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test bench clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+
+## Start the server on the embedded default (http://127.0.0.1:8000, demo at /).
+run: $(INSTALLED)
+	$(VENV)/bin/canvashub serve
+
+## Run the whole test suite. pytest exits 5 when no test ran: that is a failure too.
+test: $(INSTALLED) tests/js/node_modules/.package-lock.json
+	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest ran no tests: failing" >&2; exit 1; fi; exit $$rc
+
+## Compare canvashub with the reference servers (see bench/README.md).
+bench: $(INSTALLED)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) tests/js/node_modules .pytest_cache

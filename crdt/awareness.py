@@ -1,0 +1,129 @@
+"""Awareness (presence) without pycrdt: parse, validate, own and re-encode states.
+
+Payload (y-protocols awareness.js): varUint(n), then n x (varUint clientID,
+varUint clock, varString(JSON)). JSON ``null`` means the client left. A state
+is applied only if its clock is newer, or equal and the update is a removal.
+
+The server keeps each state as the raw JSON bytes it received (validated once),
+so relaying never re-serialises JSON, and re-encodes lengths in UTF-8 *bytes*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Iterable
+
+import orjson
+
+from .codec import Reader, write_var_bytes, write_var_uint
+from .errors import FrameTooBig, InvalidPayload, MalformedFrame, PolicyViolation
+
+NULL_STATE = b"null"
+MIN_ENTRY_BYTES = 3  # client id, clock, string length: one byte each at least
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessEntry:
+    client_id: int
+    clock: int
+    state: bytes  # raw JSON; b"null" for a removal
+
+    @property
+    def removed(self) -> bool:
+        return self.state == NULL_STATE
+
+
+def parse_awareness(payload: bytes, max_state_bytes: int) -> list[AwarenessEntry]:
+    """Decode and validate an awareness update; raise a ``ProtocolError`` if it is bad."""
+    reader = Reader(payload)
+    try:
+        count = reader.var_uint()
+        if count * MIN_ENTRY_BYTES > reader.remaining:
+            raise MalformedFrame(f"awareness claims {count} entries in {reader.remaining} bytes")
+        entries = []
+        for _ in range(count):
+            client_id = reader.var_uint()
+            clock = reader.var_uint()
+            state = reader.var_bytes()
+            if len(state) > max_state_bytes:
+                raise FrameTooBig(f"awareness state of {len(state)} bytes exceeds {max_state_bytes}")
+            if state != NULL_STATE:
+                try:
+                    orjson.loads(state)
+                except orjson.JSONDecodeError:
+                    raise InvalidPayload("awareness state is not valid UTF-8 JSON") from None
+            entries.append(AwarenessEntry(client_id, clock, state))
+        reader.expect_end()
+    except MalformedFrame as exc:
+        raise MalformedFrame(f"awareness: {exc.reason}") from None
+    return entries
+
+
+def encode_awareness_payload(entries: Iterable[AwarenessEntry]) -> bytes:
+    items = list(entries)
+    out = bytearray()
+    write_var_uint(out, len(items))
+    for entry in items:
+        write_var_uint(out, entry.client_id)
+        write_var_uint(out, entry.clock)
+        write_var_bytes(out, entry.state)
+    return bytes(out)
+
+
+class AwarenessRegistry:
+    """The room's awareness states and which connection owns each client id.
+
+    A connection owns the ids it announces first; it may update or remove only
+    those. When it leaves, ``release`` produces removals for everything it owned,
+    so other clients drop its cursor at once instead of after the 30 s timeout.
+    """
+
+    def __init__(self, max_ids_per_owner: int) -> None:
+        self.max_ids_per_owner = max_ids_per_owner
+        self._entries: dict[int, AwarenessEntry] = {}
+        self._owner: dict[int, Hashable] = {}
+        self._owned: dict[Hashable, set[int]] = {}
+
+    def __len__(self) -> int:
+        return sum(1 for entry in self._entries.values() if not entry.removed)
+
+    def owned_by(self, owner: Hashable) -> frozenset[int]:
+        return frozenset(self._owned.get(owner, ()))
+
+    def live_entries(self) -> list[AwarenessEntry]:
+        return [entry for entry in self._entries.values() if not entry.removed]
+
+    def apply(self, owner: Hashable, entries: list[AwarenessEntry]) -> tuple[list[AwarenessEntry], int]:
+        """Apply what ``owner`` may change; return (accepted entries, count of foreign ids refused)."""
+        accepted: list[AwarenessEntry] = []
+        refused = 0
+        owned = self._owned.setdefault(owner, set())
+        for entry in entries:
+            current_owner = self._owner.get(entry.client_id)
+            if current_owner is None:
+                if len(owned) >= self.max_ids_per_owner:
+                    raise PolicyViolation(
+                        f"a connection may announce at most {self.max_ids_per_owner} awareness client ids"
+                    )
+                self._owner[entry.client_id] = owner
+                owned.add(entry.client_id)
+            elif current_owner != owner:
+                refused += 1
+                continue
+            current = self._entries.get(entry.client_id)
+            if current is None or current.clock < entry.clock or (
+                current.clock == entry.clock and entry.removed and not current.removed
+            ):
+                self._entries[entry.client_id] = entry
+                accepted.append(entry)
+        return accepted, refused
+
+    def release(self, owner: Hashable) -> list[AwarenessEntry]:
+        """Forget ``owner``; return removal entries for the states it still had."""
+        removals = []
+        for client_id in self._owned.pop(owner, ()):
+            del self._owner[client_id]
+            entry = self._entries.pop(client_id, None)
+            if entry is not None and not entry.removed:
+                removals.append(AwarenessEntry(client_id, entry.clock + 1, NULL_STATE))
+        return removals

@@ -1,0 +1,120 @@
+"""One canvas's document and presence, as a pure state machine.
+
+``RoomDocument`` takes a frame from a peer and returns ``Effects``: frames to
+send back to that peer, frames to send to every other peer, and the Yjs update
+that changed the document (for storage). It never awaits and never touches a
+socket, so the server can call it synchronously and add a newcomer to the
+broadcast set in the same step that answers its handshake (no gap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable
+
+from pycrdt import Doc
+
+from . import codec
+from .awareness import AwarenessRegistry, encode_awareness_payload, parse_awareness
+from .codec import AuthDenied, AwarenessFrame, QueryAwareness, SyncStep1, SyncStep2, SyncUpdate
+from .errors import InvalidPayload
+from .update import check_state_vector, check_update
+
+
+@dataclass(slots=True)
+class Effects:
+    reply: list[bytes] = field(default_factory=list)
+    broadcast: list[bytes] = field(default_factory=list)
+    update: bytes | None = None
+    awareness_refused: int = 0
+
+
+_NOTHING = Effects()
+
+
+def _yrs_call(what: str, fn, arg: bytes):
+    """Call into yrs with untrusted bytes; any failure becomes ``InvalidPayload``.
+
+    yrs can panic on some mutated updates; pyo3's ``PanicException`` derives
+    from ``BaseException``, so ``except Exception`` would miss it. The calls are
+    synchronous, so no ``CancelledError`` can surface here. The document stays
+    usable after a failed apply (measured).
+    """
+    try:
+        return fn(arg)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - see docstring
+        raise InvalidPayload(f"{what} rejected by yrs: {type(exc).__name__}") from None
+
+
+def apply_update_safely(doc: Doc, update: bytes) -> None:
+    """Check an untrusted update's header, then apply it."""
+    check_update(update)
+    _yrs_call("update", doc.apply_update, update)
+
+
+class RoomDocument:
+    """The CRDT document and awareness of one canvas."""
+
+    def __init__(
+        self,
+        doc: Doc | None = None,
+        *,
+        max_awareness_state_bytes: int = 8192,
+        max_awareness_ids_per_peer: int = 8,
+    ) -> None:
+        self.doc = doc if doc is not None else Doc()
+        self.awareness = AwarenessRegistry(max_awareness_ids_per_peer)
+        self.max_awareness_state_bytes = max_awareness_state_bytes
+
+    def join(self, peer: Hashable) -> list[bytes]:
+        """Frames a newcomer gets first: our sync step 1, then everyone's presence."""
+        frames = [codec.encode_sync_step1(self.doc.get_state())]
+        live = self.awareness.live_entries()
+        if live:
+            frames.append(codec.encode_awareness(encode_awareness_payload(live)))
+        return frames
+
+    def leave(self, peer: Hashable) -> list[bytes]:
+        """Frames for the remaining peers: removal of the leaver's awareness states."""
+        removals = self.awareness.release(peer)
+        if not removals:
+            return []
+        return [codec.encode_awareness(encode_awareness_payload(removals))]
+
+    def receive(self, peer: Hashable, frame: bytes) -> Effects:
+        """Handle one binary frame from ``peer``; raise ``ProtocolError`` if it is bad."""
+        message = codec.parse_frame(frame)
+        if type(message) is SyncUpdate:
+            # Hot path: relay the client's own bytes, no re-encoding.
+            apply_update_safely(self.doc, message.update)
+            return Effects(broadcast=[frame], update=message.update)
+        if type(message) is AwarenessFrame:
+            return self._awareness(peer, frame, message.payload)
+        if type(message) is SyncStep1:
+            check_state_vector(message.state_vector)
+            diff = _yrs_call("state vector", self.doc.get_update, message.state_vector)
+            return Effects(reply=[codec.encode_sync_step2(diff)])
+        if type(message) is SyncStep2:
+            apply_update_safely(self.doc, message.update)
+            return Effects(broadcast=[codec.encode_update(message.update)], update=message.update)
+        if type(message) is QueryAwareness:
+            live = self.awareness.live_entries()
+            return Effects(reply=[codec.encode_awareness(encode_awareness_payload(live))])
+        if type(message) is AuthDenied:
+            # Only servers send "permission denied"; a client sending it is harmless noise.
+            return _NOTHING
+        raise AssertionError(f"unhandled message {message!r}")  # pragma: no cover
+
+    def _awareness(self, peer: Hashable, frame: bytes, payload: bytes) -> Effects:
+        entries = parse_awareness(payload, self.max_awareness_state_bytes)
+        accepted, refused = self.awareness.apply(peer, entries)
+        if not accepted:
+            return Effects(awareness_refused=refused)
+        if len(accepted) == len(entries):
+            return Effects(broadcast=[frame])
+        return Effects(
+            broadcast=[codec.encode_awareness(encode_awareness_payload(accepted))],
+            awareness_refused=refused,
+        )

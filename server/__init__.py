@@ -1,0 +1,1 @@
+"""I/O side of canvashub: settings, the ASGI app, WebSocket connections and rooms."""

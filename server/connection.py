@@ -1,0 +1,230 @@
+"""One WebSocket connection: the only module that speaks ASGI WebSocket messages.
+
+Reading: one task per connection (the ASGI handler) receives frames and hands
+them to the room synchronously. Writing: frames are queued on a bounded deque
+and a writer task drains it; when the client stops reading, uvicorn's send
+blocks, the deque fills, and the connection is dropped from the room
+immediately (close 1013) instead of letting memory grow.
+
+A ``ProtocolError`` from the room is converted into a close code here and
+nowhere else; the room and other rooms carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import orjson
+
+from crdt.errors import CloseCode, ProtocolError
+
+from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
+from .logs import log
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .hub import Hub
+    from .rooms import Room
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+_ids = itertools.count(1)
+
+
+class Connection:
+    """Outbound side of one socket: bounded queue plus writer task."""
+
+    __slots__ = ("id", "room", "canvas_id", "metrics", "_send", "_queue", "_queued_bytes", "_max_messages",
+                 "_max_bytes", "_waiter", "closing", "close_code", "_close_reason", "idle", "writer")
+
+    def __init__(self, room: "Room", send: Send, max_messages: int, max_bytes: int, metrics: Metrics) -> None:
+        self.id = next(_ids)
+        self.room = room
+        self.canvas_id = room.canvas_id
+        self.metrics = metrics
+        self._send = send
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._waiter: asyncio.Future[None] | None = None
+        self.closing = False
+        self.close_code: int | None = None
+        self._close_reason = ""
+        self.idle = True  # nothing sent since the last keepalive tick
+        self.writer: asyncio.Task[None] | None = None
+
+    def __hash__(self) -> int:
+        return self.id
+
+    def enqueue(self, frame: bytes) -> None:
+        if self.closing:
+            return
+        queued = len(self._queue)
+        if queued >= self._max_messages or self._queued_bytes + len(frame) > self._max_bytes:
+            self._overflow()
+            return
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        self.idle = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _overflow(self) -> None:
+        """The client stopped reading: drop it now so the room's memory stays flat.
+
+        Leaving the room is deferred to the next loop turn because we may be inside
+        the room's broadcast loop over its connections."""
+        self.metrics.slow_client_disconnects += 1
+        log(logging.WARNING, "slow_client_disconnected", canvas=self.canvas_id, conn=self.id,
+            queued_frames=len(self._queue), queued_bytes=self._queued_bytes)
+        self.close(CloseCode.TRY_AGAIN_LATER, "send queue full: client is not reading", flush=False)
+        asyncio.get_running_loop().call_soon(self.room.leave, self)
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        return len(self._queue), self._queued_bytes
+
+    def close(self, code: int, reason: str, *, flush: bool) -> None:
+        """Stop accepting frames; the writer sends what is queued (if ``flush``), then the close frame."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        self.metrics.closes_by_code[int(code)] += 1
+        self._close_reason = reason
+        if not flush:
+            self._queue.clear()
+            self._queued_bytes = 0
+            if self.writer is not None:
+                self.writer.cancel()  # it may be blocked on a client that stopped reading
+                self.writer = asyncio.get_running_loop().create_task(self._send_close())
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def run_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        send = self._send
+        try:
+            while True:
+                while queue:
+                    frame = queue.popleft()
+                    self._queued_bytes -= len(frame)
+                    await send({"type": "websocket.send", "bytes": frame})
+                if self.closing:
+                    break
+                self._waiter = loop.create_future()
+                await self._waiter
+                self._waiter = None
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the client went away while we were sending: the reader sees the disconnect
+            return
+        await self._send_close()
+
+    async def _send_close(self) -> None:
+        try:
+            await self._send({"type": "websocket.close", "code": self.close_code, "reason": self._close_reason})
+        except Exception:
+            pass  # already disconnected: nothing left to tell the client
+
+
+class WebSocketEndpoint:
+    """ASGI app for ``/ws/{canvas_id}``, mounted by the composition root."""
+
+    def __init__(self, hub: "Hub") -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        hub = self.hub
+        settings = hub.settings
+        canvas_id = scope["path_params"]["canvas_id"]
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        if not is_valid_canvas_id(canvas_id):
+            await reject(scope, send, 400, "invalid", f"canvas id must be {CANVAS_ID_RULE}")
+            return
+        if hub.shutting_down:
+            await reject(scope, send, 503, "unavailable", "server is shutting down")
+            return
+        room = await hub.registry.acquire(canvas_id)
+        conn = Connection(room, send, settings.send_queue_messages, settings.send_queue_bytes, hub.metrics)
+        try:
+            await send({"type": "websocket.accept"})
+            room.join(conn)
+            conn.writer = asyncio.get_running_loop().create_task(conn.run_writer())
+            log(logging.DEBUG, "ws_open", canvas=canvas_id, conn=conn.id)
+            hub.metrics.connections_opened += 1
+            await read_loop(conn, receive, settings.max_frame_bytes, hub.metrics)
+        finally:
+            room.leave(conn)
+            hub.registry.release(room)
+            writer = conn.writer
+            if writer is not None and not writer.done():
+                if conn.closing:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(writer), settings.shutdown_timeout)
+                    except (asyncio.TimeoutError, Exception):
+                        writer.cancel()
+                else:
+                    writer.cancel()
+            log(logging.DEBUG, "ws_closed", canvas=canvas_id, conn=conn.id, code=conn.close_code)
+
+
+async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, metrics: Metrics) -> None:
+    """Feed the room until the client disconnects; a bad frame closes only ``conn``."""
+    clock = time.perf_counter
+    room = conn.room
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if conn.closing:
+            continue  # drain until uvicorn reports the end of the closing handshake
+        data = message.get("bytes")
+        if data is None:
+            refuse(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported")
+        elif len(data) > max_frame_bytes:
+            refuse(conn, CloseCode.MESSAGE_TOO_BIG, f"frame exceeds {max_frame_bytes} bytes")
+        else:
+            started = clock()
+            try:
+                room.receive(conn, data)
+            except ProtocolError as exc:
+                refuse(conn, exc.code, exc.reason)
+            elapsed = clock() - started
+            metrics.frames_received += 1
+            metrics.bytes_received += len(data)
+            if elapsed > metrics.frame_handling_max_seconds:
+                metrics.frame_handling_max_seconds = elapsed
+
+
+def refuse(conn: Connection, code: int, reason: str) -> None:
+    """The one place a protocol error becomes a close: leave the room, then close this socket only."""
+    log(logging.WARNING, "ws_protocol_error", canvas=conn.canvas_id, conn=conn.id, code=int(code), reason=reason)
+    conn.room.leave(conn)
+    conn.close(code, reason[:120], flush=False)  # close reasons are capped at 123 bytes
+
+
+async def reject(scope: dict[str, Any], send: Send, status: int, error_type: str, message: str) -> None:
+    """Refuse an upgrade with an HTTP status and a JSON error (or 403 if the server can't)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = orjson.dumps({"error": {"type": error_type, "message": message}})
+        await send({
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        })
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})

@@ -1,0 +1,40 @@
+"""Process metrics, rendered in the Prometheus text format at ``GET /metrics``.
+
+Plain attributes, not a metrics library: the hot path pays one integer add.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.frames_received = 0
+        self.bytes_received = 0
+        self.frame_handling_max_seconds = 0.0
+        self.connections_opened = 0
+        self.closes_by_code: Counter[int] = Counter()
+        self.slow_client_disconnects = 0
+
+    def render(self, gauges: dict[str, float]) -> str:
+        lines = []
+
+        def metric(name: str, kind: str, help: str, samples: list[tuple[str, float]]) -> None:
+            lines.append(f"# HELP canvashub_{name} {help}")
+            lines.append(f"# TYPE canvashub_{name} {kind}")
+            for labels, value in samples:
+                lines.append(f"canvashub_{name}{labels} {value}")
+
+        for name, value in gauges.items():
+            metric(name, "gauge", name.replace("_", " "), [("", value)])
+        metric("frames_received_total", "counter", "binary frames received from clients", [("", self.frames_received)])
+        metric("bytes_received_total", "counter", "bytes received in frames", [("", self.bytes_received)])
+        metric("frame_handling_max_seconds", "gauge", "longest time one inbound frame held the event loop",
+               [("", self.frame_handling_max_seconds)])
+        metric("connections_opened_total", "counter", "WebSocket connections accepted", [("", self.connections_opened)])
+        metric("closes_total", "counter", "connections closed by the server, by close code",
+               [(f'{{code="{code}"}}', n) for code, n in sorted(self.closes_by_code.items())])
+        metric("slow_client_disconnects_total", "counter", "clients dropped because their send queue filled",
+               [("", self.slow_client_disconnects)])
+        return "\n".join(lines) + "\n"

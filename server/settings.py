@@ -1,0 +1,65 @@
+"""Settings: one frozen dataclass, built once by the composition root.
+
+Every field can be set by an environment variable (named in its metadata) and
+by a ``canvashub serve`` option generated from the same metadata, so the two can
+never drift apart. Nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DEMO_DIR = REPO_ROOT / "client-demo" / "dist"
+
+
+def _opt(default: Any, env: str, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _opt("127.0.0.1", "CANVASHUB_HOST", "interface to listen on")
+    port: int = _opt(8000, "PORT", "TCP port to listen on")
+    log_level: str = _opt("info", "CANVASHUB_LOG_LEVEL", "debug, info, warning or error")
+    demo_dir: str = _opt(str(DEFAULT_DEMO_DIR), "CANVASHUB_DEMO_DIR", "directory of the demo page served at /")
+    max_frame_bytes: int = _opt(8 * 1024 * 1024, "CANVASHUB_MAX_FRAME_BYTES", "largest WebSocket frame accepted (close 1009 above)")
+    max_awareness_state_bytes: int = _opt(8192, "CANVASHUB_MAX_AWARENESS_STATE_BYTES", "largest awareness JSON state per client")
+    max_awareness_ids_per_connection: int = _opt(8, "CANVASHUB_MAX_AWARENESS_IDS", "awareness client ids one connection may own")
+    send_queue_messages: int = _opt(2048, "CANVASHUB_SEND_QUEUE_MESSAGES", "frames queued for one client before it is disconnected")
+    send_queue_bytes: int = _opt(32 * 1024 * 1024, "CANVASHUB_SEND_QUEUE_BYTES", "bytes queued for one client before it is disconnected")
+    room_grace_seconds: float = _opt(5.0, "CANVASHUB_ROOM_GRACE_SECONDS", "seconds an empty room stays loaded")
+    keepalive_seconds: float = _opt(10.0, "CANVASHUB_KEEPALIVE_SECONDS", "send a no-op frame to a client idle this long (stock clients reconnect after 30 s of silence)")
+    ws_ping_interval: float = _opt(20.0, "CANVASHUB_WS_PING_INTERVAL", "seconds between WebSocket pings")
+    ws_ping_timeout: float = _opt(20.0, "CANVASHUB_WS_PING_TIMEOUT", "seconds to wait for a pong before dropping the socket")
+    per_message_deflate: bool = _opt(False, "CANVASHUB_PER_MESSAGE_DEFLATE", "negotiate permessage-deflate (costs CPU, see docs/benchmarks.md)")
+    shutdown_timeout: float = _opt(10.0, "CANVASHUB_SHUTDOWN_TIMEOUT", "seconds to flush clients on shutdown")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> "Settings":
+        """Build settings from environment variables, then explicit overrides."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = parse_value(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def parse_value(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{f.metadata['env']}: expected a boolean, got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{f.metadata['env']}: expected {kind.__name__}, got {raw!r}") from None

@@ -1,0 +1,1 @@
+"""Persistence for canvashub. Only this package writes SQL."""

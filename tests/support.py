@@ -1,0 +1,147 @@
+"""Test helpers: live servers on port 0, waiting on conditions with deadlines (never bare sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from typing import Any, Awaitable, Callable
+
+import pytest
+import websockets
+
+from server.app import create_app
+from server.cli import DrainingServer, uvicorn_config
+from server.settings import Settings
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    """A missing service skips on a developer machine and fails in CI."""
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until truthy; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+@dataclasses.dataclass
+class LiveServer:
+    app: Any
+    server: DrainingServer
+    task: asyncio.Task
+    port: int
+
+    @property
+    def hub(self):
+        return self.app.state.hub
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, canvas_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/{canvas_id}"
+
+    async def connect(self, canvas_id: str, **kwargs: Any) -> websockets.ClientConnection:
+        kwargs.setdefault("max_size", None)
+        return await websockets.connect(self.ws_url(canvas_id), **kwargs)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 30)
+
+
+async def start_server(**overrides: Any) -> LiveServer:
+    settings = dataclasses.replace(Settings(), host="127.0.0.1", port=0, **overrides)
+    app = create_app(settings)
+    server = DrainingServer(uvicorn_config(app, settings), app)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    await wait_until(lambda: server.started or task.done(), 10, "server start")
+    if task.done():
+        task.result()
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return LiveServer(app, server, task, port)
+
+
+Factory = Callable[..., Awaitable[LiveServer]]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ProcessServer:
+    """``canvashub serve`` in a child process, for RSS measurements and kill/restart tests."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, canvas_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/{canvas_id}"
+
+    async def connect(self, canvas_id: str, **kwargs: Any) -> websockets.ClientConnection:
+        kwargs.setdefault("max_size", None)
+        return await websockets.connect(self.ws_url(canvas_id), **kwargs)
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    async def stop(self, sig: int | None = None) -> int:
+        import signal
+
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig if sig is not None else signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), 30)
+
+
+async def start_process_server(env: dict[str, str] | None = None, *args: str) -> ProcessServer:
+    import sys
+
+    import httpx
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port), *args,
+        env={**os.environ, **(env or {})},
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    async with httpx.AsyncClient() as http:
+        while True:
+            if proc.returncode is not None:
+                raise AssertionError(f"server exited with {proc.returncode}")
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return ProcessServer(proc, port)
+            except httpx.TransportError:
+                pass
+            if loop.time() > deadline:
+                proc.kill()
+                raise AssertionError("server did not become healthy in 20 s")
+            await asyncio.sleep(0.05)
