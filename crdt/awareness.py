@@ -47,16 +47,20 @@ def parse_awareness(payload: bytes, max_state_bytes: int) -> list[AwarenessEntry
             state = reader.var_bytes()
             if len(state) > max_state_bytes:
                 raise FrameTooBig(f"awareness state of {len(state)} bytes exceeds {max_state_bytes}")
-            if state != NULL_STATE:
-                try:
-                    orjson.loads(state)
-                except orjson.JSONDecodeError:
-                    raise InvalidPayload("awareness state is not valid UTF-8 JSON") from None
             entries.append(AwarenessEntry(client_id, clock, state))
         reader.expect_end()
     except MalformedFrame as exc:
         raise MalformedFrame(f"awareness: {exc.reason}") from None
     return entries
+
+
+def validate_state(state: bytes) -> None:
+    """JSON is checked only for states the server will keep and relay (not for ignored echoes)."""
+    if state != NULL_STATE:
+        try:
+            orjson.loads(state)
+        except orjson.JSONDecodeError:
+            raise InvalidPayload("awareness state is not valid UTF-8 JSON") from None
 
 
 def encode_awareness_payload(entries: Iterable[AwarenessEntry]) -> bytes:
@@ -76,16 +80,24 @@ class AwarenessRegistry:
     A connection owns the ids it announces first; it may update or remove only
     those. When it leaves, ``release`` produces removals for everything it owned,
     so other clients drop its cursor at once instead of after the 30 s timeout.
+
+    Stock providers re-broadcast every awareness change they receive, removals
+    included, so every departure comes back as echoes from the remaining
+    clients. A tombstone (the removal's clock) per released id makes those
+    echoes no-ops: an unowned id can be claimed only by a live state at least
+    as new as its tombstone, which only the original client can send (echoes
+    carry older clocks). Echoes are ignored silently; only a *newer* entry for
+    someone else's id counts as refused.
     """
+
+    MAX_TOMBSTONES = 4096
 
     def __init__(self, max_ids_per_owner: int) -> None:
         self.max_ids_per_owner = max_ids_per_owner
         self._entries: dict[int, AwarenessEntry] = {}
         self._owner: dict[int, Hashable] = {}
         self._owned: dict[Hashable, set[int]] = {}
-
-    def __len__(self) -> int:
-        return sum(1 for entry in self._entries.values() if not entry.removed)
+        self._tombstones: dict[int, int] = {}  # client id -> clock of its removal (insertion-ordered)
 
     def owned_by(self, owner: Hashable) -> frozenset[int]:
         return frozenset(self._owned.get(owner, ()))
@@ -99,22 +111,29 @@ class AwarenessRegistry:
         refused = 0
         owned = self._owned.setdefault(owner, set())
         for entry in entries:
-            current_owner = self._owner.get(entry.client_id)
+            client_id = entry.client_id
+            current_owner = self._owner.get(client_id)
+            current = self._entries.get(client_id)
             if current_owner is None:
+                tombstone = self._tombstones.get(client_id)
+                if entry.removed or (tombstone is not None and entry.clock < tombstone):
+                    continue  # an echo of a departure, or the removal of an unknown id
                 if len(owned) >= self.max_ids_per_owner:
                     raise PolicyViolation(
                         f"a connection may announce at most {self.max_ids_per_owner} awareness client ids"
                     )
-                self._owner[entry.client_id] = owner
-                owned.add(entry.client_id)
+                self._tombstones.pop(client_id, None)
+                self._owner[client_id] = owner
+                owned.add(client_id)
             elif current_owner != owner:
-                refused += 1
-                continue
-            current = self._entries.get(entry.client_id)
+                if current is None or entry.clock > current.clock:
+                    refused += 1
+                continue  # older or equal clocks are echoes of what we relayed
             if current is None or current.clock < entry.clock or (
                 current.clock == entry.clock and entry.removed and not current.removed
             ):
-                self._entries[entry.client_id] = entry
+                validate_state(entry.state)
+                self._entries[client_id] = entry
                 accepted.append(entry)
         return accepted, refused
 
@@ -124,6 +143,11 @@ class AwarenessRegistry:
         for client_id in self._owned.pop(owner, ()):
             del self._owner[client_id]
             entry = self._entries.pop(client_id, None)
+            clock = 0 if entry is None else entry.clock
             if entry is not None and not entry.removed:
-                removals.append(AwarenessEntry(client_id, entry.clock + 1, NULL_STATE))
+                clock += 1
+                removals.append(AwarenessEntry(client_id, clock, NULL_STATE))
+            self._tombstones[client_id] = clock
+            if len(self._tombstones) > self.MAX_TOMBSTONES:
+                del self._tombstones[next(iter(self._tombstones))]
         return removals

@@ -177,3 +177,17 @@ def test_fuzz_random_and_mutated_frames():
     assert outcomes["refused"] > 5_000 and outcomes["ok"] > 100
     probe = Doc()
     probe.apply_update(room.doc.get_update())  # still a valid, exportable document
+
+
+def test_echoed_departure_does_not_transfer_ownership():
+    """Echoes of a departed client's removal or last state do not make the echoer its owner."""
+    room = RoomDocument(max_awareness_ids_per_peer=1)
+    room.receive("b", awareness_frame(2, 1, b'{"n":"b"}'))
+    room.receive("a", awareness_frame(1, 5, b'{"n":"a"}'))
+    room.leave("a")  # removal of id 1 with clock 6 goes out to b
+    assert room.receive("b", awareness_frame(1, 6, b"null")).broadcast == []  # echoed removal
+    assert room.receive("b", awareness_frame(1, 5, b'{"n":"a"}')).broadcast == []  # late echo
+    assert room.awareness.owned_by("b") == {2}
+    # The original client reconnects and reclaims its id with its next clock.
+    assert room.receive("a2", awareness_frame(1, 6, b'{"n":"a"}')).broadcast
+    assert room.awareness.owned_by("a2") == {1}
