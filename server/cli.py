@@ -103,7 +103,9 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
 
 def serve(settings: Settings) -> None:
     app = create_app(settings)
-    asyncio.run(DrainingServer(uvicorn_config(app, settings), app).serve())
+    # Server.run() picks uvicorn's loop factory (uvloop when installed); a bare
+    # asyncio.run() would silently fall back to the slower selector loop.
+    DrainingServer(uvicorn_config(app, settings), app).run()
 
 
 if __name__ == "__main__":
