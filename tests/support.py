@@ -37,16 +37,10 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: s
         await asyncio.sleep(0.005)
 
 
-@dataclasses.dataclass
-class LiveServer:
-    app: Any
-    server: DrainingServer
-    task: asyncio.Task
-    port: int
+class ServerAddress:
+    """URLs of a server listening on 127.0.0.1:``port``."""
 
-    @property
-    def hub(self):
-        return self.app.state.hub
+    port: int
 
     @property
     def http_url(self) -> str:
@@ -58,6 +52,18 @@ class LiveServer:
     async def connect(self, canvas_id: str, **kwargs: Any) -> websockets.ClientConnection:
         kwargs.setdefault("max_size", None)
         return await websockets.connect(self.ws_url(canvas_id), **kwargs)
+
+
+@dataclasses.dataclass
+class LiveServer(ServerAddress):
+    app: Any
+    server: DrainingServer
+    task: asyncio.Task
+    port: int
+
+    @property
+    def hub(self):
+        return self.app.state.hub
 
     async def stop(self) -> None:
         self.server.should_exit = True
@@ -87,23 +93,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ProcessServer:
+class ProcessServer(ServerAddress):
     """``canvashub serve`` in a child process, for RSS measurements and kill/restart tests."""
 
     def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
         self.proc = proc
         self.port = port
 
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws_url(self, canvas_id: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/{canvas_id}"
-
-    async def connect(self, canvas_id: str, **kwargs: Any) -> websockets.ClientConnection:
-        kwargs.setdefault("max_size", None)
-        return await websockets.connect(self.ws_url(canvas_id), **kwargs)
 
     def rss_bytes(self) -> int:
         with open(f"/proc/{self.proc.pid}/status") as status:
