@@ -8,6 +8,7 @@ Frame layouts (y-protocols PROTOCOL.md, sync.js, awareness.js, auth.js):
     [1, varBytes(awarenessUpdate)]  awareness
     [2, 0, varString(reason)]       auth: permission denied
     [3]                             query awareness
+    [100, varString(json)]          canvashub event (server to opted-in clients only)
 
 Exactly one message per frame: the stock 3.x provider only reads the first one,
 so a frame with trailing bytes is malformed. Varints are capped at 10 bytes and
@@ -29,6 +30,11 @@ MSG_SYNC = 0
 MSG_AWARENESS = 1
 MSG_AUTH = 2
 MSG_QUERY_AWARENESS = 3
+# canvashub's own message type: JSON events (e.g. save status), sent only to
+# connections that opted in. A y-websocket provider handles it with
+# ``provider.messageHandlers[100] = ...``; without a handler it would log
+# "Unable to compute message", which is why stock clients never receive it.
+MSG_EVENT = 100
 
 SYNC_STEP1 = 0
 SYNC_STEP2 = 1
@@ -202,6 +208,22 @@ def encode_auth_denied(reason: str) -> bytes:
     out = bytearray((MSG_AUTH, AUTH_PERMISSION_DENIED))
     write_var_bytes(out, reason.encode("utf-8"))
     return bytes(out)
+
+
+def encode_event(payload_json: bytes) -> bytes:
+    """A canvashub event frame: ``[100, varString(json)]``."""
+    out = bytearray((MSG_EVENT,))
+    write_var_bytes(out, payload_json)
+    return bytes(out)
+
+
+def is_update_frame(frame: bytes) -> bool:
+    """True for sync step 2 / update frames, the ones that may change the document (a cheap peek)."""
+    return len(frame) > 1 and frame[0] == MSG_SYNC and frame[1] != SYNC_STEP1
+
+
+# A Yjs v1 update with no structs and an empty delete set (e.g. a step 2 with nothing new).
+EMPTY_UPDATE = b"\x00\x00"
 
 
 # An awareness message with zero entries: a stock provider applies it as a no-op

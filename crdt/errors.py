@@ -21,6 +21,7 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    CANVAS_DELETED = 4404  # 4400-4499: the stock y-websocket provider does not reconnect
 
 
 class ProtocolError(Exception):
@@ -57,3 +58,9 @@ class FrameTooBig(ProtocolError):
     """The frame exceeds the configured size cap."""
 
     code = CloseCode.MESSAGE_TOO_BIG
+
+
+class Overloaded(ProtocolError):
+    """The server cannot take this write now (e.g. the storage backlog is full); retry later."""
+
+    code = CloseCode.TRY_AGAIN_LATER

@@ -10,13 +10,13 @@ broadcast set in the same step that answers its handshake (no gap).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Callable, Hashable
 
-from pycrdt import Doc
+from pycrdt import Doc, merge_updates
 
 from . import codec
 from .awareness import AwarenessRegistry, encode_awareness_payload, parse_awareness
-from .codec import AuthDenied, AwarenessFrame, QueryAwareness, SyncStep1, SyncStep2, SyncUpdate
+from .codec import EMPTY_UPDATE, AuthDenied, AwarenessFrame, QueryAwareness, SyncStep1, SyncStep2, SyncUpdate
 from .errors import InvalidPayload
 from .update import check_state_vector, check_update
 
@@ -106,6 +106,33 @@ class RoomDocument:
             # Only servers send "permission denied"; a client sending it is harmless noise.
             return _NOTHING
         raise AssertionError(f"unhandled message {message!r}")  # pragma: no cover
+
+    def apply_update(self, update: bytes) -> Effects:
+        """Apply an untrusted update that did not come over a socket (HTTP import, a job, a peer node)."""
+        apply_update_safely(self.doc, update)
+        if update == EMPTY_UPDATE:
+            return _NOTHING
+        return Effects(broadcast=[codec.encode_update(update)], update=update)
+
+    def transact(self, edit: Callable[[Doc], None]) -> Effects:
+        """Run ``edit(doc)`` in one transaction and return the update it made (if any) for relaying and storage.
+
+        The update is captured with a temporary observer; ``edit`` must not await
+        (it cannot: it is a plain function) and may raise ``ProtocolError`` before
+        writing anything. yrs has no rollback, so validate before the first write.
+        """
+        captured: list[bytes] = []
+        subscription = self.doc.observe(lambda event: captured.append(bytes(event.update)))
+        try:
+            with self.doc.transaction():
+                edit(self.doc)
+        finally:
+            self.doc.unobserve(subscription)
+        # One outermost transaction gives one update; merge defensively if yrs ever splits it.
+        update = captured[0] if len(captured) == 1 else merge_updates(*captured) if captured else None
+        if not update or update == EMPTY_UPDATE:
+            return _NOTHING
+        return Effects(broadcast=[codec.encode_update(update)], update=update)
 
     def _awareness(self, peer: Hashable, frame: bytes, payload: bytes) -> Effects:
         entries = parse_awareness(payload, self.max_awareness_state_bytes)

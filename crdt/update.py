@@ -10,6 +10,7 @@ larger than that is a lie we can reject in O(1).
 
 from __future__ import annotations
 
+
 from .codec import Reader
 from .errors import InvalidPayload, MalformedFrame
 
@@ -42,3 +43,25 @@ def check_state_vector(state_vector: bytes) -> None:
     entries, remaining = _claimed_count(state_vector, "state vector")
     if entries * MIN_STATE_VECTOR_ENTRY_BYTES > remaining:
         raise InvalidPayload(f"state vector: claims {entries} entries in {remaining} bytes")
+
+
+def decode_state_vector(state_vector: bytes) -> dict[int, int]:
+    """Decode a v1 state vector into ``{client: clock}``; clock-0 entries are dropped.
+
+    Layout: varUint n, then n x (varUint client, varUint clock). Bounded like
+    ``check_state_vector``; raises ``InvalidPayload`` on malformed or trailing
+    bytes. A repeated client keeps its largest clock.
+    """
+    check_state_vector(state_vector)
+    reader = Reader(state_vector)
+    clocks: dict[int, int] = {}
+    try:
+        for _ in range(reader.var_uint()):
+            client = reader.var_uint()
+            clock = reader.var_uint()
+            if clock > clocks.get(client, 0):
+                clocks[client] = clock
+        reader.expect_end()
+    except MalformedFrame as exc:
+        raise InvalidPayload(f"state vector: {exc.reason}") from None
+    return clocks

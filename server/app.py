@@ -11,7 +11,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from storage.memory import MemoryStore
+from storage.base import Store
+from storage.postgres import PostgresStore
+from storage.sqlite import SQLiteStore
 
 from . import logs
 from .connection import WebSocketEndpoint
@@ -20,23 +22,43 @@ from .hub import Hub
 from .settings import Settings
 
 
+def make_store(settings: Settings) -> tuple[Store, str]:
+    """PostgreSQL when ``database_url`` is set, else the embedded SQLite file under ``data_dir``."""
+    if settings.database_url:
+        return PostgresStore(settings.database_url, pool_size=settings.db_pool_size,
+                             acquire_timeout=settings.db_acquire_timeout), "postgres"
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(str(data_dir / "canvashub.sqlite3")), "sqlite"
+
+
 def create_app(settings: Settings) -> Starlette:
     logs.configure(settings.log_level)
-    hub = Hub(settings, MemoryStore())
+    store, backend = make_store(settings)
+    hub = Hub(settings, store, backend)
     api = HttpApi(hub)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
-        yield
-        await hub.drain()
-        await hub.registry.unload_all()
+        try:
+            yield
+        finally:
+            await hub.drain()
+            await hub.close()
 
     routes = [
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
         Route("/metrics", api.metrics),
-        Route("/api/canvases/{canvas_id}", api.get_canvas),
+        Route("/api/canvases", api.list_canvases),
+        Route("/api/canvases/{canvas_id}", api.get_canvas, methods=["GET", "HEAD"]),
+        Route("/api/canvases/{canvas_id}", api.delete_canvas, methods=["DELETE"]),
+        Route("/api/canvases/{canvas_id}/updates", api.post_update, methods=["POST"]),
+        Route("/api/canvases/{canvas_id}/elements/{element_id}", api.patch_element, methods=["PATCH"]),
+        Route("/api/canvases/{canvas_id}/versions", api.list_versions),
+        Route("/api/canvases/{canvas_id}/versions/{number:int}", api.get_version),
+        Route("/api/canvases/{canvas_id}/versions/{number:int}/restore", api.restore_version, methods=["POST"]),
         WebSocketRoute("/ws/{canvas_id}", WebSocketEndpoint(hub)),
     ]
     if Path(settings.demo_dir, "index.html").is_file():

@@ -17,15 +17,19 @@ import itertools
 import logging
 import time
 from collections import deque
+from urllib.parse import parse_qsl
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 
-from crdt.errors import CloseCode, ProtocolError
+from crdt.codec import encode_event
+from crdt.errors import CloseCode, Overloaded, ProtocolError
 
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
 from .logs import log
 from .metrics import Metrics
+
+from .hub import StoreUnavailable
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -41,9 +45,11 @@ class Connection:
     """Outbound side of one socket: bounded queue plus writer task."""
 
     __slots__ = ("id", "room", "canvas_id", "metrics", "_send", "_queue", "_queued_bytes", "_max_messages",
-                 "_max_bytes", "_waiter", "closing", "close_code", "_close_reason", "idle", "writer")
+                 "_max_bytes", "_waiter", "closing", "close_code", "_close_reason", "idle", "writer",
+                 "events", "changes_submitted", "changes_durable", "durable_clock", "save_status")
 
-    def __init__(self, room: "Room", send: Send, max_messages: int, max_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, room: "Room", send: Send, max_messages: int, max_bytes: int, metrics: Metrics,
+                 events: bool = False) -> None:
         self.id = next(_ids)
         self.room = room
         self.canvas_id = room.canvas_id
@@ -59,6 +65,12 @@ class Connection:
         self._close_reason = ""
         self.idle = True  # nothing sent since the last keepalive tick
         self.writer: asyncio.Task[None] | None = None
+        # Save status (see docs/protocol.md, "Events"): counts of this socket's changes.
+        self.events = events  # opted in with ?events=1: receives [100, json] event frames
+        self.changes_submitted = 0
+        self.changes_durable = 0
+        self.durable_clock: dict[int, int] = {}
+        self.save_status = "saved"
 
     def __hash__(self) -> int:
         return self.id
@@ -76,6 +88,42 @@ class Connection:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    # -- events ---------------------------------------------------------------------------
+    def send_event(self, payload: dict[str, Any]) -> None:
+        if self.events:
+            self.enqueue(encode_event(orjson.dumps(payload)))
+
+    def merge_durable_clock(self, clocks: dict[int, int]) -> None:
+        durable = self.durable_clock
+        for client, clock in clocks.items():
+            if clock > durable.get(client, 0):
+                durable[client] = clock
+
+    def _save_event(self, status: str, **extra: Any) -> dict[str, Any]:
+        self.save_status = status
+        return {
+            "type": "save",
+            "status": status,
+            "through": self.changes_durable,
+            "pending": self.changes_submitted - self.changes_durable,
+            "clock": {str(k): v for k, v in self.durable_clock.items()},
+            **extra,
+        }
+
+    def save_succeeded(self, number: int, seq: int) -> None:
+        self.changes_durable = number
+        if self.events:
+            self.send_event(self._save_event("saved", seq=seq))
+
+    def save_retrying(self, attempt: int, delay: float, error: str | None) -> None:
+        if self.events:
+            self.send_event(self._save_event("retrying", attempt=attempt, retry_in_ms=round(delay * 1000),
+                                             error=error))
+
+    def save_failed(self, reason: str) -> None:
+        if self.events:
+            self.send_event(self._save_event("failed", reason=reason))
 
     def _overflow(self) -> None:
         """The client stopped reading: drop it now so the room's memory stays flat.
@@ -157,8 +205,14 @@ class WebSocketEndpoint:
         if hub.shutting_down:
             await reject(scope, send, 503, "unavailable", "server is shutting down")
             return
-        room = await hub.registry.acquire(canvas_id)
-        conn = Connection(room, send, settings.send_queue_messages, settings.send_queue_bytes, hub.metrics)
+        try:
+            room = await hub.registry.acquire(canvas_id)
+        except StoreUnavailable as exc:
+            log(logging.WARNING, "ws_load_failed", canvas=canvas_id, error=str(exc))
+            await reject(scope, send, 503, "unavailable", "canvas storage is unavailable, retry later")
+            return
+        conn = Connection(room, send, settings.send_queue_messages, settings.send_queue_bytes, hub.metrics,
+                          events=wants_events(scope))
         try:
             await send({"type": "websocket.accept"})
             room.join(conn)
@@ -200,6 +254,9 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
             started = clock()
             try:
                 room.receive(conn, data)
+            except Overloaded as exc:
+                conn.save_failed(exc.reason)  # the client keeps the change and resends it on reconnect
+                refuse(conn, exc.code, exc.reason, flush=True)
             except ProtocolError as exc:
                 refuse(conn, exc.code, exc.reason)
             elapsed = clock() - started
@@ -209,11 +266,17 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
                 metrics.frame_handling_max_seconds = elapsed
 
 
-def refuse(conn: Connection, code: int, reason: str) -> None:
+def refuse(conn: Connection, code: int, reason: str, *, flush: bool = False) -> None:
     """The one place a protocol error becomes a close: leave the room, then close this socket only."""
     log(logging.WARNING, "ws_protocol_error", canvas=conn.canvas_id, conn=conn.id, code=int(code), reason=reason)
     conn.room.leave(conn)
-    conn.close(code, reason[:120], flush=False)  # close reasons are capped at 123 bytes
+    conn.close(code, reason[:120], flush=flush)  # close reasons are capped at 123 bytes
+
+
+def wants_events(scope: dict[str, Any]) -> bool:
+    """``?events=1`` opts a connection into canvashub event frames (stock clients never get them)."""
+    return any(value in ("1", "true") for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+               if key == "events")
 
 
 async def reject(scope: dict[str, Any], send: Send, status: int, error_type: str, message: str) -> None:

@@ -1,64 +1,290 @@
-"""HTTP endpoints: health, readiness and canvas export."""
+"""HTTP endpoints: health, readiness, metrics, and the canvas API (export, import, edit, delete, history).
+
+Every error is JSON ``{"error": {"type", "message"}}`` with one of the types
+``not_found``, ``conflict``, ``invalid``, ``too_large``, ``unavailable``,
+``timeout``. Writes reach live clients like any other change and answer once
+the change is durable (200), or 202 if it is not durable within
+``http_durable_timeout`` (it is still queued and will be written).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+import datetime
+import functools
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
-from pycrdt import Map
+from pycrdt import Doc, Map
 from starlette.requests import Request
 from starlette.responses import Response
 
+from crdt.edits import patch_element, restore_to
+from crdt.errors import Overloaded, ProtocolError
+from crdt.room import RoomDocument
+
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
+from .compaction import replay
+from .hub import PreconditionFailed, StoreUnavailable, etag_matches
+from .persistence import CanvasDeleted
+from storage.base import LoadedCanvas
 
 if TYPE_CHECKING:
     from .hub import Hub
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 50
+MAX_JSON_BODY = 1024 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.headers = headers
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(status: int, error_type: str, message: str) -> Response:
+def error_response(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> Response:
     """Every API error has this shape: ``{"error": {"type", "message"}}``."""
-    return json_response({"error": {"type": error_type, "message": message}}, status)
+    return json_response({"error": {"type": error_type, "message": message}}, status, headers)
 
 
-def document_json(doc) -> dict[str, Any]:
+def document_json(doc: Doc) -> dict[str, Any]:
     """The ``elements`` root map as plain JSON (nested Y.Maps become objects)."""
-    elements = doc.get("elements", type=Map)
-    return {"elements": elements.to_py() or {}}
+    try:
+        elements = doc.get("elements", type=Map)
+        return {"elements": elements.to_py() or {}}
+    except Exception as exc:  # e.g. a client made "elements" something other than a map
+        raise ApiError(409, "conflict", f"canvas cannot be exported as JSON: {exc}") from None
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
+
+
+def handler(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """Validate ``canvas_id`` and turn exceptions into classified JSON errors."""
+
+    @functools.wraps(fn)
+    async def wrapped(self: "HttpApi", request: Request) -> Response:
+        canvas_id = request.path_params.get("canvas_id")
+        if canvas_id is not None and not is_valid_canvas_id(canvas_id):
+            return error_response(400, "invalid", f"canvas id must be {CANVAS_ID_RULE}")
+        try:
+            return await fn(self, request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.error_type, exc.message, exc.headers)
+        except PreconditionFailed as exc:
+            return error_response(412, "conflict", "If-Match does not match the current ETag",
+                                  {"ETag": exc.current_etag})
+        except Overloaded as exc:
+            return error_response(503, "unavailable", exc.reason, {"Retry-After": "1"})
+        except ProtocolError as exc:
+            return error_response(400, "invalid", exc.reason)
+        except StoreUnavailable as exc:
+            return error_response(503, "unavailable", str(exc), {"Retry-After": "1"})
+        except CanvasDeleted:
+            return error_response(409, "conflict", "the canvas was deleted while the change was pending")
+        except asyncio.TimeoutError:
+            return error_response(504, "timeout", "storage did not answer in time")
+
+    return wrapped
+
+
+def page_args(request: Request) -> tuple[int, str | None]:
+    raw = request.query_params.get("limit", str(DEFAULT_PAGE))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid", "limit must be an integer") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise ApiError(400, "invalid", f"limit must be between 1 and {MAX_PAGE}")
+    return limit, request.query_params.get("cursor") or None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes without buffering them."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def wants_binary(request: Request) -> bool:
+    return "application/octet-stream" in request.headers.get("accept", "")
 
 
 class HttpApi:
     def __init__(self, hub: "Hub") -> None:
         self.hub = hub
+        self.store = hub.store
 
+    # -- operations ------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        if self.hub.shutting_down:
-            return json_response({"status": "shutting_down", **self.hub.stats()}, 503)
-        return json_response({"status": "ready", **self.hub.stats()})
+        hub = self.hub
+        persister = hub.persister
+        try:
+            healthy = await asyncio.wait_for(self.store.health(), 1.0)
+        except asyncio.TimeoutError:
+            healthy = False
+        backlog_full = not persister.admit(0)
+        storage = {
+            "backend": hub.backend,
+            "healthy": healthy,
+            "backlog_updates": persister.backlog_updates,
+            "backlog_bytes": persister.backlog_bytes,
+            "backlog_limit_bytes": persister.max_backlog_bytes,
+            "retrying": persister.retrying,
+            "last_error": persister.last_error,
+        }
+        # A store outage alone does not make the node unready: editing and relaying go on and
+        # the backlog flushes later. A full backlog does (new writes would be refused).
+        if hub.shutting_down:
+            status, code = "shutting_down", 503
+        elif backlog_full:
+            status, code = "backlog_full", 503
+        else:
+            status, code = "ready", 200
+        return json_response({"status": status, **hub.stats(), "storage": storage}, code)
 
     async def metrics(self, request: Request) -> Response:
         body = self.hub.metrics.render({k: float(v) for k, v in self.hub.stats().items()})
         return Response(body, media_type="text/plain; version=0.0.4")
 
+    # -- canvases --------------------------------------------------------------------------
+    @handler
+    async def list_canvases(self, request: Request) -> Response:
+        limit, cursor = page_args(request)
+        rows = await asyncio.wait_for(self.store.list_canvases(cursor, limit + 1), self.hub.settings.store_timeout)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return json_response({
+            "canvases": [{"id": r.canvas_id, "version": r.version, "updated_at": iso(r.updated_at)} for r in rows],
+            "next_cursor": rows[-1].canvas_id if more else None,
+        })
+
+    @handler
     async def get_canvas(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
-        if not is_valid_canvas_id(canvas_id):
-            return error_response(400, "invalid", f"canvas id must be {CANVAS_ID_RULE}")
-        room = self.hub.registry.rooms.get(canvas_id)
-        if room is not None:
-            doc = room.document.doc
-        else:
-            doc = await self.hub.load_detached(canvas_id)
-            if doc is None:
-                return error_response(404, "not_found", f"canvas {canvas_id!r} does not exist")
+        found = await self.hub.read_document(canvas_id)
+        if found is None:
+            raise ApiError(404, "not_found", f"canvas {canvas_id!r} does not exist")
+        doc, etag, version, updated_at = found
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if_none_match = request.headers.get("if-none-match")
+        if if_none_match is not None and etag_matches(if_none_match, etag):
+            return Response(status_code=304, headers=headers)
+        if wants_binary(request):
+            return Response(doc.get_update(), media_type="application/octet-stream", headers=headers)
+        body = {"id": canvas_id, "version": version, "updated_at": iso(updated_at), **document_json(doc)}
+        return json_response(body, headers=headers)
+
+    @handler
+    async def post_update(self, request: Request) -> Response:
+        canvas_id = request.path_params["canvas_id"]
+        update = await read_body(request, self.hub.settings.max_frame_bytes)
+        if not update:
+            raise ApiError(400, "invalid", "body must be a binary Yjs (v1) update")
+        return await self._write(request, canvas_id, len(update), lambda document: document.apply_update(update))
+
+    @handler
+    async def patch_element(self, request: Request) -> Response:
+        canvas_id = request.path_params["canvas_id"]
+        element_id = request.path_params["element_id"]
         try:
-            body = document_json(doc)
-        except Exception as exc:  # e.g. a client made "elements" something other than a map
-            return error_response(409, "conflict", f"canvas cannot be exported as JSON: {exc}")
-        return json_response({"id": canvas_id, **body})
+            fields = orjson.loads(await read_body(request, MAX_JSON_BODY))
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "invalid", f"body is not JSON: {exc}") from None
+        if not isinstance(fields, dict):
+            raise ApiError(400, "invalid", "body must be a JSON object of fields (null deletes a field)")
+        size = len(orjson.dumps(fields))
+        return await self._write(request, canvas_id, size,
+                                 lambda document: document.transact(lambda doc: patch_element(doc, element_id, fields)))
+
+    @handler
+    async def delete_canvas(self, request: Request) -> Response:
+        canvas_id = request.path_params["canvas_id"]
+        if not await self.hub.delete_canvas(canvas_id):
+            raise ApiError(404, "not_found", f"canvas {canvas_id!r} does not exist")
+        return Response(status_code=204)
+
+    # -- history ---------------------------------------------------------------------------
+    @handler
+    async def list_versions(self, request: Request) -> Response:
+        canvas_id = request.path_params["canvas_id"]
+        limit, cursor = page_args(request)
+        try:
+            before = None if cursor is None else int(cursor)
+        except ValueError:
+            raise ApiError(400, "invalid", "cursor must be a version number") from None
+        timeout = self.hub.settings.store_timeout
+        rows = await asyncio.wait_for(self.store.list_versions(canvas_id, before, limit + 1), timeout)
+        if not rows and cursor is None and await self.hub.read_document(canvas_id) is None:
+            raise ApiError(404, "not_found", f"canvas {canvas_id!r} does not exist")
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return json_response({
+            "versions": [{"number": r.number, "created_at": iso(r.created_at), "size": r.size} for r in rows],
+            "next_cursor": str(rows[-1].number) if more else None,
+        })
+
+    async def _version(self, canvas_id: str, number: int) -> tuple[Any, Doc, bytes]:
+        timeout = self.hub.settings.store_timeout
+        infos = await asyncio.wait_for(self.store.list_versions(canvas_id, number + 1, 1), timeout)
+        snapshot = await asyncio.wait_for(self.store.get_version(canvas_id, number), timeout)
+        if not infos or infos[0].number != number or snapshot is None:
+            raise ApiError(404, "not_found", f"canvas {canvas_id!r} has no version {number}")
+        doc = replay(LoadedCanvas(snapshot, number, [], None), canvas_id, strict=False)
+        return infos[0], doc, snapshot
+
+    @handler
+    async def get_version(self, request: Request) -> Response:
+        canvas_id = request.path_params["canvas_id"]
+        number = request.path_params["number"]
+        info, doc, snapshot = await self._version(canvas_id, number)
+        if wants_binary(request):
+            return Response(snapshot, media_type="application/octet-stream")
+        return json_response({"id": canvas_id, "number": info.number, "created_at": iso(info.created_at),
+                              "size": info.size, **document_json(doc)})
+
+    @handler
+    async def restore_version(self, request: Request) -> Response:
+        canvas_id = request.path_params["canvas_id"]
+        number = request.path_params["number"]
+        _, target, snapshot = await self._version(canvas_id, number)
+        return await self._write(request, canvas_id, len(snapshot),
+                                 lambda document: document.transact(lambda doc: restore_to(doc, target)))
+
+    # -- shared write path -----------------------------------------------------------------
+    async def _write(self, request: Request, canvas_id: str, size: int,
+                     change: Callable[[RoomDocument], Any]) -> Response:
+        hub = self.hub
+        if not hub.persister.admit(size):
+            raise Overloaded("storage backlog full: write refused, retry later")
+        if hub.shutting_down:
+            raise ApiError(503, "unavailable", "server is shutting down", {"Retry-After": "1"})
+        etag, done = await hub.write(canvas_id, change, request.headers.get("if-match"))
+        headers = {"ETag": etag}
+        if done is None:
+            return json_response({"id": canvas_id, "changed": False, "durable": True, "etag": etag}, headers=headers)
+        try:
+            seq = await asyncio.wait_for(asyncio.shield(done), hub.settings.http_durable_timeout)
+        except asyncio.TimeoutError:
+            return json_response({"id": canvas_id, "changed": True, "durable": False, "etag": etag}, 202, headers)
+        return json_response({"id": canvas_id, "changed": True, "durable": True, "seq": seq, "etag": etag},
+                             headers=headers)

@@ -1,33 +1,59 @@
-"""The hub: rooms, live connections, keepalive and graceful shutdown, for one process."""
+"""The hub: rooms, live connections, storage write path, keepalive and graceful shutdown, for one process."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Callable
 
-from crdt.errors import CloseCode
-from crdt.codec import KEEPALIVE_FRAME
-from crdt.room import RoomDocument
 from pycrdt import Doc
-from storage.memory import MemoryStore
 
+from crdt.codec import KEEPALIVE_FRAME
+from crdt.digest import content_etag
+from crdt.errors import CloseCode
+from crdt.room import Effects, RoomDocument
+from storage.base import LoadedCanvas, Store
+
+from .compaction import Compactor, replay
 from .logs import log
 from .metrics import Metrics
+from .persistence import Persister
 from .rooms import Room, RoomRegistry
 from .settings import Settings
 
 
+class StoreUnavailable(Exception):
+    """The store could not answer in time (or at all)."""
+
+
 class Hub:
-    def __init__(self, settings: Settings, store: MemoryStore) -> None:
+    def __init__(self, settings: Settings, store: Store, backend: str) -> None:
         self.settings = settings
         self.store = store
+        self.backend = backend
+        self.metrics = Metrics()
+        self.compactor = Compactor(
+            store, self.metrics, every_updates=settings.compact_every_updates, interval=settings.compact_interval,
+            keep_versions=settings.keep_versions, timeout=settings.store_timeout,
+            slow_seconds=settings.slow_query_seconds, on_compacted=self._compacted,
+        )
+        self.persister = Persister(
+            store, self.metrics, interval=settings.commit_interval, max_updates=settings.commit_max_updates,
+            max_backlog_bytes=settings.backlog_max_bytes, timeout=settings.store_timeout,
+            retry_max_delay=settings.retry_max_delay, slow_seconds=settings.slow_query_seconds,
+            compactor=self.compactor,
+        )
         self.registry = RoomRegistry(self._load_room, self._unload_room, settings.room_grace_seconds)
         self.shutting_down = False
-        self.metrics = Metrics()
         self._keepalive: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await asyncio.wait_for(self.store.open(), max(self.settings.store_timeout, 30.0))
+        self.persister.start()
+        self.compactor.start()
         self._keepalive = asyncio.get_running_loop().create_task(self._keepalive_loop())
+        log(logging.INFO, "hub_started", store=repr(self.store))
 
     async def _keepalive_loop(self) -> None:
         """Stock y-websocket clients reconnect after 30 s without an inbound message:
@@ -56,16 +82,101 @@ class Hub:
                 task.cancel()
         log(logging.INFO, "drained", connections=len(conns))
 
-    async def _load_room(self, canvas_id: str) -> RoomDocument:
-        return make_document(self.settings, await self.store.load(canvas_id))
+    async def close(self) -> None:
+        """After ``drain``: write the backlog (bounded by the shutdown timeout), then close the store."""
+        flushed = await self.persister.flush(self.settings.shutdown_timeout)
+        await self.persister.stop()
+        await self.compactor.stop()
+        await self.store.close()
+        log(logging.INFO, "hub_closed", backlog_flushed=flushed)
+
+    # -- rooms ---------------------------------------------------------------------------
+    async def load_canvas(self, canvas_id: str) -> LoadedCanvas | None:
+        started = time.perf_counter()
+        try:
+            loaded = await asyncio.wait_for(self.store.load(canvas_id), self.settings.store_timeout)
+        except asyncio.TimeoutError:
+            raise StoreUnavailable(f"loading {canvas_id} timed out") from None
+        except Exception as exc:
+            raise StoreUnavailable(f"loading {canvas_id} failed: {type(exc).__name__}: {exc}") from exc
+        ms = (time.perf_counter() - started) * 1000
+        if ms > self.settings.slow_query_seconds * 1000:
+            log(logging.WARNING, "slow_query", op="load", canvas=canvas_id, ms=round(ms, 1))
+        return loaded
+
+    async def _load_room(self, canvas_id: str) -> Room:
+        loaded = await self.load_canvas(canvas_id)
+        document = self.make_document()
+        version, updated_at = 0, None
+        if loaded is not None:
+            started = time.perf_counter()
+            document.doc = replay(loaded, canvas_id, strict=False)
+            log(logging.INFO, "room_loaded", canvas=canvas_id, version=loaded.version,
+                log_rows=len(loaded.updates), replay_ms=round((time.perf_counter() - started) * 1000, 1))
+            version, updated_at = loaded.version, loaded.updated_at
+            if len(loaded.updates) >= self.settings.compact_every_updates:
+                self.compactor.schedule(canvas_id)
+        return Room(canvas_id, document, self.persister, version, updated_at)
 
     async def _unload_room(self, room: Room) -> None:
-        await self.store.save_snapshot(room.canvas_id, room.document.doc.get_update())
+        # Never unload what is not durable yet: wait (however long the store is down).
+        await self.persister.wait_durable(room.canvas_id)
+        if self.compactor.logged_since.get(room.canvas_id):
+            self.compactor.schedule(room.canvas_id)  # loads faster next time
 
-    async def load_detached(self, canvas_id: str) -> Doc | None:
-        """A canvas's document without loading a room (for HTTP reads); None if it doesn't exist."""
-        state = await self.store.load(canvas_id)
-        return None if state is None else make_document(self.settings, state).doc
+    def _compacted(self, canvas_id: str, version: int) -> None:
+        room = self.registry.rooms.get(canvas_id)
+        if room is not None:
+            room.version = version
+
+    def make_document(self) -> RoomDocument:
+        return RoomDocument(
+            max_awareness_state_bytes=self.settings.max_awareness_state_bytes,
+            max_awareness_ids_per_peer=self.settings.max_awareness_ids_per_connection,
+        )
+
+    async def read_document(self, canvas_id: str) -> tuple[Doc, str, int, float | None] | None:
+        """(doc, etag, version, updated_at) for HTTP reads: the live room if loaded, else from storage."""
+        room = self.registry.rooms.get(canvas_id)
+        if room is not None:
+            return room.document.doc, room.etag, room.version, room.updated_at
+        loaded = await self.load_canvas(canvas_id)
+        if loaded is None:
+            return None
+        doc = replay(loaded, canvas_id, strict=False)
+        return doc, content_etag(doc), loaded.version, loaded.updated_at
+
+    async def write(self, canvas_id: str, change: Callable[[RoomDocument], Effects],
+                    if_match: str | None = None) -> tuple[str, asyncio.Future[int] | None]:
+        """Apply a server-side change (HTTP import/edit, restore) to the canvas's room, loading it if needed.
+
+        Raises ``PreconditionFailed`` if ``if_match`` is not the current ETag and
+        ``ProtocolError`` if the change is invalid. Returns the new ETag and the
+        commit future (None if the change was a no-op).
+        """
+        room = await self.registry.acquire(canvas_id)
+        try:
+            if if_match is not None and not etag_matches(if_match, room.etag):
+                raise PreconditionFailed(room.etag)
+            effects = change(room.document)
+            done = room.apply_local(effects, want_result=True)
+            return room.etag, done
+        finally:
+            self.registry.release(room)
+
+    async def delete_canvas(self, canvas_id: str) -> bool:
+        """Disconnect the canvas's clients (close 4404), drop unwritten updates, delete it from the store."""
+        room = self.registry.forget(canvas_id)
+        if room is not None:
+            for conn in list(room.connections):
+                conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
+                room.leave(conn)
+        self.compactor.forget(canvas_id)
+        self.persister.discard(canvas_id)
+        await self.persister.wait_inflight()  # a batch holding its rows commits first, then the delete
+        existed = await asyncio.wait_for(self.store.delete_canvas(canvas_id), self.settings.store_timeout)
+        log(logging.INFO, "canvas_deleted", canvas=canvas_id, existed=existed or room is not None)
+        return existed or room is not None
 
     @property
     def connections(self) -> list:
@@ -79,14 +190,21 @@ class Hub:
             "connections": len(queued),
             "queued_frames": sum(q[0] for q in queued),
             "queued_bytes": sum(q[1] for q in queued),
+            "storage_backlog_updates": self.persister.backlog_updates,
+            "storage_backlog_bytes": self.persister.backlog_bytes,
         }
 
 
-def make_document(settings: Settings, state: bytes | None) -> RoomDocument:
-    document = RoomDocument(
-        max_awareness_state_bytes=settings.max_awareness_state_bytes,
-        max_awareness_ids_per_peer=settings.max_awareness_ids_per_connection,
-    )
-    if state:
-        document.doc.apply_update(state)  # our own bytes, written by save_snapshot
-    return document
+class PreconditionFailed(Exception):
+    def __init__(self, current_etag: str) -> None:
+        super().__init__(current_etag)
+        self.current_etag = current_etag
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """RFC 9110 If-Match / If-None-Match list comparison (``*`` matches anything; weak prefixes ignored)."""
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False

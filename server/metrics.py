@@ -16,6 +16,14 @@ class Metrics:
         self.connections_opened = 0
         self.closes_by_code: Counter[int] = Counter()
         self.slow_client_disconnects = 0
+        self.batches_committed = 0
+        self.updates_committed = 0
+        self.bytes_committed = 0
+        self.commit_seconds = 0.0
+        self.append_failures = 0
+        self.compactions = 0
+        self.compaction_conflicts = 0
+        self.compaction_failures = 0
 
     def render(self, gauges: dict[str, float]) -> str:
         lines = []
@@ -37,4 +45,15 @@ class Metrics:
                [(f'{{code="{code}"}}', n) for code, n in sorted(self.closes_by_code.items())])
         metric("slow_client_disconnects_total", "counter", "clients dropped because their send queue filled",
                [("", self.slow_client_disconnects)])
+        for attr, help in (
+            ("batches_committed", "group-commit batches appended to the update log"),
+            ("updates_committed", "updates made durable"),
+            ("bytes_committed", "update bytes made durable"),
+            ("commit_seconds", "time spent in successful append round trips"),
+            ("append_failures", "failed append attempts (each is retried)"),
+            ("compactions", "successful compactions"),
+            ("compaction_conflicts", "compaction attempts that lost the version race and retried"),
+            ("compaction_failures", "compactions that gave up (rows stay in the log)"),
+        ):
+            metric(f"{attr}_total", "counter", help, [("", getattr(self, attr))])
         return "\n".join(lines) + "\n"

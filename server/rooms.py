@@ -9,25 +9,45 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from crdt.room import RoomDocument
+from crdt.codec import EMPTY_UPDATE, is_update_frame
+from crdt.digest import content_etag
+from crdt.errors import Overloaded
+from crdt.room import Effects, RoomDocument
+from crdt.update import decode_state_vector
 
 from .logs import log
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .persistence import Persister
 
 
 class Room:
-    __slots__ = ("canvas_id", "document", "connections", "holders", "_unload_timer")
+    __slots__ = ("canvas_id", "document", "persister", "connections", "holders", "_unload_timer", "version",
+                 "updated_at", "_etag", "deleted")
 
-    def __init__(self, canvas_id: str, document: RoomDocument) -> None:
+    def __init__(self, canvas_id: str, document: RoomDocument, persister: "Persister", version: int = 0,
+                 updated_at: float | None = None) -> None:
         self.canvas_id = canvas_id
         self.document = document
+        self.persister = persister
         self.connections: dict["Connection", None] = {}  # insertion-ordered set
         self.holders = 0  # connections between acquire() and release()
         self._unload_timer: asyncio.TimerHandle | None = None
+        self.version = version  # the stored snapshot's version, as last seen by this process
+        self.updated_at = updated_at
+        self._etag: str | None = None
+        self.deleted = False
+
+    @property
+    def etag(self) -> str:
+        """Strong ETag of the document's content (cached until the next change)."""
+        if self._etag is None:
+            self._etag = content_etag(self.document.doc)
+        return self._etag
 
     def join(self, conn: "Connection") -> None:
         self.connections[conn] = None
@@ -35,7 +55,10 @@ class Room:
             conn.enqueue(frame)
 
     def receive(self, conn: "Connection", frame: bytes) -> None:
-        """Apply a client frame; raises ``ProtocolError`` for the caller to close ``conn``."""
+        """Apply a client frame, relay it, queue it for storage; raises ``ProtocolError`` to close ``conn``."""
+        if is_update_frame(frame) and not self.persister.admit(len(frame)):
+            raise Overloaded("storage backlog full: write refused, retry later")
+        before = self.document.doc.get_state() if conn.events and is_update_frame(frame) else None
         effects = self.document.receive(conn, frame)
         for reply in effects.reply:
             conn.enqueue(reply)
@@ -43,9 +66,28 @@ class Room:
             for other in self.connections:
                 if other is not conn:
                     other.enqueue(out)
+        update = effects.update
+        if update is not None and update != EMPTY_UPDATE:
+            self._changed()
+            clocks = None if before is None else advanced_clocks(before, self.document.doc.get_state())
+            self.persister.submit(self.canvas_id, update, conn, clocks=clocks)
         if effects.awareness_refused:
             log(logging.WARNING, "awareness_refused", canvas=self.canvas_id, conn=conn.id,
                 entries=effects.awareness_refused)
+
+    def apply_local(self, effects: Effects, want_result: bool = False):
+        """Relay and store a change made on the server (HTTP, restore, a job); returns the commit future."""
+        if effects.update is None:
+            return None
+        for out in effects.broadcast:
+            for conn in self.connections:
+                conn.enqueue(out)
+        self._changed()
+        return self.persister.submit(self.canvas_id, effects.update, None, want_result)
+
+    def _changed(self) -> None:
+        self._etag = None
+        self.updated_at = time.time()
 
     def leave(self, conn: "Connection") -> None:
         if self.connections.pop(conn, False) is False:
@@ -55,12 +97,25 @@ class Room:
                 other.enqueue(frame)
 
 
-Loader = Callable[[str], Awaitable[RoomDocument]]
+def advanced_clocks(before: bytes, after: bytes) -> dict[int, int]:
+    """State-vector entries that moved between two encodings of the room's state vector.
+
+    This is how an opted-in writer learns the Yjs clocks its durable changes
+    cover (``clock`` in save events). pycrdt's doc-free ``get_state(update)``
+    cannot say it: it only counts a client's structs from clock 0.
+    """
+    if before == after:
+        return {}
+    old = decode_state_vector(before)
+    return {client: clock for client, clock in decode_state_vector(after).items() if old.get(client, 0) < clock}
+
+
+Loader = Callable[[str], Awaitable[Room]]
 Unloader = Callable[[Room], Awaitable[None]]
 
 
 class RoomRegistry:
-    """Loaded rooms by canvas id; one load in flight per id; unload after a grace period."""
+    """Loaded rooms by canvas id; one load in flight per id; unload after a grace period once durable."""
 
     def __init__(self, loader: Loader, unloader: Unloader, grace_seconds: float) -> None:
         self._loader = loader
@@ -79,13 +134,12 @@ class RoomRegistry:
                 pending = asyncio.get_running_loop().create_future()
                 self._loading[canvas_id] = pending
                 try:
-                    document = await self._loader(canvas_id)
+                    room = await self._loader(canvas_id)
                 except BaseException as exc:
                     del self._loading[canvas_id]
                     pending.set_exception(exc)
                     pending.exception()  # mark retrieved: waiters (if any) re-raise it themselves
                     raise
-                room = Room(canvas_id, document)
                 self.rooms[canvas_id] = room
                 del self._loading[canvas_id]
                 pending.set_result(room)
@@ -100,7 +154,7 @@ class RoomRegistry:
 
     def release(self, room: Room) -> None:
         room.holders -= 1
-        if room.holders == 0 and room._unload_timer is None:
+        if room.holders == 0 and room._unload_timer is None and not room.deleted:
             loop = asyncio.get_running_loop()
             room._unload_timer = loop.call_later(self._grace, self._unload, room)
 
@@ -112,20 +166,23 @@ class RoomRegistry:
             task.add_done_callback(self._unloading.discard)
 
     async def _finish_unload(self, room: Room) -> None:
-        # The room stays registered (and re-acquirable) until its state is saved,
-        # so a client that joins meanwhile gets this same room, not a stale reload.
+        # The room stays registered (and re-acquirable) until all its updates are
+        # durable, however long the store is down: a client that joins meanwhile
+        # gets this same room, not a reload that lacks the pending updates.
         await self._unloader(room)
         if room.holders == 0 and self.rooms.get(room.canvas_id) is room:
             del self.rooms[room.canvas_id]
             log(logging.INFO, "room_unloaded", canvas=room.canvas_id)
 
-    async def unload_all(self) -> None:
-        """Shutdown: save every room (idle or not) before the process exits."""
-        for room in list(self.rooms.values()):
+    def forget(self, canvas_id: str) -> Room | None:
+        """Drop a room at once (its canvas was deleted): no save, later releases are no-ops."""
+        room = self.rooms.pop(canvas_id, None)
+        if room is not None:
+            room.deleted = True
             if room._unload_timer is not None:
                 room._unload_timer.cancel()
                 room._unload_timer = None
-            await self._unloader(room)
+        return room
 
     def connections(self):
         for room in self.rooms.values():

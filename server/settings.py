@@ -36,7 +36,22 @@ class Settings:
     ws_ping_interval: float = _opt(20.0, "CANVASHUB_WS_PING_INTERVAL", "seconds between WebSocket pings")
     ws_ping_timeout: float = _opt(20.0, "CANVASHUB_WS_PING_TIMEOUT", "seconds to wait for a pong before dropping the socket")
     per_message_deflate: bool = _opt(False, "CANVASHUB_PER_MESSAGE_DEFLATE", "negotiate permessage-deflate (costs CPU, see docs/benchmarks.md)")
-    shutdown_timeout: float = _opt(10.0, "CANVASHUB_SHUTDOWN_TIMEOUT", "seconds to flush clients on shutdown")
+    shutdown_timeout: float = _opt(10.0, "CANVASHUB_SHUTDOWN_TIMEOUT", "seconds to flush clients and pending writes on shutdown")
+    # -- storage ---------------------------------------------------------------
+    database_url: str = _opt("", "DATABASE_URL", "PostgreSQL DSN; unset: SQLite file under the data directory")
+    data_dir: str = _opt(".canvashub-data", "CANVASHUB_DATA_DIR", "directory of the embedded SQLite store (created if missing)")
+    db_pool_size: int = _opt(10, "CANVASHUB_DB_POOL_SIZE", "PostgreSQL connections per process (processes x this must fit max_connections)")
+    db_acquire_timeout: float = _opt(5.0, "CANVASHUB_DB_ACQUIRE_TIMEOUT", "seconds to wait for a pooled connection (and to connect)")
+    store_timeout: float = _opt(10.0, "CANVASHUB_STORE_TIMEOUT", "seconds before one storage call is abandoned (and retried, for appends)")
+    commit_interval: float = _opt(0.01, "CANVASHUB_COMMIT_INTERVAL", "group commit: seconds to gather updates before one append round-trip")
+    commit_max_updates: int = _opt(512, "CANVASHUB_COMMIT_MAX_UPDATES", "group commit: a batch this large is written at once")
+    backlog_max_bytes: int = _opt(64 * 1024 * 1024, "CANVASHUB_BACKLOG_MAX_BYTES", "updates not yet durable, per process; past it new writes are refused (close 1013)")
+    retry_max_delay: float = _opt(5.0, "CANVASHUB_RETRY_MAX_DELAY", "cap of the exponential backoff between append retries, seconds")
+    compact_every_updates: int = _opt(1000, "CANVASHUB_COMPACT_EVERY_UPDATES", "compact a canvas after this many logged updates")
+    compact_interval: float = _opt(60.0, "CANVASHUB_COMPACT_INTERVAL", "also compact canvases with any logged updates this often, seconds")
+    keep_versions: int = _opt(20, "CANVASHUB_KEEP_VERSIONS", "snapshot versions kept per canvas for history and restore")
+    slow_query_seconds: float = _opt(0.5, "CANVASHUB_SLOW_QUERY_SECONDS", "log storage calls slower than this as warnings")
+    http_durable_timeout: float = _opt(5.0, "CANVASHUB_HTTP_DURABLE_TIMEOUT", "HTTP writes wait this long for the commit (202 if not yet durable)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> "Settings":

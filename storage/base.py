@@ -51,9 +51,19 @@ class Store(Protocol):
         """Snapshot + remaining log rows, or None if the canvas does not exist."""
 
     async def compact(
-        self, canvas_id: str, expected_version: int, snapshot: bytes, through_seq: int, keep_versions: int
+        self,
+        canvas_id: str,
+        expected_version: int,
+        snapshot: bytes,
+        through_seq: int,
+        keep_versions: int,
+        record_version: bool = True,
     ) -> int | None:
-        """Replace the snapshot if version == expected_version; return the new version or None on conflict."""
+        """Replace the snapshot if version == expected_version; return the new version or None on conflict.
+
+        In the same transaction: delete log rows with seq <= ``through_seq``, record the snapshot
+        as a history version (unless ``record_version`` is false, e.g. the content did not
+        change) and keep only the newest ``keep_versions`` versions."""
 
     async def list_versions(self, canvas_id: str, before: int | None, limit: int) -> list[VersionInfo]:
         """Retained versions, newest first; ``before`` is an exclusive cursor on number."""

@@ -87,7 +87,13 @@ class PostgresStore:
         return LoadedCanvas(row["snapshot"], row["version"], [(r["seq"], r["data"]) for r in updates], row["updated_at"])
 
     async def compact(
-        self, canvas_id: str, expected_version: int, snapshot: bytes, through_seq: int, keep_versions: int
+        self,
+        canvas_id: str,
+        expected_version: int,
+        snapshot: bytes,
+        through_seq: int,
+        keep_versions: int,
+        record_version: bool = True,
     ) -> int | None:
         snapshot = bytes(snapshot)
         async with self._acquire() as conn, conn.transaction():
@@ -102,13 +108,14 @@ class PostgresStore:
             if new_version is None:
                 return None
             await conn.execute("DELETE FROM canvas_updates WHERE canvas_id = $1 AND seq <= $2", canvas_id, through_seq)
-            await conn.execute(
-                "INSERT INTO canvas_versions (canvas_id, number, size, snapshot) VALUES ($1, $2, $3, $4)",
-                canvas_id,
-                new_version,
-                len(snapshot),
-                snapshot,
-            )
+            if record_version:
+                await conn.execute(
+                    "INSERT INTO canvas_versions (canvas_id, number, size, snapshot) VALUES ($1, $2, $3, $4)",
+                    canvas_id,
+                    new_version,
+                    len(snapshot),
+                    snapshot,
+                )
             await conn.execute(
                 "DELETE FROM canvas_versions WHERE canvas_id = $1 AND number NOT IN "
                 "(SELECT number FROM canvas_versions WHERE canvas_id = $1 ORDER BY number DESC LIMIT $2)",

@@ -131,7 +131,13 @@ class SQLiteStore:
         return await self._run(body)
 
     async def compact(
-        self, canvas_id: str, expected_version: int, snapshot: bytes, through_seq: int, keep_versions: int
+        self,
+        canvas_id: str,
+        expected_version: int,
+        snapshot: bytes,
+        through_seq: int,
+        keep_versions: int,
+        record_version: bool = True,
     ) -> int | None:
         snapshot = bytes(snapshot)
 
@@ -145,10 +151,11 @@ class SQLiteStore:
                 return None
             new_version = expected_version + 1
             conn.execute("DELETE FROM canvas_updates WHERE canvas_id = ? AND seq <= ?", (canvas_id, through_seq))
-            conn.execute(
-                "INSERT INTO canvas_versions (canvas_id, number, created_at, size, snapshot) VALUES (?, ?, ?, ?, ?)",
-                (canvas_id, new_version, now, len(snapshot), snapshot),
-            )
+            if record_version:
+                conn.execute(
+                    "INSERT INTO canvas_versions (canvas_id, number, created_at, size, snapshot) VALUES (?, ?, ?, ?, ?)",
+                    (canvas_id, new_version, now, len(snapshot), snapshot),
+                )
             conn.execute(
                 "DELETE FROM canvas_versions WHERE canvas_id = ? AND number NOT IN "
                 "(SELECT number FROM canvas_versions WHERE canvas_id = ? ORDER BY number DESC LIMIT ?)",

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import asyncio
+import shutil
+import uuid
 from typing import AsyncIterator
 
+import asyncpg
 import pytest
 
-from .support import LiveServer, ProcessServer, start_process_server, start_server
+from .support import (PG_DSN, LiveServer, ProcessServer, StorageBackend, skip_or_fail, start_process_server,
+                      start_server, with_search_path)
 
 
 @pytest.fixture
@@ -21,6 +26,8 @@ async def server_factory() -> AsyncIterator:
     for live in started:
         if not live.task.done():
             await live.stop()
+        if live.owned_dir:
+            shutil.rmtree(live.owned_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -44,3 +51,22 @@ async def process_server_factory() -> AsyncIterator:
         if server.proc.returncode is None:
             server.proc.kill()
             await server.proc.wait()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def storage_backend(request, tmp_path) -> AsyncIterator[StorageBackend]:
+    """Each test runs once on an embedded SQLite directory and once on a fresh Postgres schema."""
+    if request.param == "sqlite":
+        yield StorageBackend("sqlite", data_dir=str(tmp_path / "data"))
+        return
+    try:
+        admin = await asyncpg.connect(PG_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        skip_or_fail(f"Postgres unreachable at {PG_DSN}: {exc!r}")
+    schema = "t_" + uuid.uuid4().hex[:16]
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield StorageBackend("postgres", database_url=with_search_path(PG_DSN, schema))
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await admin.close()

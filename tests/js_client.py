@@ -58,10 +58,10 @@ class JsClient:
 
     @classmethod
     async def start(cls, ws_base: str, room: str, *, name: str = "client", connect: bool = True,
-                    timeout: float = 10.0) -> "JsClient":
+                    events: bool = False, timeout: float = 10.0) -> "JsClient":
         node = require_node()
         proc = await asyncio.create_subprocess_exec(
-            node, str(CLIENT_SCRIPT), ws_base, room, json.dumps({"connect": connect}),
+            node, str(CLIENT_SCRIPT), ws_base, room, json.dumps({"connect": connect, "events": events}),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             cwd=str(JS_DIR), limit=STDOUT_LIMIT,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import tempfile
 from typing import Any, Awaitable, Callable
 
 import pytest
@@ -60,6 +61,7 @@ class LiveServer(ServerAddress):
     server: DrainingServer
     task: asyncio.Task
     port: int
+    owned_dir: str | None = None  # a temporary data dir created for this server (removed by the fixture)
 
     @property
     def hub(self):
@@ -71,6 +73,10 @@ class LiveServer(ServerAddress):
 
 
 async def start_server(**overrides: Any) -> LiveServer:
+    """Start a server in this event loop; without ``data_dir``/``database_url`` it gets a fresh SQLite dir."""
+    owned_dir = None
+    if "data_dir" not in overrides and not overrides.get("database_url"):
+        owned_dir = overrides["data_dir"] = tempfile.mkdtemp(prefix="canvashub-test-")
     settings = dataclasses.replace(Settings(), host="127.0.0.1", port=0, **overrides)
     app = create_app(settings)
     server = DrainingServer(uvicorn_config(app, settings), app)
@@ -79,7 +85,7 @@ async def start_server(**overrides: Any) -> LiveServer:
     if task.done():
         task.result()
     port = server.servers[0].sockets[0].getsockname()[1]
-    return LiveServer(app, server, task, port)
+    return LiveServer(app, server, task, port, owned_dir)
 
 
 Factory = Callable[..., Awaitable[LiveServer]]
@@ -141,3 +147,39 @@ async def start_process_server(env: dict[str, str] | None = None, *args: str) ->
                 proc.kill()
                 raise AssertionError("server did not become healthy in 20 s")
             await asyncio.sleep(0.05)
+
+
+PG_DSN = os.environ.get("CANVASHUB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    """asyncpg passes unknown DSN query parameters on as server settings."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
+
+
+@dataclasses.dataclass
+class StorageBackend:
+    """Where a test server keeps its data: a SQLite directory or a fresh Postgres schema."""
+
+    kind: str
+    data_dir: str | None = None
+    database_url: str | None = None
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """Settings overrides for ``start_server``."""
+        return {"database_url": self.database_url} if self.database_url else {"data_dir": self.data_dir}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for ``canvashub serve`` in a child process."""
+        return {"DATABASE_URL": self.database_url} if self.database_url else {"CANVASHUB_DATA_DIR": self.data_dir or ""}
+
+    def make_store(self):
+        """A second store on the same data, for checking what the server wrote."""
+        from storage.postgres import PostgresStore
+        from storage.sqlite import SQLiteStore
+
+        if self.database_url:
+            return PostgresStore(self.database_url, pool_size=2, acquire_timeout=5.0)
+        return SQLiteStore(os.path.join(self.data_dir or "", "canvashub.sqlite3"))

@@ -3,7 +3,9 @@
 //   node client.mjs <ws-url-base> <room> [options-json]
 //
 // One WebsocketProvider (y-websocket 3.x, WebSocketPolyfill = ws) on its own Y.Doc,
-// connecting to `${base}/${room}`. options-json: {"connect": false} starts offline.
+// connecting to `${base}/${room}`. options-json: {"connect": false} starts offline;
+// {"events": true} opts into canvashub events (?events=1) and handles message type 100
+// with the provider's documented per-instance `messageHandlers` hook.
 //
 // stdin:  one JSON command per line, {"id": 1, "cmd": "set", ...}
 // stdout: one JSON object per line, either a reply {"id": 1, "ok": true, "result": ...}
@@ -15,12 +17,15 @@
 //   {"event":"closed","code":n|null,"reason":s}   (every socket close; code null = closed locally)
 //   {"event":"closed","code":n,"reason":s,"terminal":true}   (provider gave up: 4400-4499)
 //   {"event":"ready","clientID":n}   (first line, before any command is read)
+//   {"event":"canvashub","payload":{...}}   (a canvashub event, e.g. {"type":"save",...})
+//   {"event":"unknown-message","type":n}   (the provider would have logged "Unable to compute message")
 //
 // Shared types: Y.Map('elements') of nested Y.Maps, and Y.Text('text').
 
 import { createHash } from 'node:crypto'
 import { createInterface } from 'node:readline'
 
+import * as decoding from 'lib0/decoding'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -46,8 +51,21 @@ const text = doc.getText('text')
 
 const provider = new WebsocketProvider(base, room, doc, {
   WebSocketPolyfill: WebSocket,
-  connect: options.connect !== false
+  connect: options.connect !== false,
+  params: options.events ? { events: '1' } : {}
 })
+const MESSAGE_EVENT = 100
+if (options.events) {
+  provider.messageHandlers[MESSAGE_EVENT] = (_encoder, decoder) => {
+    emit({ event: 'canvashub', payload: JSON.parse(decoding.readVarString(decoder)) })
+  }
+}
+// Anything else the stock provider cannot handle is reported, so tests can assert it never happens.
+for (let type = 0; type < 256; type++) {
+  if (!provider.messageHandlers[type]) {
+    provider.messageHandlers[type] = () => emit({ event: 'unknown-message', type })
+  }
+}
 const awareness = provider.awareness
 
 provider.on('status', ({ status }) => emit({ event: 'status', status }))
@@ -154,6 +172,8 @@ const commands = {
     return { clientID: doc.clientID }
   },
   read,
+  // This client's own Yjs clock (what canvashub's save events report as "clock")
+  clock: () => doc.store.getState(doc.clientID),
   awarenessStates: () => awarenessStates(),
   probe: () => ({
     wsLastMessageReceived: provider.wsLastMessageReceived,

@@ -1,0 +1,283 @@
+"""The write path after the room: group commit into the update log, durable acks, retries, backlog cap.
+
+An update reaches ``Persister.submit`` only after it applied to the room's
+document (bytes that fail to apply are never stored) and was relayed to peers.
+One writer task drains the backlog in batches: it waits ``commit_interval``
+for more updates to gather (or until ``commit_max_updates`` are queued), then
+appends the whole batch in one store call (one round trip, one transaction).
+When it commits, every connection whose updates it held gets a ``save`` event
+with status ``saved``; HTTP writers waiting on it are released.
+
+If the store fails, the same batch is retried with exponential backoff and full
+jitter until it commits; connections with pending updates get ``retrying``
+events. The backlog (queued + in flight) is capped in bytes: ``admit`` says no
+past the cap, and the caller refuses the write (close 1013 / HTTP 503) instead
+of dropping it. Batches commit in submission order, so a retry never reorders a
+canvas's log. A retried batch whose first attempt timed out may land twice;
+applying a Yjs update twice is a no-op, so duplicates are harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from storage.base import Store
+
+from .logs import log
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .compaction import Compactor
+    from .connection import Connection
+
+
+@dataclasses.dataclass(slots=True)
+class Pending:
+    canvas_id: str
+    update: bytes
+    writer: "Connection | None"  # the socket to acknowledge, if the update came from one
+    number: int  # the writer's change number (1-based); 0 if no writer
+    done: asyncio.Future[int] | None  # resolved with the log seq (HTTP writers wait on it)
+    clocks: dict[int, int] | None  # state-vector entries this update advanced (opted-in writers only)
+
+
+class CanvasDeleted(Exception):
+    """The canvas was deleted while this update waited to be written."""
+
+
+class Persister:
+    def __init__(self, store: Store, metrics: Metrics, *, interval: float, max_updates: int,
+                 max_backlog_bytes: int, timeout: float, retry_max_delay: float, slow_seconds: float,
+                 compactor: "Compactor | None" = None) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.interval = interval
+        self.max_updates = max_updates
+        self.max_batch_bytes = 8 * 1024 * 1024
+        self.max_backlog_bytes = max_backlog_bytes
+        self.timeout = timeout
+        self.retry_max_delay = retry_max_delay
+        self.slow_seconds = slow_seconds
+        self.compactor = compactor
+        self._queue: deque[Pending] = deque()
+        self._inflight: list[Pending] = []
+        self.backlog_bytes = 0
+        self.retrying = False
+        self.last_error: str | None = None
+        self._pending_per_canvas: dict[str, int] = {}
+        self._durable_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._wake: asyncio.Future[None] | None = None
+        self._gathering = False  # the writer is inside its group-commit window
+        self._flush_now = False
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._inflight_waiters: list[asyncio.Future[None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- producer side (synchronous: called from room code) -------------------------------
+    @property
+    def backlog_updates(self) -> int:
+        return len(self._queue) + len(self._inflight)
+
+    def admit(self, size: int) -> bool:
+        """May a write of ``size`` bytes be accepted now? False past the backlog cap."""
+        return self.backlog_bytes + size <= self.max_backlog_bytes
+
+    def submit(self, canvas_id: str, update: bytes, writer: "Connection | None" = None,
+               want_result: bool = False, clocks: dict[int, int] | None = None) -> asyncio.Future[int] | None:
+        number = 0
+        if writer is not None:
+            writer.changes_submitted += 1
+            number = writer.changes_submitted
+        done = asyncio.get_running_loop().create_future() if want_result else None
+        self._queue.append(Pending(canvas_id, update, writer, number, done, clocks))
+        self.backlog_bytes += len(update)
+        self._pending_per_canvas[canvas_id] = self._pending_per_canvas.get(canvas_id, 0) + 1
+        self._idle.clear()
+        wake = self._wake
+        if wake is not None and not wake.done():
+            if not self._gathering or len(self._queue) >= self.max_updates:
+                wake.set_result(None)
+        return done
+
+    def is_durable(self, canvas_id: str) -> bool:
+        return canvas_id not in self._pending_per_canvas
+
+    async def wait_durable(self, canvas_id: str) -> None:
+        """Return once every update of ``canvas_id`` submitted so far is committed (no timeout)."""
+        if self.is_durable(canvas_id):
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._durable_waiters.setdefault(canvas_id, []).append(future)
+        await future
+
+    def discard(self, canvas_id: str) -> int:
+        """Drop queued (not in-flight) updates of a deleted canvas; their writers are told ``failed``."""
+        kept: deque[Pending] = deque()
+        dropped = 0
+        for item in self._queue:
+            if item.canvas_id == canvas_id:
+                dropped += 1
+                self._settle_one(item)
+                if item.done is not None and not item.done.done():
+                    item.done.set_exception(CanvasDeleted(canvas_id))
+                    item.done.exception()
+                if item.writer is not None:
+                    item.writer.save_failed("canvas deleted")
+            else:
+                kept.append(item)
+        self._queue = kept
+        self._release_waiters()
+        return dropped
+
+    async def wait_inflight(self) -> None:
+        """Wait for the batch being written now (if any) to commit."""
+        if self._inflight:
+            future = asyncio.get_running_loop().create_future()
+            self._inflight_waiters.append(future)
+            await future
+
+    # -- writer task ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def flush(self, timeout: float) -> bool:
+        """Shutdown: write everything queued now; True if the backlog emptied within ``timeout``."""
+        self._flush_now = True
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        self._stopping = True
+        if task is not None:
+            # Cancel until it is done: on Python 3.11 ``wait_for`` can swallow a cancellation
+            # that arrives just as the awaited call completes.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=0.1)
+        if self.backlog_updates:
+            log(logging.ERROR, "backlog_abandoned", updates=self.backlog_updates, bytes=self.backlog_bytes,
+                note="never acknowledged; clients still hold these changes and resend them on reconnect")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            if not self._queue:
+                self._idle.set()
+                self._wake = loop.create_future()
+                await self._wake
+            if len(self._queue) < self.max_updates and not self._flush_now and self.interval > 0:
+                self._gathering = True
+                self._wake = loop.create_future()
+                timer = loop.call_later(self.interval, _resolve, self._wake)
+                await self._wake
+                timer.cancel()
+                self._gathering = False
+            batch = self._inflight
+            size = 0
+            while self._queue and len(batch) < self.max_updates and (not batch or size < self.max_batch_bytes):
+                item = self._queue.popleft()
+                size += len(item.update)
+                batch.append(item)
+            if not batch:
+                continue
+            await self._commit(batch, size)
+            self._inflight = []
+            waiters, self._inflight_waiters = self._inflight_waiters, []
+            for future in waiters:
+                _resolve(future)
+
+    async def _commit(self, batch: list[Pending], size: int) -> None:
+        rows = [(item.canvas_id, item.update) for item in batch]
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                seqs = await asyncio.wait_for(self.store.append_updates(rows), self.timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any store failure: keep the batch, back off, retry
+                attempt += 1
+                self.metrics.append_failures += 1
+                self.retrying = True
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                delay = random.uniform(0, min(self.retry_max_delay, 0.05 * 2 ** attempt))
+                log(logging.WARNING, "append_retry", attempt=attempt, rows=len(rows), bytes=size,
+                    backlog_bytes=self.backlog_bytes, retry_in_ms=round(delay * 1000), error=self.last_error)
+                self._notify_retrying(batch, attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            break
+        ms = (time.perf_counter() - started) * 1000
+        self.metrics.batches_committed += 1
+        self.metrics.updates_committed += len(rows)
+        self.metrics.bytes_committed += size
+        self.metrics.commit_seconds += ms / 1000
+        if self.retrying:
+            log(logging.INFO, "store_recovered", attempts=attempt + 1)
+            self.retrying = False
+            self.last_error = None
+        canvases = len({cid for cid, _ in rows})
+        slow = ms > self.slow_seconds * 1000
+        log(logging.WARNING if slow else logging.INFO, "batch_committed", rows=len(rows), bytes=size,
+            canvases=canvases, ms=round(ms, 2), slow=slow)
+        self._acknowledge(batch, seqs)
+
+    def _settle_one(self, item: Pending) -> None:
+        self.backlog_bytes -= len(item.update)
+        left = self._pending_per_canvas[item.canvas_id] - 1
+        if left:
+            self._pending_per_canvas[item.canvas_id] = left
+        else:
+            del self._pending_per_canvas[item.canvas_id]
+
+    def _acknowledge(self, batch: list[Pending], seqs: list[int]) -> None:
+        writers: dict["Connection", tuple[int, int]] = {}
+        per_canvas: dict[str, int] = {}
+        for item, seq in zip(batch, seqs):
+            self._settle_one(item)
+            per_canvas[item.canvas_id] = per_canvas.get(item.canvas_id, 0) + 1
+            if item.done is not None and not item.done.done():
+                item.done.set_result(seq)
+            writer = item.writer
+            if writer is not None:
+                writers[writer] = (item.number, seq)
+                if item.clocks:
+                    writer.merge_durable_clock(item.clocks)
+        for writer, (number, seq) in writers.items():
+            writer.save_succeeded(number, seq)
+        self._release_waiters()
+        if self.compactor is not None:
+            for canvas_id, count in per_canvas.items():
+                self.compactor.note_appended(canvas_id, count)
+
+    def _release_waiters(self) -> None:
+        for canvas_id in [c for c in self._durable_waiters if c not in self._pending_per_canvas]:
+            for future in self._durable_waiters.pop(canvas_id):
+                if not future.done():
+                    future.set_result(None)
+
+    def _notify_retrying(self, batch: list[Pending], attempt: int, delay: float) -> None:
+        writers = {item.writer for item in batch if item.writer is not None}
+        writers.update(item.writer for item in self._queue if item.writer is not None)
+        for writer in writers:
+            writer.save_retrying(attempt, delay, self.last_error)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,106 @@
+"""A raw WebSocket test client that speaks y-websocket frames and records canvashub events."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import orjson
+import websockets
+from pycrdt import Doc, Map
+
+from crdt import codec
+from crdt.codec import MSG_EVENT, Reader
+
+
+class WireClient:
+    """Records every frame; decodes ``[100, json]`` event frames; remembers the close code."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[bytes] = []
+        self.events: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self._changed = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def connect(cls, server, canvas_id: str, *, events: bool = True) -> "WireClient":
+        url = server.ws_url(canvas_id) + ("?events=1" if events else "")
+        return cls(await websockets.connect(url, max_size=None))
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.ws:
+                assert isinstance(frame, bytes)
+                self.frames.append(frame)
+                if frame[0] == MSG_EVENT:
+                    reader = Reader(frame)
+                    reader.var_uint()
+                    self.events.append(orjson.loads(reader.var_bytes()))
+                self._notify()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; events {self.events[-5:]}")
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def wait_save(self, status: str = "saved", where: Callable[[dict], bool] | None = None,
+                        timeout: float = 10.0) -> dict[str, Any]:
+        def found():
+            for event in self.events:
+                if event.get("type") == "save" and event["status"] == status and (where is None or where(event)):
+                    return event
+            return None
+
+        return await self.wait(found, timeout, f"save event {status}")
+
+    async def wait_closed(self, timeout: float = 10.0) -> int:
+        await self.wait(lambda: self._task.done(), timeout, "close")
+        return self.close_code  # type: ignore[return-value]
+
+    async def send_update(self, update: bytes) -> None:
+        await self.ws.send(codec.encode_update(update))
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.wait_for(self._task, 10)
+
+
+def key_updates(count: int, prefix: str = "k", doc: Doc | None = None) -> tuple[Doc, list[bytes]]:
+    """``count`` updates, each setting ``elements[f"{prefix}{i}"] = i`` in its own transaction."""
+    doc = doc or Doc()
+    elements = doc.get("elements", type=Map)
+    updates: list[bytes] = []
+    subscription = doc.observe(lambda event: updates.append(bytes(event.update)))
+    for i in range(count):
+        elements[f"{prefix}{i}"] = i
+    doc.unobserve(subscription)
+    return doc, updates
+
+
+def elements_of(state: bytes | None) -> dict[str, Any]:
+    doc = Doc()
+    if state:
+        doc.apply_update(state)
+    return doc.get("elements", type=Map).to_py() or {}
