@@ -53,12 +53,7 @@ async def process_server_factory() -> AsyncIterator:
             await server.proc.wait()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def storage_backend(request, tmp_path) -> AsyncIterator[StorageBackend]:
-    """Each test runs once on an embedded SQLite directory and once on a fresh Postgres schema."""
-    if request.param == "sqlite":
-        yield StorageBackend("sqlite", data_dir=str(tmp_path / "data"))
-        return
+async def _postgres_backend() -> AsyncIterator[StorageBackend]:
     try:
         admin = await asyncpg.connect(PG_DSN, timeout=5)
     except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
@@ -66,7 +61,24 @@ async def storage_backend(request, tmp_path) -> AsyncIterator[StorageBackend]:
     schema = "t_" + uuid.uuid4().hex[:16]
     await admin.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield StorageBackend("postgres", database_url=with_search_path(PG_DSN, schema))
+        yield StorageBackend("postgres", database_url=with_search_path(PG_DSN, schema), schema=schema)
     finally:
         await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def storage_backend(request, tmp_path) -> AsyncIterator[StorageBackend]:
+    """Each test runs once on an embedded SQLite directory and once on a fresh Postgres schema."""
+    if request.param == "sqlite":
+        yield StorageBackend("sqlite", data_dir=str(tmp_path / "data"))
+        return
+    async for backend in _postgres_backend():
+        yield backend
+
+
+@pytest.fixture
+async def postgres_backend() -> AsyncIterator[StorageBackend]:
+    """A fresh Postgres schema (for tests that only make sense on Postgres, e.g. outages)."""
+    async for backend in _postgres_backend():
+        yield backend

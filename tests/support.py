@@ -164,6 +164,7 @@ class StorageBackend:
     kind: str
     data_dir: str | None = None
     database_url: str | None = None
+    schema: str | None = None  # Postgres only
 
     @property
     def overrides(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from storage import migrations
 from storage.base import CanvasInfo, LoadedCanvas, Store, VersionInfo
 from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
+from server.compaction import CompactionConflict, CompactionResult, compact_canvas
 
 from .support import skip_or_fail
 
@@ -359,3 +360,59 @@ async def test_interleaved_appends_and_compactions_lose_nothing(store):
     await _compact_once(store, cid)
     final = await store.load(cid)
     assert final.updates == [] and set(_state_keys(final)) == expected
+
+
+async def test_server_compactor_races_appends_and_itself(store):
+    """The server's compact_canvas (reload, replay, CAS, bounded retry) run by 5 racing compactors
+    while 5 writers append: versions strictly increase with one winner each, nothing is lost."""
+    cid = _uid()
+    await store.append_updates([(cid, pycrdt.Doc().get_update())])
+    expected: set[str] = set()
+    done = asyncio.Event()
+    results: list[CompactionResult] = []
+
+    async def writer(w: int) -> None:
+        doc = pycrdt.Doc()
+        m = doc.get("m", type=pycrdt.Map)
+        for i in range(20):
+            state = doc.get_state()
+            m[f"w{w}-{i}"] = i
+            await store.append_updates([(cid, doc.get_update(state))])
+            expected.add(f"w{w}-{i}")
+
+    async def compactor() -> None:
+        while not done.is_set():
+            try:
+                result = await compact_canvas(store, cid, keep_versions=50, timeout=WAIT, attempts=3)
+            except CompactionConflict:
+                continue  # lost three times in a row to the other compactors: go again
+            if result is not None:
+                results.append(result)
+            await asyncio.sleep(0)
+
+    compactors = [asyncio.create_task(compactor()) for _ in range(5)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(writer(w) for w in range(5))), WAIT)
+    finally:
+        done.set()
+        await asyncio.wait_for(asyncio.gather(*compactors), WAIT)
+    await compact_canvas(store, cid, keep_versions=50, timeout=WAIT)
+    versions = [r.version for r in results]
+    assert versions and len(set(versions)) == len(versions)  # each version has exactly one winner
+    assert any(r.attempts > 1 for r in results) or len(results) > 1
+    final = await store.load(cid)
+    assert final.updates == [] and set(_state_keys(final)) == expected and len(expected) == 100
+    history = [v.number for v in await store.list_versions(cid, None, 100)]
+    assert history == sorted(history, reverse=True) and len(set(history)) == len(history)
+
+
+async def test_compact_without_recording_a_version(store):
+    """record_version=False bumps the version (for the CAS) and trims the log but adds no history row."""
+    cid = _uid()
+    seqs = await store.append_updates([(cid, b"u1")])
+    assert await store.compact(cid, 0, b"snap", seqs[0], keep_versions=5) == 1
+    seqs = await store.append_updates([(cid, b"dup")])
+    assert await store.compact(cid, 1, b"snap", seqs[0], keep_versions=5, record_version=False) == 2
+    assert [v.number for v in await store.list_versions(cid, None, 10)] == [1]
+    loaded = await store.load(cid)
+    assert loaded.version == 2 and loaded.updates == []

@@ -173,7 +173,7 @@ const commands = {
   },
   read,
   // This client's own Yjs clock (what canvashub's save events report as "clock")
-  clock: () => doc.store.getState(doc.clientID),
+  clock: () => Y.decodeStateVector(Y.encodeStateVector(doc)).get(doc.clientID) ?? 0,
   awarenessStates: () => awarenessStates(),
   probe: () => ({
     wsLastMessageReceived: provider.wsLastMessageReceived,
