@@ -43,6 +43,9 @@ async def js(server_factory) -> AsyncIterator:
     await asyncio.gather(*(client.close() for client in started), return_exceptions=True)
     errors = {c.name: c.errors() for c in started if c.errors()}
     assert not errors, f"uncaught errors in the JS clients: {errors}"
+    # A stock provider would log "Unable to compute message" for these: canvashub never sends them.
+    unknown = {c.name: [e for e in c.events if e["event"] in ("unknown-message", "canvashub")] for c in started}
+    assert not any(unknown.values()), f"stock clients got messages they cannot handle: {unknown}"
 
 
 # -- helpers -----------------------------------------------------------------
