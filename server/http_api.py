@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
 MAX_JSON_BODY = 1024 * 1024
+MAX_VERSION = 2**31 - 1  # version numbers are 32-bit INTEGER columns in storage
 
 
 class ApiError(Exception):
@@ -232,6 +233,8 @@ class HttpApi:
             before = None if cursor is None else int(cursor)
         except ValueError:
             raise ApiError(400, "invalid", "cursor must be a version number") from None
+        if before is not None and not 0 <= before <= MAX_VERSION:
+            raise ApiError(400, "invalid", "cursor must be a version number")
         timeout = self.hub.settings.store_timeout
         rows = await asyncio.wait_for(self.store.list_versions(canvas_id, before, limit + 1), timeout)
         if not rows and cursor is None and await self.hub.read_document(canvas_id) is None:
@@ -244,6 +247,8 @@ class HttpApi:
         })
 
     async def _version(self, canvas_id: str, number: int) -> tuple[Any, Doc, bytes]:
+        if not 1 <= number < MAX_VERSION:  # number + 1 below must fit too
+            raise ApiError(404, "not_found", f"canvas {canvas_id!r} has no version {number}")
         timeout = self.hub.settings.store_timeout
         infos = await asyncio.wait_for(self.store.list_versions(canvas_id, number + 1, 1), timeout)
         snapshot = await asyncio.wait_for(self.store.get_version(canvas_id, number), timeout)

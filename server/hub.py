@@ -138,7 +138,7 @@ class Hub:
     async def read_document(self, canvas_id: str) -> tuple[Doc, str, int, float | None] | None:
         """(doc, etag, version, updated_at) for HTTP reads: the live room if loaded, else from storage."""
         room = self.registry.rooms.get(canvas_id)
-        if room is not None:
+        if room is not None and room.exists:
             return room.document.doc, room.etag, room.version, room.updated_at
         loaded = await self.load_canvas(canvas_id)
         if loaded is None:
@@ -156,7 +156,8 @@ class Hub:
         """
         room = await self.registry.acquire(canvas_id)
         try:
-            if if_match is not None and not etag_matches(if_match, room.etag):
+            # If-Match (even "*") never matches a canvas that does not exist yet (RFC 9110 13.1.1).
+            if if_match is not None and not (room.exists and etag_matches(if_match, room.etag)):
                 raise PreconditionFailed(room.etag)
             effects = change(room.document)
             done = room.apply_local(effects, want_result=True)
@@ -176,7 +177,7 @@ class Hub:
         await self.persister.wait_inflight()  # a batch holding its rows commits first, then the delete
         existed = await asyncio.wait_for(self.store.delete_canvas(canvas_id), self.settings.store_timeout)
         log(logging.INFO, "canvas_deleted", canvas=canvas_id, existed=existed or room is not None)
-        return existed or room is not None
+        return existed or (room is not None and room.exists)
 
     @property
     def connections(self) -> list:

@@ -43,6 +43,11 @@ class Room:
         self.deleted = False
 
     @property
+    def exists(self) -> bool:
+        """Stored, or changed since it loaded: a room opened on an unknown id is not a canvas yet."""
+        return self.updated_at is not None
+
+    @property
     def etag(self) -> str:
         """Strong ETag of the document's content (cached until the next change)."""
         if self._etag is None:

@@ -82,4 +82,14 @@ POSTGRES: list[tuple[int, list[str]]] = [
             $fn$""",
         ],
     ),
+    (
+        3,
+        [
+            # Byte order for canvas ids whatever the database's default collation, so the
+            # cursor-paginated listing orders ids the same way as SQLite does.
+            'ALTER TABLE canvases ALTER COLUMN id TYPE TEXT COLLATE "C"',
+            'ALTER TABLE canvas_updates ALTER COLUMN canvas_id TYPE TEXT COLLATE "C"',
+            'ALTER TABLE canvas_versions ALTER COLUMN canvas_id TYPE TEXT COLLATE "C"',
+        ],
+    ),
 ]
