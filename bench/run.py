@@ -2,6 +2,7 @@
 
     /work/main/.venv/bin/python bench/run.py [--servers canvashub,relay,pycrdt-websocket,node]
         [--shapes s1,s2,s3,s4,s5,idle] [--duration 15] [--repeat 1] [--out results.jsonl]
+        [--stores sqlite,postgres] [--database-url DSN] [--events]
 
 Installs the references into bench/.cache/ (gitignored) on first use: pycrdt-websocket into a
 throwaway venv, @y/websocket-server into a throwaway npm dir, and the load generator's pinned
@@ -9,11 +10,18 @@ packages (npm ci in bench/loadgen). For every (shape, server) it starts the serv
 loopback port, runs bench/loadgen/loadgen.mjs, samples the server's process tree from /proc
 every 100 ms, stops the server and prints one JSON line; a final JSON line holds the target's
 (canvashub's) ratios to each reference. Logs go to stderr. See bench/README.md.
+
+canvashub runs once per ``--stores`` entry: ``canvashub`` on its embedded SQLite store (in the run's
+throwaway working directory) and ``canvashub-postgres`` on PostgreSQL (``--database-url``, in a
+throwaway schema per run, created before the server starts and dropped after it stops).
+``--events`` makes the load generator opt canvashub's sockets into save events and report the
+durable-ack latency (edit -> the ``saved`` event covering it).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import resource
@@ -39,6 +47,8 @@ HOST = "127.0.0.1"
 
 PYCRDT_WS_REQS = ["pycrdt-websocket==0.16.5", "uvicorn[standard]==0.54.0"]
 NODE_SERVER_PKGS = ["@y/websocket-server@0.1.1", "yjs@13.6.33"]  # 0.1.1: last for yjs 13 clients
+DEFAULT_DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+STORES = ("sqlite", "postgres")
 
 # id -> loadgen arguments. Rates are per client per second.
 SHAPES: dict[str, dict] = {
@@ -70,6 +80,10 @@ class Server:
     missing: str = ""
     env: dict[str, str] = field(default_factory=dict)
     prepare: object = None  # callable installing what the server needs
+    # per run: tag -> (extra env, cleanup called after the server stopped); e.g. a throwaway schema
+    per_run: object = None
+    events: bool = False  # sends canvashub save events (loadgen --events applies)
+    store: str | None = None  # canvashub's storage backend, reported in its result lines
 
     def argv(self, port: int) -> list[str]:
         assert self.command is not None
@@ -120,17 +134,78 @@ def prepare_loadgen() -> None:
     (LOADGEN / "node_modules" / ".bench-stamp").write_text(lock)
 
 
-def servers(canvashub_args: str = "") -> dict[str, Server]:
+def _with_query(dsn: str, param: str) -> str:
+    return dsn + ("&" if "?" in dsn else "?") + param
+
+
+def _pg(dsn: str, *statements: str) -> None:
+    """Run a few statements on PostgreSQL (asyncpg: a dependency of canvashub, in its venv)."""
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            for sql in statements:
+                await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def postgres_schema(database_url: str):
+    """Per run: a fresh schema, passed to canvashub as ``?search_path=`` (asyncpg sends unknown DSN
+    parameters as server settings, so every pooled connection uses it); dropped after the run."""
+
+    def per_run(tag: str) -> tuple[dict[str, str], object]:
+        schema = "bench_" + "".join(ch if ch.isalnum() else "_" for ch in tag.lower())[:50]
+        _pg(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE", f"CREATE SCHEMA {schema}")
+
+        def cleanup() -> None:
+            try:
+                _pg(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            except Exception as exc:  # noqa: BLE001 - report, keep going
+                log(f"warning: could not drop schema {schema}: {exc!r}")
+
+        return {"DATABASE_URL": _with_query(database_url, f"search_path={schema}")}, cleanup
+
+    return per_run
+
+
+def check_postgres(database_url: str) -> None:
+    try:
+        _pg(database_url, "SELECT 1")
+    except Exception as exc:  # noqa: BLE001
+        raise SystemExit(f"PostgreSQL at --database-url is not usable: {type(exc).__name__}: {exc}") from None
+
+
+def servers(canvashub_args: str = "", database_url: str = DEFAULT_DATABASE_URL) -> dict[str, Server]:
     exe = Path(sys.executable).parent / "canvashub"
     canvashub = exe if exe.exists() else ROOT / ".venv" / "bin" / "canvashub"
     extra = shlex.split(canvashub_args)
     node_bin = CACHE / "node-websocket-server" / "node_modules" / "@y" / "websocket-server" / "src" / "server.js"
+    hub_cmd = [str(canvashub), "serve", "--host", HOST, "--port", "{port}", *extra] if canvashub.exists() else None
+    hub_missing = f"{canvashub} not found (the canvashub CLI is not installed yet)"
     return {
         "canvashub": Server(
             "canvashub",
             "ws://127.0.0.1:{port}/ws/{room}",
-            [str(canvashub), "serve", "--host", HOST, "--port", "{port}", *extra] if canvashub.exists() else None,
-            missing=f"{canvashub} not found (the canvashub CLI is not installed yet)",
+            hub_cmd,
+            missing=hub_missing,
+            # SQLite under the run's throwaway working directory, whatever the caller's environment says
+            env={"DATABASE_URL": "", "CANVASHUB_DATA_DIR": ".canvashub-data"},
+            events=True,
+            store="sqlite",
+        ),
+        "canvashub-postgres": Server(
+            "canvashub-postgres",
+            "ws://127.0.0.1:{port}/ws/{room}",
+            hub_cmd,
+            missing=hub_missing,
+            prepare=lambda: check_postgres(database_url),
+            per_run=postgres_schema(database_url),
+            events=True,
+            store="postgres",
         ),
         "relay": Server(
             "relay",
@@ -286,6 +361,8 @@ def loadgen_argv(server: Server, port: int, shape: dict, args: argparse.Namespac
     else:
         argv += ["--rooms", str(shape["rooms"]), "--rate", str(shape["rate"]),
                  "--awareness-rate", str(shape.get("awareness", 0))]
+        if args.events and server.events:
+            argv.append("--events")
     return argv
 
 
@@ -297,15 +374,31 @@ def shape_desc(shape_id: str, args: argparse.Namespace) -> str:
 def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -> dict:
     shape = SHAPES[shape_id]
     base = {"server": server.name, "shape": shape_id, "desc": shape_desc(shape_id, args), "repeat": rep}
+    if server.store:
+        base["store"] = server.store
     port = free_port()
     logs = CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{server.name}-{shape_id}-{rep}.log"
+    tag = f"{shape_id}-{server.name.replace('-', '')}-{rep}-{os.getpid()}"
     env = {**os.environ, **{k: v.replace("{port}", str(port)) for k, v in server.env.items()}}
+    cleanup = None
+    if server.per_run:
+        try:
+            extra_env, cleanup = server.per_run(tag)
+        except Exception as exc:  # noqa: BLE001 - e.g. the database went away
+            return {**base, "error": f"per-run setup failed: {type(exc).__name__}: {exc}"}
+        env.update(extra_env)
     # a throwaway working directory: nothing a server writes by default outlives its run
     workdir = tempfile.TemporaryDirectory(prefix="run-", dir=CACHE)
-    with open(log_path, "wb") as srv_log:
-        proc = spawn(server.argv(port), stdout=srv_log, stderr=subprocess.STDOUT, env=env, cwd=workdir.name)
+    try:
+        with open(log_path, "wb") as srv_log:
+            proc = spawn(server.argv(port), stdout=srv_log, stderr=subprocess.STDOUT, env=env, cwd=workdir.name)
+    except BaseException:
+        workdir.cleanup()
+        if cleanup:
+            cleanup()
+        raise
     gen = None
     try:
         if not wait_accepting(port, proc):
@@ -316,7 +409,6 @@ def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -
         sampler.start()
         marks: dict[str, dict] = {}
         tail: deque[str] = deque(maxlen=40)
-        tag = f"{shape_id}-{server.name.replace('-', '')}-{rep}-{os.getpid()}"
         gen = spawn(loadgen_argv(server, port, shape, args, tag), stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True, cwd=LOADGEN)
 
@@ -379,6 +471,8 @@ def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -
             stop(gen)
         stop(proc)
         workdir.cleanup()
+        if cleanup:
+            cleanup()
 
 
 # ---------------------------------------------------------------- summary
@@ -397,6 +491,9 @@ def summarize(results: list[dict], target: str) -> dict:
             "p99": med(rows, lambda r: (r.get("latency_ms") or {}).get("p99")),
             "kb_per_conn": med(rows, lambda r: r.get("kb_per_conn")),
             "errors": med(rows, lambda r: (r.get("errors") or {}).get("total")),
+            **({"ack_p50": med(rows, lambda r: r.get("ack_p50_ms")), "ack_p99": med(rows, lambda r: r.get("ack_p99_ms")),
+                "unacked": med(rows, lambda r: r.get("unacked"))}
+               if any("acks" in r for r in rows) else {}),
         }
 
     medians: dict[str, dict] = {}
@@ -426,15 +523,19 @@ def summarize(results: list[dict], target: str) -> dict:
 
 def print_table(summary: dict) -> None:
     """The summary as a small table on stderr, for people."""
-    log(f"{'shape':6} {'server':17} {'cpu%':>6} {'p50 ms':>8} {'p99 ms':>8} {'KB/conn':>8} {'errors':>6}   ratio of {summary['target']}")
+    acks = any("ack_p99" in m for by in summary["medians"].values() for m in by.values())
+    ack_head = f" {'ack p50':>8} {'ack p99':>8} {'unacked':>7}" if acks else ""
+    log(f"{'shape':6} {'server':18} {'cpu%':>6} {'p50 ms':>8} {'p99 ms':>8} {'KB/conn':>8} {'errors':>6}{ack_head}"
+        f"   ratio of {summary['target']}")
     fmt = lambda v, w: f"{v:>{w}.1f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"  # noqa: E731
     for shape, by in summary["medians"].items():
         for srv, m in by.items():
             r = summary["ratios"].get(shape, {}).get(srv)
             rs = "  ".join(f"{k} x{'-' if v is None else v}" for k, v in r.items() if k != "errors") if r else ""
             rs += "  (errors!)" if r and "errors" in r else ""
-            log(f"{shape:6} {srv:17} {fmt(m['cpu'], 6)} {fmt(m['p50'], 8)} {fmt(m['p99'], 8)} "
-                f"{fmt(m['kb_per_conn'], 8)} {fmt(m['errors'], 6)}   {rs}")
+            ack = f" {fmt(m.get('ack_p50'), 8)} {fmt(m.get('ack_p99'), 8)} {fmt(m.get('unacked'), 7)}" if acks else ""
+            log(f"{shape:6} {srv:18} {fmt(m['cpu'], 6)} {fmt(m['p50'], 8)} {fmt(m['p99'], 8)} "
+                f"{fmt(m['kb_per_conn'], 8)} {fmt(m['errors'], 6)}{ack}   {rs}")
 
 
 # ---------------------------------------------------------------- main
@@ -442,13 +543,24 @@ def print_table(summary: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--servers", default=",".join(servers()), help="comma-separated, from: %(default)s")
+    ap.add_argument("--servers", default=",".join(s for s in servers() if s != "canvashub-postgres"),
+                    help="comma-separated, from: %(default)s (canvashub runs once per --stores entry)")
+    ap.add_argument("--stores", default="sqlite",
+                    help="canvashub's storage backends, comma-separated from: sqlite,postgres; sqlite runs as "
+                         "'canvashub', postgres as 'canvashub-postgres' (default: %(default)s)")
+    ap.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
+                    help="PostgreSQL DSN for --stores postgres; every run gets a throwaway schema in it "
+                         "(default: $BENCH_DATABASE_URL or %(default)s)")
+    ap.add_argument("--events", action="store_true",
+                    help="canvashub clients opt in to save events; report durable-ack latency (ack_*_ms, acks, unacked)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, from: %(default)s")
     ap.add_argument("--duration", type=float, default=15, help="measurement window per run, s")
     ap.add_argument("--warmup", type=float, default=3, help="load before the window (idle: settle), s")
     ap.add_argument("--repeat", type=int, default=1, help="run every (shape, server) this many times")
     ap.add_argument("--idle-connections", type=int, default=0, help="override the idle shape's 2000")
-    ap.add_argument("--target", default="canvashub", help="server whose ratios the summary reports")
+    ap.add_argument("--target", default=None,
+                    help="server whose ratios the summary reports (default: canvashub, or canvashub-postgres "
+                         "if only postgres is in --stores)")
     ap.add_argument("--threads", type=int, default=2, help="load generator worker threads")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, help="also append the JSON lines to this file")
@@ -457,14 +569,23 @@ def main() -> int:
     ap.add_argument("--summarize", type=Path, metavar="JSONL",
                     help="run nothing: print the summary of result lines saved with --out (several runs may be concatenated)")
     args = ap.parse_args()
+    stores = [s for s in args.stores.split(",") if s]
+    if not stores or any(s not in STORES for s in stores):
+        ap.error(f"--stores: comma-separated from {','.join(STORES)}")
+    if args.target is None:
+        args.target = "canvashub" if "sqlite" in stores else "canvashub-postgres"
     if args.summarize:
         rows = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]
         summary = summarize([r for r in rows if not r.get("summary")], args.target)
         print(json.dumps(summary, separators=(",", ":")))
         print_table(summary)
         return 0
-    all_servers = servers(args.canvashub_args)
-    names = [s for s in args.servers.split(",") if s]
+    all_servers = servers(args.canvashub_args, args.database_url)
+    names = []
+    for n in (s for s in args.servers.split(",") if s):
+        # canvashub once per store: sqlite -> canvashub, postgres -> canvashub-postgres
+        variants = [{"sqlite": "canvashub", "postgres": "canvashub-postgres"}[st] for st in stores] if n == "canvashub" else [n]
+        names += [v for v in variants if v not in names]
     shapes = [s for s in args.shapes.split(",") if s]
     bad = [n for n in names if n not in all_servers] + [s for s in shapes if s not in SHAPES]
     if bad:

@@ -59,7 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"canvashub: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        serve(settings)
+        try:
+            serve(settings)
+        except KeyboardInterrupt:
+            # uvicorn re-raises the SIGINT it handled after a clean shutdown: no traceback for that.
+            return 130
     return 0
 
 

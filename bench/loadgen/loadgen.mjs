@@ -6,6 +6,8 @@
 // update takes until every other client of the room has applied it. Prints exactly one JSON
 // line on stdout; logs and phase markers ("@phase NAME", read by bench/run.py to window its CPU
 // sampling) go to stderr. See bench/README.md for the meaning of every field.
+// With --events (canvashub only) every client opts in to save events (?events=1) and the output
+// also carries the durable-ack latency: edit -> the `saved` event whose clock covers it.
 //
 // Why worker threads: a stock client pays ~50-100 us of Yjs work per received update in a
 // 100-client room (state vectors are recomputed per transaction), so one thread running 100
@@ -32,7 +34,8 @@ const OPTIONS = {
   'connect-concurrency': { type: 'string', default: '64' },
   'connect-timeout': { type: 'string', default: '60' }, // s, per connect stage
   'room-prefix': { type: 'string', default: '' },
-  seed: { type: 'string', default: '1' }
+  seed: { type: 'string', default: '1' },
+  events: { type: 'boolean', default: false } // opt in to canvashub save events (?events=1), report durable-ack latency
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -40,6 +43,8 @@ const log = (...a) => console.error('[loadgen]', ...a)
 
 // Shared counters (Int32Array slots)
 const PENDING = 0 // measured updates not yet applied by every receiver
+const ACK_PENDING = 1 // --events: measured edits not yet covered by a `saved` event
+const MSG_EVENT = 100 // canvashub event frame: [100, varString(json)]
 const RENEW_MS = 15000 // y-protocols awareness: outdatedTimeout / 2
 const MAX_US = 2 ** 31 - 1
 
@@ -76,7 +81,8 @@ const config = () => {
     conc: Math.max(1, Math.floor(num('connect-concurrency'))),
     connectTimeout: num('connect-timeout') * 1000,
     prefix,
-    seed: Math.floor(num('seed'))
+    seed: Math.floor(num('seed')),
+    events: Boolean(opt.events)
   }
   // seq slots per client: every send the schedule can make
   cfg.maxSeq = Math.ceil((cfg.rate * (cfg.warmup + cfg.duration)) / 1000) + 2
@@ -146,7 +152,7 @@ const coordinator = async () => {
   const windowMs = now() - win.start
   // drain: wait (bounded) for measured updates still in flight
   const drainEnd = now() + cfg.drain
-  while (Atomics.load(counters, PENDING) > 0 && now() < drainEnd) await sleep(20)
+  while ((Atomics.load(counters, PENDING) > 0 || Atomics.load(counters, ACK_PENDING) > 0) && now() < drainEnd) await sleep(20)
 
   const reports = await ask({ cmd: 'report' })
   const remaining = new Int32Array(shared.remaining)
@@ -193,6 +199,23 @@ const coordinator = async () => {
       max: Math.max(...reports.map((r) => r.lagMax))
     }
   }
+  if (cfg.events) {
+    // durable acks: per measured edit, edit -> the first `saved` event whose clock covers it
+    const acks = cat('ackLat').sort((a, b) => a - b)
+    Object.assign(result, {
+      ack_p50_ms: pct(acks, 50),
+      ack_p99_ms: pct(acks, 99),
+      ack_max_ms: pct(acks, 100),
+      acks: acks.length,
+      unacked: sum('unacked'),
+      save_events: {
+        saved: sum('evSaved'),
+        retrying: sum('evRetrying'),
+        failed: sum('evFailed'),
+        other: sum('evOther')
+      }
+    })
+  }
   phase('done')
   await Promise.race([ask({ cmd: 'close' }), sleep(3000)]) // close sockets politely, bounded
   process.stdout.write(JSON.stringify(result) + '\n', () => process.exit(0))
@@ -204,6 +227,7 @@ const workerMain = async () => {
   const Y = await import('yjs')
   const { WebsocketProvider } = await import('y-websocket')
   const { cfg, base, shared, w } = workerData
+  const decoding = cfg.events ? await import('lib0/decoding') : null // lib0 comes with yjs
   process.setMaxListeners(0) // every provider adds a process 'exit' listener
   const now = () => Number(process.hrtime.bigint() - base) / 1e6
   const sendT = new Float64Array(shared.sendT)
@@ -234,6 +258,11 @@ const workerMain = async () => {
   let awarenessInWindow = 0
   let framesInWindow = 0
   let sentMeasured = 0
+  const ackLat = [] // --events: edit -> covering `saved` event, ms (measured edits only)
+  let evSaved = 0
+  let evRetrying = 0
+  let evFailed = 0
+  let evOther = 0
 
   // Client idx is member j = floor(idx / R) of room idx % R: rooms differ in size by at most
   // one (a lone client would get no traffic and the provider drops sockets silent for 30 s),
@@ -242,7 +271,8 @@ const workerMain = async () => {
   for (let idx = 0; idx < cfg.N; idx++) {
     const j = Math.floor(idx / cfg.R)
     if (j % cfg.threads !== w) continue
-    mine.push({ idx, room: idx % cfg.R, first: j === 0, doc: null, provider: null, synced: false, seq: 0, others: 0, lastSeen: new Map() })
+    // unacked (--events): measured edits not yet durable, in clock order: [clock after the edit, edit time]
+    mine.push({ idx, room: idx % cfg.R, first: j === 0, doc: null, provider: null, synced: false, seq: 0, others: 0, lastSeen: new Map(), unacked: [], ackHead: 0 })
   }
 
   // Yjs integrates a client's updates in order, so when seq n of a sender shows up every
@@ -277,9 +307,32 @@ const workerMain = async () => {
     // thread would sync each other in-process, bypassing the server.
     const provider = new WebsocketProvider(cfg.serverUrl, `${cfg.prefix}-r${c.room}`, c.doc, {
       WebSocketPolyfill: WebSocket,
-      disableBc: true
+      disableBc: true,
+      ...(cfg.events ? { params: { events: '1' } } : {})
     })
     c.provider = provider
+    if (cfg.events) {
+      // canvashub save events: {"type":"save","status":"saved",...,"clock":{"<clientID>": C}}. An
+      // edit after which this doc's own clock was c is durable once a saved event has clock >= c.
+      const me = String(c.doc.clientID)
+      provider.messageHandlers[MSG_EVENT] = (_encoder, decoder) => {
+        const t = now()
+        let ev
+        try { ev = JSON.parse(decoding.readVarString(decoder)) } catch { evOther++; return }
+        if (ev?.type !== 'save') { evOther++; return }
+        if (ev.status === 'retrying') { evRetrying++; return }
+        if (ev.status === 'failed') { evFailed++; return }
+        if (ev.status !== 'saved') { evOther++; return }
+        evSaved++
+        const clock = Number(ev.clock?.[me] ?? 0)
+        const q = c.unacked
+        while (c.ackHead < q.length && q[c.ackHead][0] <= clock) {
+          ackLat.push(t - q[c.ackHead][1])
+          c.ackHead++
+          Atomics.sub(counters, ACK_PENDING, 1)
+        }
+      }
+    }
     provider.on('connection-error', () => { errors.connection_errors++ })
     provider.on('connection-close', () => { if (c.synced) errors.disconnects++ })
     provider.on('status', ({ status }) => {
@@ -366,6 +419,11 @@ const workerMain = async () => {
     sendT[k] = t // before the send: receivers only read it after the update crossed the network
     // a small element move: a ~50-byte Yjs update
     c.doc.getMap('elements').set(`c${c.idx}`, { s: seq, t, x: Math.floor(rand() * 4000), y: Math.floor(rand() * 4000) })
+    if (cfg.events && inWindow(t)) {
+      // the provider sent the update synchronously inside set(): t is the edit time
+      c.unacked.push([Y.getState(c.doc.store, c.doc.clientID), t])
+      Atomics.add(counters, ACK_PENDING, 1)
+    }
   }
 
   const sendCursor = (c, t) => {
@@ -414,6 +472,12 @@ const workerMain = async () => {
         awarenessInWindow,
         framesInWindow,
         sentMeasured,
+        ackLat: Float64Array.from(ackLat),
+        unacked: live.reduce((a, c) => a + c.unacked.length - c.ackHead, 0),
+        evSaved,
+        evRetrying,
+        evFailed,
+        evOther,
         deflate: live.filter((c) => /permessage-deflate/.test(c.provider.ws?.extensions ?? '')).length,
         lagP99: lagMs(lag.percentile(99)),
         lagMax: lagMs(lag.max)
