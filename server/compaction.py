@@ -166,6 +166,8 @@ class Compactor:
         finally:
             if self._running.get(canvas_id) is asyncio.current_task():
                 del self._running[canvas_id]
+            if self.logged_since.get(canvas_id) == 0 and canvas_id not in self._again:
+                del self.logged_since[canvas_id]  # nothing left to fold: keep the map small
             if canvas_id in self._again:
                 self._again.discard(canvas_id)
                 if self.logged_since.get(canvas_id, 0) >= self.every_updates:
