@@ -18,7 +18,9 @@ from storage.sqlite import SQLiteStore
 from . import logs
 from .connection import WebSocketEndpoint
 from .http_api import HttpApi
+from .generators import build_generators
 from .hub import Hub
+from .jobs import JobService
 from .settings import Settings
 
 
@@ -36,6 +38,12 @@ def create_app(settings: Settings) -> Starlette:
     logs.configure(settings.log_level)
     store, backend = make_store(settings)
     hub = Hub(settings, store, backend)
+    generators = build_generators(settings.pattern_step_delay, settings.generator_http_url or None,
+                                  settings.generator_http_timeout)
+    hub.jobs = JobService(hub, store, generators, workers=settings.job_workers,
+                          lease_seconds=settings.job_lease_seconds, poll_interval=settings.job_poll_interval,
+                          watch_interval=settings.job_watch_interval, max_attempts=settings.job_max_attempts,
+                          retry_base=settings.job_retry_base, retry_max=settings.job_retry_max)
     api = HttpApi(hub)
 
     @contextlib.asynccontextmanager
@@ -59,6 +67,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/canvases/{canvas_id}/versions", api.list_versions),
         Route("/api/canvases/{canvas_id}/versions/{number:int}", api.get_version),
         Route("/api/canvases/{canvas_id}/versions/{number:int}/restore", api.restore_version, methods=["POST"]),
+        Route("/api/canvases/{canvas_id}/generations", api.create_generation, methods=["POST"]),
+        Route("/api/canvases/{canvas_id}/generations", api.list_generations, methods=["GET"]),
+        Route("/api/generations/{job_id}", api.get_generation),
+        Route("/api/generations/{job_id}/cancel", api.cancel_generation, methods=["POST"]),
+        Route("/assets/{asset_id}", api.get_asset, methods=["GET", "HEAD"]),
         WebSocketRoute("/ws/{canvas_id}", WebSocketEndpoint(hub)),
     ]
     if Path(settings.demo_dir, "index.html").is_file():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import os
 import sys
 from typing import Sequence
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server (HTTP + WebSocket)",
                            description="Run the canvashub server.")
     _add_settings_options(serve)
+    worker = sub.add_parser("worker", help="run generation jobs in this process (no HTTP, no WebSocket)",
+                            description="Run generation workers against the store the server uses "
+                                        "(set DATABASE_URL, or the same CANVASHUB_DATA_DIR). "
+                                        "--job-workers sets how many jobs run at once.")
+    _add_settings_options(worker)
     return parser
 
 
@@ -64,7 +70,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             # uvicorn re-raises the SIGINT it handled after a clean shutdown: no traceback for that.
             return 130
+    elif args.command == "worker":
+        asyncio.run(run_worker(settings))
     return 0
+
+
+async def run_worker(settings: Settings) -> None:
+    """``canvashub worker``: claim and run jobs until SIGTERM/SIGINT; the server applies results."""
+    import signal
+
+    from . import logs
+    from .app import make_store
+    from .generators import build_generators
+    from .jobs import Worker
+
+    logs.configure(settings.log_level)
+    store, backend = make_store(settings)
+    await store.open()
+    generators = build_generators(settings.pattern_step_delay, settings.generator_http_url or None,
+                                  settings.generator_http_timeout)
+    worker = Worker(store, generators, concurrency=max(1, settings.job_workers),
+                    lease_seconds=settings.job_lease_seconds, poll_interval=settings.job_poll_interval,
+                    retry_base=settings.job_retry_base, retry_max=settings.job_retry_max)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker.start()
+    logs.log(logging.INFO, "worker_started", worker=worker.worker_id, store=backend,
+             generators=sorted(generators), concurrency=worker.concurrency)
+    await stop.wait()
+    await worker.stop()  # jobs cut short keep their leases and are reclaimed when those expire
+    await store.close()
+    logs.log(logging.INFO, "worker_stopped", worker=worker.worker_id)
 
 
 class DrainingServer(uvicorn.Server):

@@ -100,11 +100,13 @@ class Compactor:
         self._again: set[str] = set()
         self._limit = asyncio.Semaphore(concurrency)
         self._ticker: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def stop(self) -> None:
+        self._stopped = True
         tasks = ([self._ticker] if self._ticker else []) + list(self._running.values())
         for task in tasks:
             task.cancel()
@@ -119,11 +121,14 @@ class Compactor:
 
     def forget(self, canvas_id: str) -> None:
         self.logged_since.pop(canvas_id, None)
+        self._again.discard(canvas_id)
         task = self._running.pop(canvas_id, None)
         if task is not None:
             task.cancel()
 
     def schedule(self, canvas_id: str) -> None:
+        if self._stopped:
+            return
         if canvas_id in self._running:
             self._again.add(canvas_id)  # rows arrived while it ran: one more pass afterwards
             return

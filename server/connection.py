@@ -215,7 +215,14 @@ class WebSocketEndpoint:
                           events=wants_events(scope))
         try:
             await send({"type": "websocket.accept"})
+            if room.deleted:  # deleted while we were accepting
+                conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
+                await read_loop(conn, receive, settings.max_frame_bytes, hub.metrics)
+                return
             room.join(conn)
+            if conn.events:
+                for event in hub.snapshot_events(canvas_id):
+                    conn.send_event(event)
             conn.writer = asyncio.get_running_loop().create_task(conn.run_writer())
             log(logging.DEBUG, "ws_open", canvas=canvas_id, conn=conn.id)
             hub.metrics.connections_opened += 1

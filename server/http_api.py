@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import re
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
@@ -26,6 +27,7 @@ from crdt.room import RoomDocument
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
 from .compaction import replay
 from .hub import PreconditionFailed, StoreUnavailable, etag_matches
+from .jobs import InvalidJobRequest, job_json
 from .persistence import CanvasDeleted
 from storage.base import LoadedCanvas
 
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
 MAX_JSON_BODY = 1024 * 1024
+ASSET_ID = re.compile(r"[0-9a-f]{32}")
+JOB_ID = re.compile(r"[0-9a-f]{1,64}")
 MAX_VERSION = 2**31 - 1  # version numbers are 32-bit INTEGER columns in storage
 
 
@@ -75,6 +79,9 @@ def handler(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[R
     @functools.wraps(fn)
     async def wrapped(self: "HttpApi", request: Request) -> Response:
         canvas_id = request.path_params.get("canvas_id")
+        job_id = request.path_params.get("job_id")
+        if job_id is not None and not JOB_ID.fullmatch(job_id):
+            return error_response(404, "not_found", f"generation {job_id!r} does not exist")
         if canvas_id is not None and not is_valid_canvas_id(canvas_id):
             return error_response(400, "invalid", f"canvas id must be {CANVAS_ID_RULE}")
         try:
@@ -293,3 +300,72 @@ class HttpApi:
             return json_response({"id": canvas_id, "changed": True, "durable": False, "etag": etag}, 202, headers)
         return json_response({"id": canvas_id, "changed": True, "durable": True, "seq": seq, "etag": etag},
                              headers=headers)
+
+    # -- generations -----------------------------------------------------------------------
+    @property
+    def jobs(self):
+        jobs = self.hub.jobs
+        if jobs is None:  # pragma: no cover - the composition root always sets it
+            raise ApiError(503, "unavailable", "generations are not enabled")
+        return jobs
+
+    @handler
+    async def create_generation(self, request: Request) -> Response:
+        canvas_id = request.path_params["canvas_id"]
+        try:
+            body = orjson.loads(await read_body(request, MAX_JSON_BODY))
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "invalid", f"body is not JSON: {exc}") from None
+        try:
+            job, created = await asyncio.wait_for(self.jobs.create(canvas_id, body), self.hub.settings.store_timeout)
+        except InvalidJobRequest as exc:
+            raise ApiError(400, "invalid", str(exc)) from None
+        return json_response({"job": job_json(job), "created": created}, 202,
+                             {"Location": f"/api/generations/{job.id}"})
+
+    @handler
+    async def list_generations(self, request: Request) -> Response:
+        canvas_id = request.path_params["canvas_id"]
+        limit, cursor = page_args(request)
+        jobs = await asyncio.wait_for(self.store.list_jobs(canvas_id, cursor, limit + 1),
+                                      self.hub.settings.store_timeout)
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return json_response({"generations": [job_json(j) for j in jobs],
+                              "next_cursor": jobs[-1].id if more else None})
+
+    @handler
+    async def get_generation(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        job = await asyncio.wait_for(self.store.get_job(job_id), self.hub.settings.store_timeout)
+        if job is None:
+            raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
+        return json_response(job_json(job))
+
+    @handler
+    async def cancel_generation(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        job = await asyncio.wait_for(self.jobs.cancel(job_id), self.hub.settings.store_timeout)
+        if job is None:
+            raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
+        return json_response(job_json(job))
+
+    @handler
+    async def get_asset(self, request: Request) -> Response:
+        asset_id = request.path_params["asset_id"]
+        if not ASSET_ID.fullmatch(asset_id):
+            raise ApiError(404, "not_found", "no such asset")
+        etag = f'"{asset_id}"'  # content-addressed: the id is a digest of the bytes
+        headers = {
+            "ETag": etag,
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "X-Content-Type-Options": "nosniff",
+            # Generated SVGs are shown as images; if opened directly, nothing in them may run.
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+        }
+        if etag_matches(request.headers.get("if-none-match") or "", etag):
+            return Response(status_code=304, headers=headers)
+        asset = await asyncio.wait_for(self.store.get_asset(asset_id), self.hub.settings.store_timeout)
+        if asset is None:
+            raise ApiError(404, "not_found", "no such asset")
+        return Response(asset.data, media_type=asset.content_type, headers=headers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pycrdt import Doc
 
@@ -21,6 +21,9 @@ from .metrics import Metrics
 from .persistence import Persister
 from .rooms import Room, RoomRegistry
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .jobs import JobService
 
 
 class StoreUnavailable(Exception):
@@ -44,14 +47,22 @@ class Hub:
             retry_max_delay=settings.retry_max_delay, slow_seconds=settings.slow_query_seconds,
             compactor=self.compactor,
         )
-        self.registry = RoomRegistry(self._load_room, self._unload_room, settings.room_grace_seconds)
+        self.registry = RoomRegistry(self._load_room, self._unload_room, settings.room_grace_seconds,
+                                     settled=lambda room: self.persister.is_durable(room.canvas_id))
         self.shutting_down = False
         self._keepalive: asyncio.Task[None] | None = None
+        self.jobs: "JobService | None" = None  # set by the composition root
+
+    def snapshot_events(self, canvas_id: str) -> list[dict]:
+        """Events a socket that opted in gets right after joining (the canvas's active jobs)."""
+        return [] if self.jobs is None else self.jobs.watcher.snapshot_events(canvas_id)
 
     async def start(self) -> None:
         await asyncio.wait_for(self.store.open(), max(self.settings.store_timeout, 30.0))
         self.persister.start()
         self.compactor.start()
+        if self.jobs is not None:
+            self.jobs.start()
         self._keepalive = asyncio.get_running_loop().create_task(self._keepalive_loop())
         log(logging.INFO, "hub_started", store=repr(self.store))
 
@@ -84,6 +95,8 @@ class Hub:
 
     async def close(self) -> None:
         """After ``drain``: write the backlog (bounded by the shutdown timeout), then close the store."""
+        if self.jobs is not None:
+            await self.jobs.stop()  # a job cut short keeps its lease; it is reclaimed once that expires
         flushed = await self.persister.flush(self.settings.shutdown_timeout)
         await self.persister.stop()
         await self.compactor.stop()
@@ -106,6 +119,11 @@ class Hub:
 
     async def _load_room(self, canvas_id: str) -> Room:
         loaded = await self.load_canvas(canvas_id)
+        if self.jobs is not None:
+            try:
+                await asyncio.wait_for(self.jobs.watcher.seed(canvas_id), self.settings.store_timeout)
+            except Exception as exc:
+                raise StoreUnavailable(f"loading jobs of {canvas_id} failed: {exc!r}") from exc
         document = self.make_document()
         version, updated_at = 0, None
         if loaded is not None:
@@ -121,6 +139,8 @@ class Hub:
     async def _unload_room(self, room: Room) -> None:
         # Never unload what is not durable yet: wait (however long the store is down).
         await self.persister.wait_durable(room.canvas_id)
+        if self.jobs is not None and room.holders == 0:
+            self.jobs.watcher.forget(room.canvas_id)
         if self.compactor.logged_since.get(room.canvas_id):
             self.compactor.schedule(room.canvas_id)  # loads faster next time
 
@@ -166,16 +186,24 @@ class Hub:
             self.registry.release(room)
 
     async def delete_canvas(self, canvas_id: str) -> bool:
-        """Disconnect the canvas's clients (close 4404), drop unwritten updates, delete it from the store."""
-        room = self.registry.forget(canvas_id)
-        if room is not None:
-            for conn in list(room.connections):
-                conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
-                room.leave(conn)
-        self.compactor.forget(canvas_id)
-        self.persister.discard(canvas_id)
-        await self.persister.wait_inflight()  # a batch holding its rows commits first, then the delete
-        existed = await asyncio.wait_for(self.store.delete_canvas(canvas_id), self.settings.store_timeout)
+        """Disconnect the canvas's clients (close 4404), drop unwritten updates, delete it from the store.
+
+        New loads of the canvas wait until the store delete is done (and a load
+        that was already running is discarded), so nothing resurrects it."""
+        room = self.registry.begin_delete(canvas_id)
+        try:
+            if room is not None:
+                for conn in list(room.connections):
+                    conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
+                    room.leave(conn)
+            self.compactor.forget(canvas_id)
+            self.persister.discard(canvas_id)
+            timeout = self.settings.store_timeout
+            # A batch holding its rows commits first, then the delete removes them.
+            await asyncio.wait_for(self.persister.wait_inflight(), timeout)
+            existed = await asyncio.wait_for(self.store.delete_canvas(canvas_id), timeout)
+        finally:
+            self.registry.end_delete(canvas_id)
         log(logging.INFO, "canvas_deleted", canvas=canvas_id, existed=existed or room is not None)
         return existed or (room is not None and room.exists)
 

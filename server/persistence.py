@@ -142,7 +142,7 @@ class Persister:
         if self._inflight:
             future = asyncio.get_running_loop().create_future()
             self._inflight_waiters.append(future)
-            await future
+            await future  # resolved when the batch commits, or by stop()
 
     # -- writer task ------------------------------------------------------------------------
     def start(self) -> None:
@@ -169,6 +169,11 @@ class Persister:
             while not task.done():
                 task.cancel()
                 await asyncio.wait([task], timeout=0.1)
+        for future in self._inflight_waiters:
+            if not future.done():
+                future.set_exception(RuntimeError("store writer stopped"))
+                future.exception()
+        self._inflight_waiters = []
         if self.backlog_updates:
             log(logging.ERROR, "backlog_abandoned", updates=self.backlog_updates, bytes=self.backlog_bytes,
                 note="never acknowledged; clients still hold these changes and resend them on reconnect")

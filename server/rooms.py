@@ -63,7 +63,11 @@ class Room:
         """Apply a client frame, relay it, queue it for storage; raises ``ProtocolError`` to close ``conn``."""
         if is_update_frame(frame) and not self.persister.admit(len(frame)):
             raise Overloaded("storage backlog full: write refused, retry later")
-        before = self.document.doc.get_state() if conn.events and is_update_frame(frame) else None
+        before = None
+        if conn.events and is_update_frame(frame):
+            before = self.document.doc.get_state()
+            if len(before) > MAX_CLOCK_TRACKING_BYTES:
+                before = None  # too many client ids to diff per frame: events carry through/pending only
         effects = self.document.receive(conn, frame)
         for reply in effects.reply:
             conn.enqueue(reply)
@@ -102,6 +106,11 @@ class Room:
                 other.enqueue(frame)
 
 
+# Diffing two state vectors costs O(client ids in the document), and clients can
+# add ids at will: beyond ~500 ids, save events omit the clocks they advanced.
+MAX_CLOCK_TRACKING_BYTES = 8 * 1024
+
+
 def advanced_clocks(before: bytes, after: bytes) -> dict[int, int]:
     """State-vector entries that moved between two encodings of the room's state vector.
 
@@ -122,16 +131,25 @@ Unloader = Callable[[Room], Awaitable[None]]
 class RoomRegistry:
     """Loaded rooms by canvas id; one load in flight per id; unload after a grace period once durable."""
 
-    def __init__(self, loader: Loader, unloader: Unloader, grace_seconds: float) -> None:
+    def __init__(self, loader: Loader, unloader: Unloader, grace_seconds: float,
+                 settled: Callable[[Room], bool] = lambda room: True) -> None:
         self._loader = loader
         self._unloader = unloader
+        self._settled = settled  # synchronous "is everything of this room durable?"
         self._unloading: set[asyncio.Task[None]] = set()
         self._grace = grace_seconds
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Future[Room]] = {}
+        self._deleting: dict[str, asyncio.Future[None]] = {}
+        self._epoch: dict[str, int] = {}  # bumped by each delete: a load that straddles one is discarded
 
     async def acquire(self, canvas_id: str) -> Room:
         """Return the loaded room, loading it once however many callers race."""
+        while True:
+            deleting = self._deleting.get(canvas_id)
+            if deleting is None:
+                break
+            await asyncio.shield(deleting)  # the delete finishes first; then load afresh
         room = self.rooms.get(canvas_id)
         if room is None:
             pending = self._loading.get(canvas_id)
@@ -139,7 +157,14 @@ class RoomRegistry:
                 pending = asyncio.get_running_loop().create_future()
                 self._loading[canvas_id] = pending
                 try:
-                    room = await self._loader(canvas_id)
+                    while True:
+                        epoch = self._epoch.get(canvas_id, 0)
+                        room = await self._loader(canvas_id)
+                        deleting = self._deleting.get(canvas_id)
+                        if deleting is None and self._epoch.get(canvas_id, 0) == epoch:
+                            break
+                        if deleting is not None:  # deleted while loading: what we read is gone
+                            await asyncio.shield(deleting)
                 except BaseException as exc:
                     del self._loading[canvas_id]
                     pending.set_exception(exc)
@@ -172,15 +197,23 @@ class RoomRegistry:
 
     async def _finish_unload(self, room: Room) -> None:
         # The room stays registered (and re-acquirable) until all its updates are
-        # durable, however long the store is down: a client that joins meanwhile
-        # gets this same room, not a reload that lacks the pending updates.
-        await self._unloader(room)
-        if room.holders == 0 and self.rooms.get(room.canvas_id) is room:
-            del self.rooms[room.canvas_id]
-            log(logging.INFO, "room_unloaded", canvas=room.canvas_id)
+        # durable, however long the database is down: a client that joins meanwhile
+        # gets this same room, not a reload that lacks the pending updates. The
+        # final check and the removal happen in one step, with no await between.
+        while True:
+            await self._unloader(room)
+            if room.holders != 0 or self.rooms.get(room.canvas_id) is not room:
+                return
+            if self._settled(room):
+                del self.rooms[room.canvas_id]
+                log(logging.INFO, "room_unloaded", canvas=room.canvas_id)
+                return
 
-    def forget(self, canvas_id: str) -> Room | None:
-        """Drop a room at once (its canvas was deleted): no save, later releases are no-ops."""
+    def begin_delete(self, canvas_id: str) -> Room | None:
+        """Drop the canvas's room at once and hold new loads of it until ``end_delete``."""
+        self._epoch[canvas_id] = self._epoch.get(canvas_id, 0) + 1
+        if canvas_id not in self._deleting:
+            self._deleting[canvas_id] = asyncio.get_running_loop().create_future()
         room = self.rooms.pop(canvas_id, None)
         if room is not None:
             room.deleted = True
@@ -188,6 +221,11 @@ class RoomRegistry:
                 room._unload_timer.cancel()
                 room._unload_timer = None
         return room
+
+    def end_delete(self, canvas_id: str) -> None:
+        future = self._deleting.pop(canvas_id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def connections(self):
         for room in self.rooms.values():

@@ -51,6 +51,17 @@ class Settings:
     compact_interval: float = _opt(60.0, "CANVASHUB_COMPACT_INTERVAL", "also compact canvases with any logged updates this often, seconds")
     keep_versions: int = _opt(20, "CANVASHUB_KEEP_VERSIONS", "snapshot versions kept per canvas for history and restore")
     slow_query_seconds: float = _opt(0.5, "CANVASHUB_SLOW_QUERY_SECONDS", "log storage calls slower than this as warnings")
+    # -- generations (background jobs) -----------------------------------------
+    job_workers: int = _opt(2, "CANVASHUB_JOB_WORKERS", "generation jobs run at once inside the server process (0: only `canvashub worker` runs them)")
+    job_lease_seconds: float = _opt(15.0, "CANVASHUB_JOB_LEASE_SECONDS", "a running job whose worker sends no heartbeat this long is reclaimed")
+    job_max_attempts: int = _opt(3, "CANVASHUB_JOB_MAX_ATTEMPTS", "tries per job (retryable failures and lost workers) before it fails")
+    job_retry_base: float = _opt(1.0, "CANVASHUB_JOB_RETRY_BASE", "first retry delay of a failed job, seconds (doubles per attempt, jittered)")
+    job_retry_max: float = _opt(60.0, "CANVASHUB_JOB_RETRY_MAX", "cap of the job retry delay, seconds")
+    job_poll_interval: float = _opt(0.5, "CANVASHUB_JOB_POLL_INTERVAL", "how often idle workers look for queued jobs, seconds")
+    job_watch_interval: float = _opt(0.2, "CANVASHUB_JOB_WATCH_INTERVAL", "how often the server follows job changes for events and results, seconds")
+    pattern_step_delay: float = _opt(0.25, "CANVASHUB_PATTERN_STEP_DELAY", "the built-in `pattern` generator's delay per step (8 steps), seconds")
+    generator_http_url: str = _opt("", "CANVASHUB_GENERATOR_HTTP_URL", "base URL of the external generation service (enables the `http` generator)")
+    generator_http_timeout: float = _opt(30.0, "CANVASHUB_GENERATOR_HTTP_TIMEOUT", "timeout of one request to the external generation service, seconds")
     http_durable_timeout: float = _opt(5.0, "CANVASHUB_HTTP_DURABLE_TIMEOUT", "HTTP writes wait this long for the commit (202 if not yet durable)")
 
     @classmethod

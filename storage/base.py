@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, runtime_checkable
+import json
+import math
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +34,94 @@ class CanvasInfo:
     canvas_id: str
     version: int
     updated_at: float
+
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_ACTIVE_STATUSES = ("queued", "running")
+JOB_TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One durable background job ("generation"). Times are epoch seconds from the caller's clock."""
+
+    id: str  # caller-chosen, time-ordered string (lexicographic order = creation order)
+    canvas_id: str
+    generator: str
+    prompt: str
+    params: dict  # JSON object
+    status: str  # one of JOB_STATUSES
+    progress: float  # 0..1
+    attempts: int  # times claimed
+    max_attempts: int
+    error_type: str | None
+    error_message: str | None
+    result: dict | None  # JSON object, set on success
+    idempotency_key: str | None
+    cancel_requested: bool
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    run_after: float  # not claimable before this time (retry backoff)
+    lease_owner: str | None
+    lease_expires: float | None
+    result_applied: bool  # the server has put the result into the canvas
+
+
+JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job))
+
+
+@dataclasses.dataclass(frozen=True)
+class Asset:
+    """A stored binary output (e.g. a generated image)."""
+
+    id: str
+    content_type: str
+    data: bytes
+    created_at: float
+
+
+def dump_json_object(value: Any, what: str) -> str:
+    """Strict JSON text of a dict, accepted alike by every backend: no NaN/Infinity, and no NUL
+    characters in strings (PostgreSQL's JSONB refuses them; SQLite would take them)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a dict, not {type(value).__name__}")
+
+    def has_nul(item: Any) -> bool:
+        if isinstance(item, str):
+            return "\x00" in item
+        if isinstance(item, dict):
+            return any(has_nul(k) or has_nul(v) for k, v in item.items())
+        if isinstance(item, (list, tuple)):
+            return any(has_nul(v) for v in item)
+        return False
+
+    if has_nul(value):
+        raise ValueError(f"{what} must not contain NUL characters")
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def clamp_progress(value: float | None) -> float | None:
+    """Progress clamped to 0..1; None (or NaN) means "leave it as it is"."""
+    if value is None:
+        return None
+    value = float(value)
+    if math.isnan(value):
+        return None
+    return min(max(value, 0.0), 1.0)
+
+
+def check_final_status(status: str) -> None:
+    if status not in JOB_TERMINAL_STATUSES:
+        raise ValueError(f"a job can only finish as one of {JOB_TERMINAL_STATUSES}, not {status!r}")
+
+
+LEASE_EXPIRED = "lease_expired"  # error_type of a job whose last lease expired with no attempts left
+
+
+def lease_expired_message(job: Job) -> str:
+    return f"the worker's lease expired on attempt {job.attempts} of {job.max_attempts}"
 
 
 @runtime_checkable
@@ -75,7 +165,111 @@ class Store(Protocol):
         """Canvases ordered by id; ``after`` is an exclusive cursor on id."""
 
     async def delete_canvas(self, canvas_id: str) -> bool:
-        """Remove canvas, log and versions; True if it existed."""
+        """Remove canvas, log, versions and the canvas's jobs; True if the canvas existed."""
 
     async def health(self) -> bool:
         """True if the backend answers a trivial query."""
+
+    # -- jobs ---------------------------------------------------------------
+    # Every ``now`` defaults to the host's ``time.time()``; all job times are that clock's epoch
+    # seconds (never the database's clock), so callers that pass ``now`` control time completely.
+
+    async def create_job(
+        self,
+        job_id: str,
+        canvas_id: str,
+        generator: str,
+        prompt: str,
+        params: dict,
+        idempotency_key: str | None,
+        max_attempts: int,
+        now: float | None = None,
+    ) -> tuple[Job, bool]:
+        """Insert a queued job (run_after = now); return (job, True).
+
+        If ``idempotency_key`` is not None and the canvas already has a job with that key, insert
+        nothing and return (that job, False) -- also under concurrent creates. The canvas need not
+        exist in the canvas table."""
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """One job, or None."""
+
+    async def list_jobs(self, canvas_id: str, before: str | None, limit: int) -> list[Job]:
+        """A canvas's jobs, newest first (id descending); ``before`` is an exclusive cursor on id."""
+
+    async def list_active_jobs(self, canvas_id: str) -> list[Job]:
+        """A canvas's queued and running jobs, oldest first (id ascending)."""
+
+    async def jobs_changed_since(self, since: float, limit: int) -> list[Job]:
+        """Jobs with ``updated_at > since`` (strictly), ordered by (updated_at, id) ascending.
+
+        Caveat for followers: a row whose updated_at equals the cursor but commits after the
+        poll, or whose writer's clock lags another writer's, is not returned by a later poll with
+        that cursor. A follower that must not miss changes should poll from ``cursor - margin``
+        and drop rows it has already seen at the same (id, updated_at)."""
+
+    async def claim_job(self, worker_id: str, lease_seconds: float, now: float | None = None) -> Job | None:
+        """Atomically lease one job, oldest run_after first, or None if nothing is claimable.
+
+        Claimable: queued with run_after <= now and no cancel requested, or running with
+        lease_expires < now (its worker died). The job becomes running, owned by ``worker_id``
+        until now + lease_seconds, attempts + 1, progress 0, started_at set on its first claim.
+        Expired running jobs that already used max_attempts become failed ('lease_expired'), and
+        expired ones with a cancel request become cancelled, instead of being returned."""
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        worker_id: str,
+        lease_seconds: float,
+        progress: float | None,
+        now: float | None = None,
+    ) -> Job | None:
+        """Extend the lease (to now + lease_seconds) of a running job ``worker_id`` owns, store
+        ``progress`` if given (clamped to 0..1) and return the job (read its cancel_requested);
+        None if the worker no longer holds the job."""
+
+    async def finish_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        status: str,
+        result: dict | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        now: float | None = None,
+    ) -> Job | None:
+        """Move a running job ``worker_id`` owns to succeeded, failed or cancelled: set result and
+        error fields from the arguments, finished_at, progress 1.0 on success, clear the lease.
+        None if the lease was lost (the caller must then not apply its result)."""
+
+    async def retry_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        run_after: float,
+        error_type: str,
+        error_message: str,
+        now: float | None = None,
+    ) -> Job | None:
+        """Put a running job ``worker_id`` owns back in the queue, claimable from ``run_after``,
+        recording the error, progress 0, lease cleared. If a cancel was requested meanwhile the
+        job becomes cancelled instead. None if the worker no longer holds the job."""
+
+    async def cancel_job(self, job_id: str, now: float | None = None) -> Job | None:
+        """Queued: cancelled at once. Running: cancel_requested (the worker sees it on its next
+        heartbeat). Terminal: unchanged. Returns the job, or None if unknown."""
+
+    async def mark_result_applied(self, job_id: str) -> None:
+        """Record that the job's result is in the canvas (updated_at is not touched)."""
+
+    async def unapplied_results(self, limit: int) -> list[Job]:
+        """Succeeded jobs whose result is not applied yet, oldest first (id ascending)."""
+
+    # -- assets -------------------------------------------------------------
+
+    async def put_asset(self, asset_id: str, content_type: str, data: bytes, now: float | None = None) -> None:
+        """Store an asset; storing an existing id again is a no-op (the first content wins)."""
+
+    async def get_asset(self, asset_id: str) -> Asset | None:
+        """One asset, or None."""

@@ -31,6 +31,49 @@ SQLITE: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        [
+            # Background jobs ("generations"). Times are epoch seconds from the host clock.
+            """CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                canvas_id TEXT NOT NULL,
+                generator TEXT NOT NULL,
+                prompt TEXT NOT NULL,
+                params TEXT NOT NULL,
+                status TEXT NOT NULL
+                    CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+                progress REAL NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                max_attempts INTEGER NOT NULL,
+                error_type TEXT,
+                error_message TEXT,
+                result TEXT,
+                idempotency_key TEXT,
+                cancel_requested INTEGER NOT NULL DEFAULT 0,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                started_at REAL,
+                finished_at REAL,
+                run_after REAL NOT NULL,
+                lease_owner TEXT,
+                lease_expires REAL,
+                result_applied INTEGER NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX jobs_claim ON jobs (status, run_after, id)",
+            "CREATE INDEX jobs_canvas ON jobs (canvas_id, id)",
+            "CREATE INDEX jobs_updated ON jobs (updated_at, id)",
+            "CREATE UNIQUE INDEX jobs_idempotency ON jobs (canvas_id, idempotency_key) "
+            "WHERE idempotency_key IS NOT NULL",
+            "CREATE INDEX jobs_unapplied ON jobs (id) WHERE status = 'succeeded' AND result_applied = 0",
+            """CREATE TABLE assets (
+                id TEXT PRIMARY KEY,
+                content_type TEXT NOT NULL,
+                data BLOB NOT NULL,
+                created_at REAL NOT NULL
+            )""",
+        ],
+    ),
 ]
 
 POSTGRES: list[tuple[int, list[str]]] = [
@@ -90,6 +133,50 @@ POSTGRES: list[tuple[int, list[str]]] = [
             'ALTER TABLE canvases ALTER COLUMN id TYPE TEXT COLLATE "C"',
             'ALTER TABLE canvas_updates ALTER COLUMN canvas_id TYPE TEXT COLLATE "C"',
             'ALTER TABLE canvas_versions ALTER COLUMN canvas_id TYPE TEXT COLLATE "C"',
+        ],
+    ),
+    (
+        4,
+        [
+            # Background jobs ("generations"). Times are DOUBLE PRECISION epoch seconds from the
+            # host clock (exact round trips, one clock for every comparison); ids in byte order.
+            """CREATE TABLE jobs (
+                id TEXT COLLATE "C" PRIMARY KEY,
+                canvas_id TEXT COLLATE "C" NOT NULL,
+                generator TEXT NOT NULL,
+                prompt TEXT NOT NULL,
+                params JSONB NOT NULL,
+                status TEXT NOT NULL
+                    CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+                progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                max_attempts INTEGER NOT NULL,
+                error_type TEXT,
+                error_message TEXT,
+                result JSONB,
+                idempotency_key TEXT,
+                cancel_requested BOOLEAN NOT NULL DEFAULT false,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                started_at DOUBLE PRECISION,
+                finished_at DOUBLE PRECISION,
+                run_after DOUBLE PRECISION NOT NULL,
+                lease_owner TEXT,
+                lease_expires DOUBLE PRECISION,
+                result_applied BOOLEAN NOT NULL DEFAULT false
+            )""",
+            "CREATE INDEX jobs_claim ON jobs (status, run_after, id)",
+            "CREATE INDEX jobs_canvas ON jobs (canvas_id, id)",
+            "CREATE INDEX jobs_updated ON jobs (updated_at, id)",
+            "CREATE UNIQUE INDEX jobs_idempotency ON jobs (canvas_id, idempotency_key) "
+            "WHERE idempotency_key IS NOT NULL",
+            "CREATE INDEX jobs_unapplied ON jobs (id) WHERE status = 'succeeded' AND NOT result_applied",
+            """CREATE TABLE assets (
+                id TEXT PRIMARY KEY,
+                content_type TEXT NOT NULL,
+                data BYTEA NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
         ],
     ),
 ]

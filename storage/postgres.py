@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import asyncpg
 
 from . import migrations
-from .base import CanvasInfo, LoadedCanvas, VersionInfo
+from .base import (JOB_COLUMNS, LEASE_EXPIRED, Asset, CanvasInfo, Job, LoadedCanvas, VersionInfo, check_final_status,
+                   clamp_progress, dump_json_object, lease_expired_message)
 
 
 class PostgresStore:
@@ -154,7 +157,8 @@ class PostgresStore:
     async def delete_canvas(self, canvas_id: str) -> bool:
         async with self._acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", canvas_id)
-            # canvas_updates / canvas_versions go by ON DELETE CASCADE.
+            # canvas_updates / canvas_versions go by ON DELETE CASCADE; jobs have no FK to canvases.
+            await conn.execute("DELETE FROM jobs WHERE canvas_id = $1", canvas_id)
             return await conn.fetchval("DELETE FROM canvases WHERE id = $1 RETURNING true", canvas_id) is not None
 
     async def health(self) -> bool:
@@ -164,5 +168,216 @@ class PostgresStore:
         except Exception:
             return False
 
+    # -- jobs -------------------------------------------------------------
+    @staticmethod
+    def _job(row: asyncpg.Record | None) -> Job | None:
+        if row is None:
+            return None
+        d = {name: row[name] for name in JOB_COLUMNS}
+        d["params"] = json.loads(d["params"])
+        d["result"] = None if d["result"] is None else json.loads(d["result"])
+        return Job(**d)
+
+    async def create_job(
+        self,
+        job_id: str,
+        canvas_id: str,
+        generator: str,
+        prompt: str,
+        params: dict,
+        idempotency_key: str | None,
+        max_attempts: int,
+        now: float | None = None,
+    ) -> tuple[Job, bool]:
+        now = float(time.time() if now is None else now)
+        params_text = dump_json_object(params, "params")
+        async with self._acquire() as conn:
+            while True:
+                # A concurrent insert with the same key makes this one wait for it to commit, then do
+                # nothing; the SELECT (a new statement, so a new snapshot) then sees the winner.
+                row = await conn.fetchrow(
+                    f"INSERT INTO jobs (id, canvas_id, generator, prompt, params, status, max_attempts, "
+                    f"idempotency_key, created_at, updated_at, run_after) "
+                    f"VALUES ($1, $2, $3, $4, $5::jsonb, 'queued', $6, $7, $8, $8, $8) "
+                    f"ON CONFLICT (canvas_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+                    f"RETURNING {_COLUMNS}",
+                    job_id, canvas_id, generator, prompt, params_text, max_attempts, idempotency_key, now,
+                )
+                if row is not None:
+                    return self._job(row), True
+                existing = await conn.fetchrow(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE canvas_id = $1 AND idempotency_key = $2",
+                    canvas_id, idempotency_key,
+                )
+                if existing is not None:
+                    return self._job(existing), False
+                # The conflicting job was deleted in between (delete_canvas): try the insert again.
+
+    async def get_job(self, job_id: str) -> Job | None:
+        async with self._acquire() as conn:
+            return self._job(await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id))
+
+    async def _jobs(self, where: str, *args: Any) -> list[Job]:
+        async with self._acquire() as conn:
+            return [self._job(r) for r in await conn.fetch(f"SELECT {_COLUMNS} FROM jobs {where}", *args)]
+
+    async def list_jobs(self, canvas_id: str, before: str | None, limit: int) -> list[Job]:
+        return await self._jobs(
+            "WHERE canvas_id = $1 AND ($2::text IS NULL OR id < $2) ORDER BY id DESC LIMIT $3", canvas_id, before, limit
+        )
+
+    async def list_active_jobs(self, canvas_id: str) -> list[Job]:
+        return await self._jobs("WHERE canvas_id = $1 AND status IN ('queued', 'running') ORDER BY id", canvas_id)
+
+    async def jobs_changed_since(self, since: float, limit: int) -> list[Job]:
+        return await self._jobs("WHERE updated_at > $1 ORDER BY updated_at, id LIMIT $2", float(since), limit)
+
+    async def claim_job(self, worker_id: str, lease_seconds: float, now: float | None = None) -> Job | None:
+        now = float(time.time() if now is None else now)
+        expires = now + float(lease_seconds)
+        async with self._acquire() as conn, conn.transaction():
+            while True:
+                # Each candidate query locks at most one row and skips rows other claimers hold; a row
+                # that changed since our snapshot is re-checked against the WHERE clause when locked.
+                expired = self._job(
+                    await conn.fetchrow(
+                        f"SELECT {_COLUMNS} FROM jobs WHERE status = 'running' AND lease_expires < $1 "
+                        f"ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                        now,
+                    )
+                )
+                if expired is not None and expired.cancel_requested:
+                    await conn.execute(
+                        "UPDATE jobs SET status = 'cancelled', finished_at = $1, updated_at = $1, lease_owner = NULL, "
+                        "lease_expires = NULL WHERE id = $2",
+                        now, expired.id,
+                    )
+                    continue
+                if expired is not None and expired.attempts >= expired.max_attempts:
+                    await conn.execute(
+                        "UPDATE jobs SET status = 'failed', error_type = $1, error_message = $2, finished_at = $3, "
+                        "updated_at = $3, lease_owner = NULL, lease_expires = NULL WHERE id = $4",
+                        LEASE_EXPIRED, lease_expired_message(expired), now, expired.id,
+                    )
+                    continue
+                queued = self._job(
+                    await conn.fetchrow(
+                        f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' AND run_after <= $1 "
+                        f"AND NOT cancel_requested ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                        now,
+                    )
+                )
+                candidates = [j for j in (expired, queued) if j is not None]
+                if not candidates:
+                    return None
+                # The candidate not taken stays locked only until this transaction commits.
+                pick = min(candidates, key=lambda j: (j.run_after, j.id))
+                return self._job(
+                    await conn.fetchrow(
+                        f"UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires = $2, "
+                        f"attempts = attempts + 1, progress = 0, started_at = COALESCE(started_at, $3), "
+                        f"updated_at = $3 WHERE id = $4 RETURNING {_COLUMNS}",
+                        worker_id, expires, now, pick.id,
+                    )
+                )
+
+    async def _update_job(self, sql: str, *args: Any) -> Job | None:
+        async with self._acquire() as conn:
+            return self._job(await conn.fetchrow(f"{sql} RETURNING {_COLUMNS}", *args))
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        worker_id: str,
+        lease_seconds: float,
+        progress: float | None,
+        now: float | None = None,
+    ) -> Job | None:
+        now = float(time.time() if now is None else now)
+        return await self._update_job(
+            "UPDATE jobs SET lease_expires = $1, progress = COALESCE($2::float8, progress), updated_at = $3 "
+            "WHERE id = $4 AND status = 'running' AND lease_owner = $5",
+            now + float(lease_seconds), clamp_progress(progress), now, job_id, worker_id,
+        )
+
+    async def finish_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        status: str,
+        result: dict | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        now: float | None = None,
+    ) -> Job | None:
+        check_final_status(status)
+        now = float(time.time() if now is None else now)
+        result_text = None if result is None else dump_json_object(result, "result")
+        return await self._update_job(
+            "UPDATE jobs SET status = $1, result = $2::jsonb, error_type = $3, error_message = $4, finished_at = $5, "
+            "updated_at = $5, progress = CASE WHEN $1 = 'succeeded' THEN 1.0 ELSE progress END, "
+            "lease_owner = NULL, lease_expires = NULL WHERE id = $6 AND status = 'running' AND lease_owner = $7",
+            status, result_text, error_type, error_message, now, job_id, worker_id,
+        )
+
+    async def retry_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        run_after: float,
+        error_type: str,
+        error_message: str,
+        now: float | None = None,
+    ) -> Job | None:
+        now = float(time.time() if now is None else now)
+        return await self._update_job(
+            "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, "
+            "finished_at = CASE WHEN cancel_requested THEN $1 ELSE finished_at END, "
+            "run_after = $2, error_type = $3, error_message = $4, progress = 0, updated_at = $1, "
+            "lease_owner = NULL, lease_expires = NULL WHERE id = $5 AND status = 'running' AND lease_owner = $6",
+            now, float(run_after), error_type, error_message, job_id, worker_id,
+        )
+
+    async def cancel_job(self, job_id: str, now: float | None = None) -> Job | None:
+        now = float(time.time() if now is None else now)
+        async with self._acquire() as conn:
+            # queued -> cancelled now; running -> cancel requested (once); anything else untouched.
+            row = await conn.fetchrow(
+                "UPDATE jobs SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, "
+                "finished_at = CASE WHEN status = 'queued' THEN $1 ELSE finished_at END, "
+                "cancel_requested = true, updated_at = $1 "
+                "WHERE id = $2 AND (status = 'queued' OR (status = 'running' AND NOT cancel_requested)) "
+                f"RETURNING {_COLUMNS}",
+                now, job_id,
+            )
+            if row is None:
+                row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
+        return self._job(row)
+
+    async def mark_result_applied(self, job_id: str) -> None:
+        async with self._acquire() as conn:
+            await conn.execute("UPDATE jobs SET result_applied = true WHERE id = $1", job_id)
+
+    async def unapplied_results(self, limit: int) -> list[Job]:
+        return await self._jobs("WHERE status = 'succeeded' AND NOT result_applied ORDER BY id LIMIT $1", limit)
+
+    # -- assets -----------------------------------------------------------
+    async def put_asset(self, asset_id: str, content_type: str, data: bytes, now: float | None = None) -> None:
+        now = float(time.time() if now is None else now)
+        async with self._acquire() as conn:
+            await conn.execute(
+                "INSERT INTO assets (id, content_type, data, created_at) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (id) DO NOTHING",
+                asset_id, content_type, bytes(data), now,
+            )
+
+    async def get_asset(self, asset_id: str) -> Asset | None:
+        async with self._acquire() as conn:
+            row = await conn.fetchrow("SELECT id, content_type, data, created_at FROM assets WHERE id = $1", asset_id)
+        return None if row is None else Asset(row["id"], row["content_type"], row["data"], row["created_at"])
+
     def __repr__(self) -> str:
         return f"PostgresStore(pool_size={self.pool_size})"
+
+
+_COLUMNS = ", ".join(JOB_COLUMNS)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import sqlite3
 import time
 from typing import Callable, TypeVar
 
 from . import migrations
-from .base import CanvasInfo, LoadedCanvas, VersionInfo
+from .base import (JOB_COLUMNS, LEASE_EXPIRED, Asset, CanvasInfo, Job, LoadedCanvas, VersionInfo, check_final_status,
+                   clamp_progress, dump_json_object, lease_expired_message)
 
 T = TypeVar("T")
 
@@ -199,6 +201,7 @@ class SQLiteStore:
         def body(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM canvas_updates WHERE canvas_id = ?", (canvas_id,))
             conn.execute("DELETE FROM canvas_versions WHERE canvas_id = ?", (canvas_id,))
+            conn.execute("DELETE FROM jobs WHERE canvas_id = ?", (canvas_id,))
             return conn.execute("DELETE FROM canvases WHERE id = ?", (canvas_id,)).rowcount > 0
 
         return await self._run(lambda conn: self._tx(conn, body))
@@ -209,6 +212,246 @@ class SQLiteStore:
         except Exception:
             return False
 
+    # -- jobs -------------------------------------------------------------
+    @staticmethod
+    def _job(row: tuple) -> Job:
+        d = dict(zip(JOB_COLUMNS, row))
+        d["params"] = json.loads(d["params"])
+        d["result"] = None if d["result"] is None else json.loads(d["result"])
+        d["cancel_requested"] = bool(d["cancel_requested"])
+        d["result_applied"] = bool(d["result_applied"])
+        return Job(**d)
+
+    def _jobs(self, conn: sqlite3.Connection, where: str, args: tuple) -> list[Job]:
+        return [self._job(r) for r in conn.execute(_SELECT_JOB + where, args).fetchall()]
+
+    def _get_job(self, conn: sqlite3.Connection, job_id: str) -> Job | None:
+        row = conn.execute(_SELECT_JOB + "WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else self._job(row)
+
+    async def create_job(
+        self,
+        job_id: str,
+        canvas_id: str,
+        generator: str,
+        prompt: str,
+        params: dict,
+        idempotency_key: str | None,
+        max_attempts: int,
+        now: float | None = None,
+    ) -> tuple[Job, bool]:
+        now = float(time.time() if now is None else now)
+        params_text = dump_json_object(params, "params")
+
+        def body(conn: sqlite3.Connection) -> tuple[Job, bool]:
+            cur = conn.execute(
+                "INSERT INTO jobs (id, canvas_id, generator, prompt, params, status, max_attempts, idempotency_key, "
+                "created_at, updated_at, run_after) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) "
+                "ON CONFLICT (canvas_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+                (job_id, canvas_id, generator, prompt, params_text, max_attempts, idempotency_key, now, now, now),
+            )
+            if cur.rowcount == 1:
+                return self._get_job(conn, job_id), True
+            row = conn.execute(
+                _SELECT_JOB + "WHERE canvas_id = ? AND idempotency_key = ?", (canvas_id, idempotency_key)
+            ).fetchone()
+            return self._job(row), False
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def get_job(self, job_id: str) -> Job | None:
+        return await self._run(lambda conn: self._get_job(conn, job_id))
+
+    async def list_jobs(self, canvas_id: str, before: str | None, limit: int) -> list[Job]:
+        return await self._run(
+            lambda conn: self._jobs(
+                conn, "WHERE canvas_id = ? AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+                (canvas_id, before, before, limit),
+            )
+        )
+
+    async def list_active_jobs(self, canvas_id: str) -> list[Job]:
+        return await self._run(
+            lambda conn: self._jobs(
+                conn, "WHERE canvas_id = ? AND status IN ('queued', 'running') ORDER BY id", (canvas_id,)
+            )
+        )
+
+    async def jobs_changed_since(self, since: float, limit: int) -> list[Job]:
+        return await self._run(
+            lambda conn: self._jobs(conn, "WHERE updated_at > ? ORDER BY updated_at, id LIMIT ?", (float(since), limit))
+        )
+
+    async def claim_job(self, worker_id: str, lease_seconds: float, now: float | None = None) -> Job | None:
+        now = float(time.time() if now is None else now)
+        expires = now + float(lease_seconds)
+
+        def body(conn: sqlite3.Connection) -> Job | None:
+            while True:
+                row = conn.execute(
+                    _SELECT_JOB + "WHERE status = 'running' AND lease_expires < ? ORDER BY run_after, id LIMIT 1",
+                    (now,),
+                ).fetchone()
+                expired = None if row is None else self._job(row)
+                if expired is not None and expired.cancel_requested:
+                    conn.execute(
+                        "UPDATE jobs SET status = 'cancelled', finished_at = ?, updated_at = ?, lease_owner = NULL, "
+                        "lease_expires = NULL WHERE id = ?",
+                        (now, now, expired.id),
+                    )
+                    continue
+                if expired is not None and expired.attempts >= expired.max_attempts:
+                    conn.execute(
+                        "UPDATE jobs SET status = 'failed', error_type = ?, error_message = ?, finished_at = ?, "
+                        "updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                        (LEASE_EXPIRED, lease_expired_message(expired), now, now, expired.id),
+                    )
+                    continue
+                row = conn.execute(
+                    _SELECT_JOB + "WHERE status = 'queued' AND run_after <= ? AND cancel_requested = 0 "
+                    "ORDER BY run_after, id LIMIT 1",
+                    (now,),
+                ).fetchone()
+                queued = None if row is None else self._job(row)
+                candidates = [j for j in (expired, queued) if j is not None]
+                if not candidates:
+                    return None
+                pick = min(candidates, key=lambda j: (j.run_after, j.id))
+                conn.execute(
+                    "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?, attempts = attempts + 1, "
+                    "progress = 0, started_at = COALESCE(started_at, ?), updated_at = ? WHERE id = ?",
+                    (worker_id, expires, now, now, pick.id),
+                )
+                return self._get_job(conn, pick.id)
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def _update_job(self, job_id: str, sql: str, args: tuple) -> Job | None:
+        """Run one UPDATE (its last parameter is the job id); return the job if a row changed."""
+
+        def body(conn: sqlite3.Connection) -> Job | None:
+            if conn.execute(sql, args).rowcount == 0:
+                return None
+            return self._get_job(conn, job_id)
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        worker_id: str,
+        lease_seconds: float,
+        progress: float | None,
+        now: float | None = None,
+    ) -> Job | None:
+        now = float(time.time() if now is None else now)
+        return await self._update_job(
+            job_id,
+            "UPDATE jobs SET lease_expires = ?, progress = COALESCE(?, progress), updated_at = ? "
+            "WHERE id = ? AND status = 'running' AND lease_owner = ?",
+            (now + float(lease_seconds), clamp_progress(progress), now, job_id, worker_id),
+        )
+
+    async def finish_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        status: str,
+        result: dict | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        now: float | None = None,
+    ) -> Job | None:
+        check_final_status(status)
+        now = float(time.time() if now is None else now)
+        result_text = None if result is None else dump_json_object(result, "result")
+        return await self._update_job(
+            job_id,
+            "UPDATE jobs SET status = ?, result = ?, error_type = ?, error_message = ?, finished_at = ?, "
+            "updated_at = ?, progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END, "
+            "lease_owner = NULL, lease_expires = NULL "
+            "WHERE id = ? AND status = 'running' AND lease_owner = ?",
+            (status, result_text, error_type, error_message, now, now, status, job_id, worker_id),
+        )
+
+    async def retry_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        run_after: float,
+        error_type: str,
+        error_message: str,
+        now: float | None = None,
+    ) -> Job | None:
+        now = float(time.time() if now is None else now)
+        return await self._update_job(
+            job_id,
+            "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, "
+            "finished_at = CASE WHEN cancel_requested THEN ? ELSE finished_at END, "
+            "run_after = ?, error_type = ?, error_message = ?, progress = 0, updated_at = ?, "
+            "lease_owner = NULL, lease_expires = NULL WHERE id = ? AND status = 'running' AND lease_owner = ?",
+            (now, float(run_after), error_type, error_message, now, job_id, worker_id),
+        )
+
+    async def cancel_job(self, job_id: str, now: float | None = None) -> Job | None:
+        now = float(time.time() if now is None else now)
+
+        def body(conn: sqlite3.Connection) -> Job | None:
+            conn.execute(_CANCEL_SQL, (now, now, job_id))
+            return self._get_job(conn, job_id)
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def mark_result_applied(self, job_id: str) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE jobs SET result_applied = 1 WHERE id = ?", (job_id,))
+
+        await self._run(body)
+
+    async def unapplied_results(self, limit: int) -> list[Job]:
+        return await self._run(
+            lambda conn: self._jobs(
+                # Without statistics the planner prefers jobs_claim and sorts every succeeded job.
+                conn,
+                "INDEXED BY jobs_unapplied WHERE status = 'succeeded' AND result_applied = 0 ORDER BY id LIMIT ?",
+                (limit,),
+            )
+        )
+
+    # -- assets -----------------------------------------------------------
+    async def put_asset(self, asset_id: str, content_type: str, data: bytes, now: float | None = None) -> None:
+        now = float(time.time() if now is None else now)
+        data = bytes(data)
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO assets (id, content_type, data, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (asset_id, content_type, data, now),
+            )
+
+        await self._run(body)
+
+    async def get_asset(self, asset_id: str) -> Asset | None:
+        def body(conn: sqlite3.Connection) -> Asset | None:
+            row = conn.execute(
+                "SELECT id, content_type, data, created_at FROM assets WHERE id = ?", (asset_id,)
+            ).fetchone()
+            return None if row is None else Asset(row[0], row[1], bytes(row[2]), row[3])
+
+        return await self._run(body)
+
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
+
+
+_SELECT_JOB = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs "
+
+# queued -> cancelled now; running -> cancel requested (once); anything else untouched.
+_CANCEL_SQL = (
+    "UPDATE jobs SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, "
+    "finished_at = CASE WHEN status = 'queued' THEN ? ELSE finished_at END, "
+    "cancel_requested = 1, updated_at = ? "
+    "WHERE id = ? AND (status = 'queued' OR (status = 'running' AND NOT cancel_requested))"
+)
 

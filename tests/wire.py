@@ -21,13 +21,24 @@ class WireClient:
         self.frames: list[bytes] = []
         self.events: list[dict[str, Any]] = []
         self.close_code: int | None = None
+        self.doc = Doc()  # the server's document as this client sees it (step 2 and updates applied)
         self._changed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def connect(cls, server, canvas_id: str, *, events: bool = True) -> "WireClient":
+    async def connect(cls, server, canvas_id: str, *, events: bool = True, sync: bool = False) -> "WireClient":
+        """Connect; with ``sync`` also send sync step 1, so ``doc`` receives the current state."""
         url = server.ws_url(canvas_id) + ("?events=1" if events else "")
-        return cls(await websockets.connect(url, max_size=None))
+        client = cls(await websockets.connect(url, max_size=None))
+        if sync:
+            await client.ws.send(codec.encode_sync_step1(client.doc.get_state()))
+        return client
+
+    def elements(self) -> dict[str, Any]:
+        return self.doc.get("elements", type=Map).to_py() or {}
+
+    def events_of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("type") == kind]
 
     async def _read(self) -> None:
         try:
@@ -38,6 +49,11 @@ class WireClient:
                     reader = Reader(frame)
                     reader.var_uint()
                     self.events.append(orjson.loads(reader.var_bytes()))
+                elif frame[:2] in (b"\x00\x01", b"\x00\x02"):
+                    reader = Reader(frame)
+                    reader.var_uint()
+                    reader.var_uint()
+                    self.doc.apply_update(reader.var_bytes())
                 self._notify()
         except websockets.ConnectionClosed:
             pass

@@ -1,0 +1,459 @@
+"""Background generations: a durable job queue in the store, leased workers, results put into the canvas.
+
+Three cooperating parts, all talking through the store so that a worker can
+run in this process or in ``canvashub worker`` (another process) unchanged:
+
+* ``Worker`` claims jobs with a lease (Postgres: ``FOR UPDATE SKIP LOCKED``),
+  runs the generator, heartbeats (renewing the lease, saving throttled
+  progress, noticing cancellation), stores the output as an asset and finishes
+  the job. Failures are retried with backoff up to ``max_attempts``; a worker
+  that dies leaves a lease that expires, and another worker reclaims the job.
+  A worker whose lease was taken over stops and never reports a result.
+* ``JobWatcher`` (server only) follows job changes in the store and sends
+  ``generation`` events to the opted-in sockets of canvases loaded here, and
+  keeps the active jobs of loaded canvases so a (re)connecting socket gets
+  their current state first.
+* The watcher also applies results: each succeeded job's image element is
+  written into the canvas through ``Hub.write`` (relayed, stored, in history)
+  under an id derived from the job id, so applying it twice never duplicates
+  it; ``succeeded`` is announced once that change is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from crdt.edits import patch_element
+from storage.base import Job, Store
+
+from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
+from .logs import log
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
+PROGRESS_EVENT_INTERVAL = 0.2  # at most 5 progress events per second per job
+CHANGE_MARGIN = 2.0  # seconds the job watcher re-reads behind its cursor
+
+
+def new_job_id() -> str:
+    """Time-ordered and unguessable: 13 hex digits of milliseconds, then 12 random hex digits."""
+    return f"{int(time.time() * 1000):013x}{secrets.token_hex(6)}"
+
+
+def element_id_for(job_id: str) -> str:
+    return f"gen-{job_id}"
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    from .http_api import iso
+
+    return {
+        "id": job.id,
+        "canvas_id": job.canvas_id,
+        "generator": job.generator,
+        "prompt": job.prompt,
+        "params": job.params,
+        "status": job.status,
+        "progress": round(job.progress, 4),
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "error": None if job.error_type is None else {"type": job.error_type, "message": job.error_message},
+        "result": job.result,
+        "cancel_requested": job.cancel_requested,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
+class Worker:
+    """Claims and runs jobs, at most ``concurrency`` at a time."""
+
+    def __init__(self, store: Store, generators: dict[str, Generator], *, concurrency: int, lease_seconds: float,
+                 poll_interval: float, retry_base: float, retry_max: float, worker_id: str | None = None) -> None:
+        self.store = store
+        self.generators = generators
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._running: set[asyncio.Task[None]] = set()
+        self._nudge = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.changed: asyncio.Event | None = None  # set on every state change (the in-process watcher listens)
+
+    def nudge(self) -> None:
+        """A job was just queued: look now instead of at the next poll."""
+        self._nudge.set()
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._claim_loop())
+
+    async def stop(self) -> None:
+        tasks = ([self._loop_task] if self._loop_task else []) + list(self._running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _claim_loop(self) -> None:
+        while True:
+            job = None
+            if len(self._running) < self.concurrency:
+                try:
+                    job = await self.store.claim_job(self.worker_id, self.lease_seconds)
+                except Exception as exc:  # store down: try again later
+                    log(logging.WARNING, "job_claim_failed", error=repr(exc))
+            if job is not None:
+                task = asyncio.get_running_loop().create_task(self._run(job))
+                self._running.add(task)
+                task.add_done_callback(self._job_done)
+                continue
+            self._nudge.clear()
+            try:
+                await asyncio.wait_for(self._nudge.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._nudge.set()  # a slot is free
+
+    def _signal(self) -> None:
+        if self.changed is not None:
+            self.changed.set()
+
+    async def _run(self, job: Job) -> None:
+        log(logging.INFO, "job_started", job=job.id, canvas=job.canvas_id, generator=job.generator,
+            attempt=job.attempts)
+        self._signal()
+        generator = self.generators.get(job.generator)
+        if generator is None:
+            await self._finish(job, "failed", error=("invalid", f"unknown generator {job.generator!r}"))
+            return
+        progress = {"value": job.progress, "dirty": False}
+
+        def report(value: float) -> None:
+            progress["value"] = min(max(float(value), 0.0), 1.0)
+            progress["dirty"] = True
+
+        request = GenerationRequest(job.id, job.canvas_id, job.prompt, job.params)
+        work = asyncio.get_running_loop().create_task(generator.generate(request, report))
+        outcome = await self._supervise(job, work, progress)
+        if outcome == "lease_lost":
+            log(logging.WARNING, "job_lease_lost", job=job.id)
+            return
+        if outcome == "cancelled":
+            await self._finish(job, "cancelled")
+            return
+        try:
+            output: GenerationOutput = work.result()
+        except GenerationError as exc:
+            await self._failed(job, exc.error_type, str(exc), exc.retryable)
+            return
+        except Exception as exc:  # a generator bug: retry, it may be transient
+            await self._failed(job, "internal", f"{type(exc).__name__}: {exc}", True)
+            return
+        await self._succeeded(job, output)
+
+    async def _supervise(self, job: Job, work: asyncio.Task, progress: dict) -> str:
+        """Heartbeat until the generator finishes; 'done', 'cancelled' or 'lease_lost'."""
+        loop = asyncio.get_running_loop()
+        renew_every = self.lease_seconds / 3
+        last_renew = loop.time()
+        try:
+            while True:
+                done, _ = await asyncio.wait([work], timeout=PROGRESS_EVENT_INTERVAL)
+                if done:
+                    return "done"
+                now = loop.time()
+                if not progress["dirty"] and now - last_renew < renew_every:
+                    continue
+                value = progress["value"] if progress["dirty"] else None
+                progress["dirty"] = False
+                try:
+                    current = await self.store.heartbeat(job.id, self.worker_id, self.lease_seconds, value)
+                except Exception as exc:  # store hiccup: keep working, the lease still has time
+                    log(logging.WARNING, "job_heartbeat_failed", job=job.id, error=repr(exc))
+                    continue
+                last_renew = now
+                if current is None:
+                    work.cancel()
+                    return "lease_lost"
+                self._signal()
+                if current.cancel_requested:
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+                    return "cancelled"
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+
+    async def _finish(self, job: Job, status: str, result: dict | None = None,
+                      error: tuple[str, str] | None = None) -> None:
+        finished = await self.store.finish_job(job.id, self.worker_id, status, result=result,
+                                               error_type=error[0] if error else None,
+                                               error_message=error[1] if error else None)
+        log(logging.INFO if status != "failed" else logging.WARNING, "job_finished", job=job.id, status=status,
+            error=error[0] if error else None, lease_lost=finished is None)
+        self._signal()
+
+    async def _failed(self, job: Job, error_type: str, message: str, retryable: bool) -> None:
+        if retryable and job.attempts < job.max_attempts:
+            delay = random.uniform(0.5, 1.0) * min(self.retry_max, self.retry_base * 2 ** (job.attempts - 1))
+            await self.store.retry_job(job.id, self.worker_id, time.time() + delay, error_type, message[:500])
+            log(logging.WARNING, "job_retry", job=job.id, attempt=job.attempts, error=error_type,
+                retry_in_ms=round(delay * 1000))
+            self._signal()
+            return
+        await self._finish(job, "failed", error=(error_type, message[:500]))
+
+    async def _succeeded(self, job: Job, output: GenerationOutput) -> None:
+        import hashlib
+
+        asset_id = hashlib.sha256(output.data).hexdigest()[:32]
+        await self.store.put_asset(asset_id, output.content_type, output.data)
+        params = job.params
+        result = {
+            "asset_id": asset_id,
+            "src": f"/assets/{asset_id}",
+            "content_type": output.content_type,
+            "element_id": element_id_for(job.id),
+            "element": {
+                "type": "image",
+                "x": params.get("x", 40),
+                "y": params.get("y", 40),
+                "w": output.width,
+                "h": output.height,
+                "src": f"/assets/{asset_id}",
+                "generation_id": job.id,
+            },
+        }
+        await self._finish(job, "succeeded", result=result)
+
+
+class JobWatcher:
+    """Follows job changes in the store; notifies loaded canvases; applies results into canvases."""
+
+    def __init__(self, hub: "Hub", store: Store, poll_interval: float) -> None:
+        self.hub = hub
+        self.store = store
+        self.poll_interval = poll_interval
+        self.changed = asyncio.Event()
+        self.active: dict[str, dict[str, Job]] = {}  # canvas -> job id -> latest active state (loaded canvases)
+        self._sent: dict[str, tuple[str, float, float]] = {}  # job id -> (status, progress, when) last announced
+        self._cursor = time.time() - 1.0
+        self._seen: dict[str, float] = {}  # job id -> updated_at already observed
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def seed(self, canvas_id: str) -> None:
+        """A room is loading: remember its active jobs so a connecting socket hears about them first."""
+        jobs = await self.store.list_active_jobs(canvas_id)
+        known = self.active.setdefault(canvas_id, {})
+        for job in jobs:
+            if job.id not in known or known[job.id].updated_at <= job.updated_at:
+                known[job.id] = job
+
+    def forget(self, canvas_id: str) -> None:
+        self.active.pop(canvas_id, None)
+
+    def snapshot_events(self, canvas_id: str) -> list[dict[str, Any]]:
+        """Current state of the canvas's active jobs, as the events a newcomer receives first."""
+        return [generation_event(job) for job in self.active.get(canvas_id, {}).values()]
+
+    async def _loop(self) -> None:
+        while True:
+            self.changed.clear()
+            try:
+                await self._poll()
+                await self._apply_results()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log(logging.WARNING, "job_watch_failed", error=repr(exc))
+            try:
+                await asyncio.wait_for(self.changed.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _poll(self) -> None:
+        # Re-read a margin behind the cursor: a change stamped just before the cursor may commit
+        # after we read past it (several writers, clocks). (id, updated_at) pairs seen are skipped.
+        since = self._cursor - CHANGE_MARGIN
+        while True:
+            jobs = await self.store.jobs_changed_since(since, 500)
+            for job in jobs:
+                if self._seen.get(job.id) != job.updated_at:
+                    self._seen[job.id] = job.updated_at
+                    self.observe(job)
+            if jobs:
+                since = jobs[-1].updated_at
+                self._cursor = max(self._cursor, since)
+            if len(jobs) < 500:
+                break
+        horizon = self._cursor - CHANGE_MARGIN
+        if len(self._seen) > 1000:
+            self._seen = {k: v for k, v in self._seen.items() if v >= horizon}
+
+    def observe(self, job: Job) -> None:
+        rooms = self.hub.registry.rooms
+        if job.canvas_id not in rooms:
+            return
+        known = self.active.setdefault(job.canvas_id, {})
+        previous = known.get(job.id)
+        if previous is not None and previous.updated_at > job.updated_at:
+            return  # stale
+        if job.status in ACTIVE:
+            known[job.id] = job
+        else:
+            known.pop(job.id, None)
+        if job.status == "succeeded":
+            return  # announced by _apply_results, once the element is in the canvas
+        self._announce(job)
+
+    def _announce(self, job: Job, extra: dict[str, Any] | None = None) -> None:
+        status = event_status(job)
+        now = time.monotonic()
+        last = self._sent.get(job.id)
+        if last is not None:
+            if status == "progress" and last[0] == "progress":
+                if job.progress <= last[1] or now - last[2] < PROGRESS_EVENT_INTERVAL:
+                    return
+            elif last[0] == status and status != "progress":
+                return
+        if status in TERMINAL:
+            self._sent.pop(job.id, None)
+        else:
+            self._sent[job.id] = (status, job.progress, now)
+        room = self.hub.registry.rooms.get(job.canvas_id)
+        if room is None:
+            return
+        event = generation_event(job, extra)
+        for conn in room.connections:
+            conn.send_event(event)
+
+    async def _apply_results(self) -> None:
+        for job in await self.store.unapplied_results(50):
+            result = job.result or {}
+            element = dict(result.get("element") or {})
+            element_id = result.get("element_id") or element_id_for(job.id)
+            _, done = await self.hub.write(
+                job.canvas_id, lambda document: document.transact(lambda doc: patch_element(doc, element_id, element))
+            )
+            if done is not None:
+                await done  # durable before we say so
+            await self.store.mark_result_applied(job.id)
+            log(logging.INFO, "job_result_applied", job=job.id, canvas=job.canvas_id, element=element_id)
+            self._announce(job, {"element_id": element_id, "src": result.get("src")})
+
+
+def event_status(job: Job) -> str:
+    if job.status == "running":
+        return "progress" if job.progress > 0 else "started"
+    return job.status
+
+
+def generation_event(job: Job, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "generation", "status": event_status(job), "job": job_json(job)}
+    if job.status == "failed":
+        event["error_type"] = job.error_type
+    if extra:
+        event.update(extra)
+    return event
+
+
+MAX_PROMPT_CHARS = 4000
+MAX_PARAMS_BYTES = 16 * 1024
+
+
+class InvalidJobRequest(ValueError):
+    pass
+
+
+class JobService:
+    """What the server exposes: create, look up, list and cancel jobs; runs the watcher (and workers)."""
+
+    def __init__(self, hub: "Hub", store: Store, generators: dict[str, Generator], *, workers: int,
+                 lease_seconds: float, poll_interval: float, watch_interval: float, max_attempts: int,
+                 retry_base: float, retry_max: float) -> None:
+        self.store = store
+        self.generators = generators
+        self.max_attempts = max_attempts
+        self.watcher = JobWatcher(hub, store, watch_interval)
+        self.worker: Worker | None = None
+        if workers > 0:
+            self.worker = Worker(store, generators, concurrency=workers, lease_seconds=lease_seconds,
+                                 poll_interval=poll_interval, retry_base=retry_base, retry_max=retry_max)
+            self.worker.changed = self.watcher.changed
+
+    def start(self) -> None:
+        self.watcher.start()
+        if self.worker is not None:
+            self.worker.start()
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        await self.watcher.stop()
+
+    def validate(self, body: Any) -> tuple[str, str, dict, str | None]:
+        import orjson
+
+        if not isinstance(body, dict):
+            raise InvalidJobRequest("body must be a JSON object")
+        generator = body.get("generator")
+        if generator not in self.generators:
+            raise InvalidJobRequest(f"unknown generator {generator!r}; available: {sorted(self.generators)}")
+        prompt = body.get("prompt", "")
+        if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidJobRequest(f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
+        params = body.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict) or len(orjson.dumps(params)) > MAX_PARAMS_BYTES:
+            raise InvalidJobRequest(f"params must be a JSON object of at most {MAX_PARAMS_BYTES} bytes")
+        for key in ("x", "y"):
+            value = params.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or abs(value) > 1e9):
+                raise InvalidJobRequest(f"params.{key} must be a number")
+        key = body.get("idempotency_key")
+        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
+            raise InvalidJobRequest("idempotency_key must be a string of 1-200 characters")
+        return generator, prompt, params, key
+
+    async def create(self, canvas_id: str, body: Any) -> tuple[Job, bool]:
+        generator, prompt, params, key = self.validate(body)
+        job, created = await self.store.create_job(new_job_id(), canvas_id, generator, prompt, params, key,
+                                                   self.max_attempts)
+        if created:
+            log(logging.INFO, "job_queued", job=job.id, canvas=canvas_id, generator=generator)
+            self.watcher.observe(job)  # `queued` goes out now, before any worker can start it
+            self.watcher.changed.set()
+            if self.worker is not None:
+                self.worker.nudge()
+        return job, created
+
+    async def cancel(self, job_id: str) -> Job | None:
+        job = await self.store.cancel_job(job_id)
+        self.watcher.changed.set()
+        return job
