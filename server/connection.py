@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 
-from crdt.codec import encode_event
-from crdt.errors import CloseCode, Overloaded, ProtocolError
+from crdt.codec import MSG_EVENT, Reader, encode_event
+from crdt.errors import CloseCode, Overloaded, PolicyViolation, ProtocolError
 
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
 from .logs import log
 from .metrics import Metrics
 
 from .hub import StoreUnavailable
+from .jobs import answer_request
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -46,7 +47,8 @@ class Connection:
 
     __slots__ = ("id", "room", "canvas_id", "metrics", "_send", "_queue", "_queued_bytes", "_max_messages",
                  "_max_bytes", "_waiter", "closing", "close_code", "_close_reason", "idle", "writer",
-                 "events", "changes_submitted", "changes_durable", "durable_clock", "save_status")
+                 "events", "changes_submitted", "changes_durable", "durable_clock", "save_status",
+                 "hub_jobs", "requests_in_flight", "tasks")
 
     def __init__(self, room: "Room", send: Send, max_messages: int, max_bytes: int, metrics: Metrics,
                  events: bool = False) -> None:
@@ -71,6 +73,9 @@ class Connection:
         self.changes_durable = 0
         self.durable_clock: dict[int, int] = {}
         self.save_status = "saved"
+        self.hub_jobs = None  # the JobService answering event requests (set by the endpoint)
+        self.requests_in_flight = 0
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def __hash__(self) -> int:
         return self.id
@@ -213,6 +218,7 @@ class WebSocketEndpoint:
             return
         conn = Connection(room, send, settings.send_queue_messages, settings.send_queue_bytes, hub.metrics,
                           events=wants_events(scope))
+        conn.hub_jobs = hub.jobs
         try:
             await send({"type": "websocket.accept"})
             if room.deleted:  # deleted while we were accepting
@@ -230,6 +236,8 @@ class WebSocketEndpoint:
         finally:
             room.leave(conn)
             hub.registry.release(room)
+            for task in list(conn.tasks):
+                task.cancel()
             writer = conn.writer
             if writer is not None and not writer.done():
                 if conn.closing:
@@ -257,6 +265,8 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
             refuse(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported")
         elif len(data) > max_frame_bytes:
             refuse(conn, CloseCode.MESSAGE_TOO_BIG, f"frame exceeds {max_frame_bytes} bytes")
+        elif data[:1] == EVENT_TYPE_BYTE and conn.events:
+            request_from_client(conn, data)
         else:
             started = clock()
             try:
@@ -271,6 +281,46 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
             metrics.bytes_received += len(data)
             if elapsed > metrics.frame_handling_max_seconds:
                 metrics.frame_handling_max_seconds = elapsed
+
+
+EVENT_TYPE_BYTE = bytes((MSG_EVENT,))
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_REQUESTS_IN_FLIGHT = 4
+
+
+def request_from_client(conn: Connection, frame: bytes) -> None:
+    """A request on the events channel: answered by a task, at most a few in flight per socket."""
+    try:
+        if len(frame) > MAX_REQUEST_BYTES:
+            raise PolicyViolation(f"event requests are limited to {MAX_REQUEST_BYTES} bytes")
+        reader = Reader(frame)
+        reader.var_uint()
+        payload = reader.var_bytes()
+        reader.expect_end()
+    except ProtocolError as exc:
+        refuse(conn, exc.code, exc.reason)
+        return
+    try:
+        request = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        conn.send_event({"type": "response", "request_id": None, "ok": False,
+                         "error": {"type": "invalid", "message": "request is not JSON"}})
+        return
+    if conn.requests_in_flight >= MAX_REQUESTS_IN_FLIGHT:
+        conn.send_event({"type": "response", "request_id": request.get("request_id") if isinstance(request, dict)
+                         else None, "ok": False, "error": {"type": "unavailable", "message": "too many requests in flight"}})
+        return
+    conn.requests_in_flight += 1
+
+    async def answer() -> None:
+        try:
+            conn.send_event(await answer_request(conn.hub_jobs, conn.canvas_id, request))
+        finally:
+            conn.requests_in_flight -= 1
+
+    task = asyncio.get_running_loop().create_task(answer())
+    conn.tasks.add(task)
+    task.add_done_callback(conn.tasks.discard)
 
 
 def refuse(conn: Connection, code: int, reason: str, *, flush: bool = False) -> None:

@@ -457,3 +457,43 @@ class JobService:
         job = await self.store.cancel_job(job_id)
         self.watcher.changed.set()
         return job
+
+
+async def answer_request(service: JobService | None, canvas_id: str, request: Any) -> dict[str, Any]:
+    """A request sent on the events channel (``[100, json]`` from an opted-in socket) and its answer.
+
+    ``{"type": "generate", "request_id", "generator", "prompt", "params", "idempotency_key"}``,
+    ``{"type": "cancel_generation", "request_id", "job_id"}``, ``{"type": "get_generation", "request_id", "job_id"}``
+    → ``{"type": "response", "request_id", "ok": true, "job": {...}}`` or ``"ok": false, "error": {type, message}``.
+    """
+    request_id = request.get("request_id") if isinstance(request, dict) else None
+
+    def fail(error_type: str, message: str) -> dict[str, Any]:
+        return {"type": "response", "request_id": request_id, "ok": False,
+                "error": {"type": error_type, "message": message}}
+
+    if not isinstance(request, dict):
+        return fail("invalid", "a request must be a JSON object")
+    if service is None:
+        return fail("unavailable", "generations are not enabled")
+    kind = request.get("type")
+    try:
+        if kind == "generate":
+            job, created = await service.create(canvas_id, request)
+            return {"type": "response", "request_id": request_id, "ok": True, "created": created, "job": job_json(job)}
+        if kind in ("cancel_generation", "get_generation"):
+            job_id = request.get("job_id")
+            if not isinstance(job_id, str):
+                return fail("invalid", "job_id must be a string")
+            job = await (service.cancel(job_id) if kind == "cancel_generation" else service.store.get_job(job_id))
+            if job is None or job.canvas_id != canvas_id:
+                return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
+            return {"type": "response", "request_id": request_id, "ok": True, "job": job_json(job)}
+    except InvalidJobRequest as exc:
+        return fail("invalid", str(exc))
+    except asyncio.TimeoutError:
+        return fail("timeout", "storage did not answer in time")
+    except Exception as exc:
+        log(logging.WARNING, "event_request_failed", canvas=canvas_id, error=repr(exc))
+        return fail("unavailable", "storage is unavailable, retry later")
+    return fail("invalid", f"unknown request type {kind!r}")

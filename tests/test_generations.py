@@ -224,3 +224,41 @@ async def test_http_generator_that_always_fails_ends_failed(server_factory, stor
     failed = [e for e in client.events_of("generation") if e["status"] == "failed"][0]
     assert failed["error_type"] == "upstream"
     assert not image_elements(client)
+
+
+async def test_requests_over_the_events_channel(server_factory):
+    """An opted-in socket can start, read and cancel generations with [100, json] requests and gets
+    a response per request_id; malformed requests get an error response, not a close."""
+    from crdt.codec import encode_event
+    import orjson
+
+    server = await server_factory(**FAST, job_workers=0)
+    client = await WireClient.connect(server, "viaws")
+
+    async def ask(payload: dict) -> dict:
+        await client.ws.send(encode_event(orjson.dumps(payload)))
+        return await client.wait(lambda: next((e for e in client.events_of("response")
+                                               if e["request_id"] == payload.get("request_id")), None), 10)
+
+    created = await ask({"type": "generate", "request_id": "r1", "generator": "pattern", "prompt": "ws",
+                         "idempotency_key": "same"})
+    assert created["ok"] and created["job"]["status"] == "queued" and created["created"] is True
+    job_id = created["job"]["id"]
+    again = await ask({"type": "generate", "request_id": "r2", "generator": "pattern", "prompt": "ws",
+                       "idempotency_key": "same"})
+    assert again["ok"] and again["job"]["id"] == job_id and again["created"] is False
+    got = await ask({"type": "get_generation", "request_id": "r3", "job_id": job_id})
+    assert got["ok"] and got["job"]["id"] == job_id
+    cancelled = await ask({"type": "cancel_generation", "request_id": "r4", "job_id": job_id})
+    assert cancelled["ok"] and cancelled["job"]["status"] == "cancelled"
+    bad = await ask({"type": "generate", "request_id": "r5", "generator": "nope"})
+    assert not bad["ok"] and bad["error"]["type"] == "invalid"
+    unknown = await ask({"type": "frobnicate", "request_id": "r6"})
+    assert not unknown["ok"] and unknown["error"]["type"] == "invalid"
+    missing = await ask({"type": "get_generation", "request_id": "r7", "job_id": "ffff"})
+    assert not missing["ok"] and missing["error"]["type"] == "not_found"
+    assert client.close_code is None
+    # A socket that did not opt in may not send event frames at all.
+    stock = await WireClient.connect(server, "viaws", events=False)
+    await stock.ws.send(encode_event(b'{"type":"get_generation"}'))
+    assert await stock.wait_closed() == 1002
