@@ -129,20 +129,6 @@ def patch_element(doc: Doc, element_id: str, fields: dict) -> None:
                 existing[key] = value
 
 
-def delete_element(doc: Doc, element_id: str) -> bool:
-    """Delete one element; ``True`` if it existed. No update is produced if it did not.
-
-    Raises ``InvalidPayload`` for an id that does not match the id pattern.
-    """
-    _check_element_id(element_id)
-    elements = _elements(doc)
-    if element_id not in elements:
-        return False
-    with doc.transaction():
-        del elements[element_id]
-    return True
-
-
 def _to_value(value: Any) -> Any:
     """A plain, writable value: shared types become ``to_py()``, bytearrays ``bytes``."""
     if hasattr(value, "to_py"):

@@ -47,7 +47,7 @@ class Connection:
 
     __slots__ = ("id", "room", "canvas_id", "metrics", "_send", "_queue", "_queued_bytes", "_max_messages",
                  "_max_bytes", "_waiter", "closing", "close_code", "_close_reason", "idle", "writer",
-                 "events", "changes_submitted", "changes_durable", "durable_clock", "save_status",
+                 "events", "changes_submitted", "changes_durable", "durable_clock",
                  "hub_jobs", "requests_in_flight", "tasks")
 
     def __init__(self, room: "Room", send: Send, max_messages: int, max_bytes: int, metrics: Metrics,
@@ -72,7 +72,6 @@ class Connection:
         self.changes_submitted = 0
         self.changes_durable = 0
         self.durable_clock: dict[int, int] = {}
-        self.save_status = "saved"
         self.hub_jobs = None  # the JobService answering event requests (set by the endpoint)
         self.requests_in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -106,7 +105,6 @@ class Connection:
                 durable[client] = clock
 
     def _save_event(self, status: str, **extra: Any) -> dict[str, Any]:
-        self.save_status = status
         return {
             "type": "save",
             "status": status,

@@ -134,10 +134,22 @@ def wants_binary(request: Request) -> bool:
     return "application/octet-stream" in request.headers.get("accept", "")
 
 
+def page_response(key: str, rows: list, limit: int, item: Callable[[Any], Any],
+                  cursor_of: Callable[[Any], str]) -> Response:
+    """One page of a cursor-paginated listing; ``rows`` was fetched with ``limit + 1`` to learn if more follow."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return json_response({key: [item(r) for r in rows], "next_cursor": cursor_of(rows[-1]) if more else None})
+
+
 class HttpApi:
     def __init__(self, hub: "Hub") -> None:
         self.hub = hub
         self.store = hub.store
+
+    async def _bounded(self, call: Awaitable[Any]) -> Any:
+        """A storage call that gives up (504 ``timeout``) after ``store_timeout``."""
+        return await asyncio.wait_for(call, self.hub.settings.store_timeout)
 
     # -- operations ------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
@@ -178,13 +190,10 @@ class HttpApi:
     @handler
     async def list_canvases(self, request: Request) -> Response:
         limit, cursor = page_args(request)
-        rows = await asyncio.wait_for(self.store.list_canvases(cursor, limit + 1), self.hub.settings.store_timeout)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return json_response({
-            "canvases": [{"id": r.canvas_id, "version": r.version, "updated_at": iso(r.updated_at)} for r in rows],
-            "next_cursor": rows[-1].canvas_id if more else None,
-        })
+        rows = await self._bounded(self.store.list_canvases(cursor, limit + 1))
+        return page_response("canvases", rows, limit,
+                             lambda r: {"id": r.canvas_id, "version": r.version, "updated_at": iso(r.updated_at)},
+                             lambda r: r.canvas_id)
 
     @handler
     async def get_canvas(self, request: Request) -> Response:
@@ -242,23 +251,18 @@ class HttpApi:
             raise ApiError(400, "invalid", "cursor must be a version number") from None
         if before is not None and not 0 <= before <= MAX_VERSION:
             raise ApiError(400, "invalid", "cursor must be a version number")
-        timeout = self.hub.settings.store_timeout
-        rows = await asyncio.wait_for(self.store.list_versions(canvas_id, before, limit + 1), timeout)
+        rows = await self._bounded(self.store.list_versions(canvas_id, before, limit + 1))
         if not rows and cursor is None and await self.hub.read_document(canvas_id) is None:
             raise ApiError(404, "not_found", f"canvas {canvas_id!r} does not exist")
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return json_response({
-            "versions": [{"number": r.number, "created_at": iso(r.created_at), "size": r.size} for r in rows],
-            "next_cursor": str(rows[-1].number) if more else None,
-        })
+        return page_response("versions", rows, limit,
+                             lambda r: {"number": r.number, "created_at": iso(r.created_at), "size": r.size},
+                             lambda r: str(r.number))
 
     async def _version(self, canvas_id: str, number: int) -> tuple[Any, Doc, bytes]:
         if not 1 <= number < MAX_VERSION:  # number + 1 below must fit too
             raise ApiError(404, "not_found", f"canvas {canvas_id!r} has no version {number}")
-        timeout = self.hub.settings.store_timeout
-        infos = await asyncio.wait_for(self.store.list_versions(canvas_id, number + 1, 1), timeout)
-        snapshot = await asyncio.wait_for(self.store.get_version(canvas_id, number), timeout)
+        infos = await self._bounded(self.store.list_versions(canvas_id, number + 1, 1))
+        snapshot = await self._bounded(self.store.get_version(canvas_id, number))
         if not infos or infos[0].number != number or snapshot is None:
             raise ApiError(404, "not_found", f"canvas {canvas_id!r} has no version {number}")
         doc = replay(LoadedCanvas(snapshot, number, [], None), canvas_id, strict=False)
@@ -317,7 +321,7 @@ class HttpApi:
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, "invalid", f"body is not JSON: {exc}") from None
         try:
-            job, created = await asyncio.wait_for(self.jobs.create(canvas_id, body), self.hub.settings.store_timeout)
+            job, created = await self._bounded(self.jobs.create(canvas_id, body))
         except InvalidJobRequest as exc:
             raise ApiError(400, "invalid", str(exc)) from None
         return json_response({"job": job_json(job), "created": created}, 202,
@@ -327,17 +331,13 @@ class HttpApi:
     async def list_generations(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         limit, cursor = page_args(request)
-        jobs = await asyncio.wait_for(self.store.list_jobs(canvas_id, cursor, limit + 1),
-                                      self.hub.settings.store_timeout)
-        more = len(jobs) > limit
-        jobs = jobs[:limit]
-        return json_response({"generations": [job_json(j) for j in jobs],
-                              "next_cursor": jobs[-1].id if more else None})
+        jobs = await self._bounded(self.store.list_jobs(canvas_id, cursor, limit + 1))
+        return page_response("generations", jobs, limit, job_json, lambda j: j.id)
 
     @handler
     async def get_generation(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        job = await asyncio.wait_for(self.store.get_job(job_id), self.hub.settings.store_timeout)
+        job = await self._bounded(self.store.get_job(job_id))
         if job is None:
             raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
         return json_response(job_json(job))
@@ -345,7 +345,7 @@ class HttpApi:
     @handler
     async def cancel_generation(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        job = await asyncio.wait_for(self.jobs.cancel(job_id), self.hub.settings.store_timeout)
+        job = await self._bounded(self.jobs.cancel(job_id))
         if job is None:
             raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
         return json_response(job_json(job))
@@ -365,7 +365,7 @@ class HttpApi:
         }
         if etag_matches(request.headers.get("if-none-match") or "", etag):
             return Response(status_code=304, headers=headers)
-        asset = await asyncio.wait_for(self.store.get_asset(asset_id), self.hub.settings.store_timeout)
+        asset = await self._bounded(self.store.get_asset(asset_id))
         if asset is None:
             raise ApiError(404, "not_found", "no such asset")
         return Response(asset.data, media_type=asset.content_type, headers=headers)

@@ -180,7 +180,7 @@ class Hub:
             if if_match is not None and not (room.exists and etag_matches(if_match, room.etag)):
                 raise PreconditionFailed(room.etag)
             effects = change(room.document)
-            done = room.apply_local(effects, want_result=True)
+            done = room.apply_local(effects)
             return room.etag, done
         finally:
             self.registry.release(room)

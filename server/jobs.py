@@ -22,6 +22,7 @@ run in this process or in ``canvashub worker`` (another process) unchanged:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -29,8 +30,10 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from crdt.edits import patch_element
-from storage.base import Job, Store
+from storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, Store
 
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
 from .logs import log
@@ -38,8 +41,6 @@ from .logs import log
 if TYPE_CHECKING:
     from .hub import Hub
 
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
 PROGRESS_EVENT_INTERVAL = 0.2  # at most 5 progress events per second per job
 CHANGE_MARGIN = 2.0  # seconds the job watcher re-reads behind its cursor
 
@@ -220,8 +221,6 @@ class Worker:
         await self._finish(job, "failed", error=(error_type, message[:500]))
 
     async def _succeeded(self, job: Job, output: GenerationOutput) -> None:
-        import hashlib
-
         asset_id = hashlib.sha256(output.data).hexdigest()[:32]
         await self.store.put_asset(asset_id, output.content_type, output.data)
         params = job.params
@@ -322,7 +321,7 @@ class JobWatcher:
         previous = known.get(job.id)
         if previous is not None and previous.updated_at > job.updated_at:
             return  # stale
-        if job.status in ACTIVE:
+        if job.status in JOB_ACTIVE_STATUSES:
             known[job.id] = job
         else:
             known.pop(job.id, None)
@@ -340,7 +339,7 @@ class JobWatcher:
                     return
             elif last[0] == status and status != "progress":
                 return
-        if status in TERMINAL:
+        if status in JOB_TERMINAL_STATUSES:
             self._sent.pop(job.id, None)
         else:
             self._sent[job.id] = (status, job.progress, now)
@@ -416,8 +415,6 @@ class JobService:
         await self.watcher.stop()
 
     def validate(self, body: Any) -> tuple[str, str, dict, str | None]:
-        import orjson
-
         if not isinstance(body, dict):
             raise InvalidJobRequest("body must be a JSON object")
         generator = body.get("generator")

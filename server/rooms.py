@@ -61,10 +61,11 @@ class Room:
 
     def receive(self, conn: "Connection", frame: bytes) -> None:
         """Apply a client frame, relay it, queue it for storage; raises ``ProtocolError`` to close ``conn``."""
-        if is_update_frame(frame) and not self.persister.admit(len(frame)):
+        writes = is_update_frame(frame)
+        if writes and not self.persister.admit(len(frame)):
             raise Overloaded("storage backlog full: write refused, retry later")
         before = None
-        if conn.events and is_update_frame(frame):
+        if writes and conn.events:
             before = self.document.doc.get_state()
             if len(before) > MAX_CLOCK_TRACKING_BYTES:
                 before = None  # too many client ids to diff per frame: events carry through/pending only
@@ -84,7 +85,7 @@ class Room:
             log(logging.WARNING, "awareness_refused", canvas=self.canvas_id, conn=conn.id,
                 entries=effects.awareness_refused)
 
-    def apply_local(self, effects: Effects, want_result: bool = False):
+    def apply_local(self, effects: Effects) -> "asyncio.Future[int] | None":
         """Relay and store a change made on the server (HTTP, restore, a job); returns the commit future."""
         if effects.update is None:
             return None
@@ -92,7 +93,7 @@ class Room:
             for conn in self.connections:
                 conn.enqueue(out)
         self._changed()
-        return self.persister.submit(self.canvas_id, effects.update, None, want_result)
+        return self.persister.submit(self.canvas_id, effects.update, None, want_result=True)
 
     def _changed(self) -> None:
         self._etag = None

@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-import asyncio
 import shutil
-import uuid
 from typing import AsyncIterator
 
-import asyncpg
 import pytest
 
-from .support import (PG_DSN, LiveServer, ProcessServer, StorageBackend, skip_or_fail, start_process_server,
+from .support import (PG_DSN, LiveServer, ProcessServer, StorageBackend, postgres_schema, start_process_server,
                       start_server, with_search_path)
 
 
@@ -54,17 +51,8 @@ async def process_server_factory() -> AsyncIterator:
 
 
 async def _postgres_backend() -> AsyncIterator[StorageBackend]:
-    try:
-        admin = await asyncpg.connect(PG_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
-        skip_or_fail(f"Postgres unreachable at {PG_DSN}: {exc!r}")
-    schema = "t_" + uuid.uuid4().hex[:16]
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
+    async with postgres_schema() as (_, schema):
         yield StorageBackend("postgres", database_url=with_search_path(PG_DSN, schema), schema=schema)
-    finally:
-        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await admin.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

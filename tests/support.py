@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import tempfile
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 import websockets
@@ -150,6 +151,27 @@ async def start_process_server(env: dict[str, str] | None = None, *args: str) ->
 
 
 PG_DSN = os.environ.get("CANVASHUB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema() -> AsyncIterator[tuple[Any, str]]:
+    """A fresh schema on the test Postgres, dropped afterwards: (admin connection, schema name).
+    Skips (fails in CI) when Postgres is unreachable."""
+    import uuid
+
+    import asyncpg
+
+    try:
+        admin = await asyncpg.connect(PG_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        skip_or_fail(f"Postgres unreachable at {PG_DSN}: {exc!r}")
+    schema = "t_" + uuid.uuid4().hex[:16]
+    try:
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        yield admin, schema
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await admin.close()
 
 
 def with_search_path(dsn: str, schema: str) -> str:

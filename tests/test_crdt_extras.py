@@ -13,7 +13,7 @@ import pytest
 from pycrdt import Doc, Map, Text
 
 from crdt.digest import content_etag, decode_delete_set
-from crdt.edits import delete_element, patch_element, restore_to
+from crdt.edits import patch_element, restore_to
 from crdt.errors import InvalidPayload
 from crdt.update import decode_state_vector
 
@@ -176,7 +176,7 @@ def test_etag_rejects_an_unexpected_layout():
         content_etag(Fake())  # type: ignore[arg-type]
 
 
-# --- patch_element / delete_element -------------------------------------------------------------
+# --- patch_element ---------------------------------------------------------------------------
 
 
 def test_patch_element_creates_sets_and_deletes_in_one_update():
@@ -271,20 +271,6 @@ def test_patch_element_refuses_a_non_map_element(value):
     assert updates == []
 
 
-def test_delete_element():
-    doc = Doc()
-    patch_element(doc, "a", {"x": 1})
-    patch_element(doc, "b", {"x": 2})
-    with captured(doc) as updates:
-        assert delete_element(doc, "a") is True
-        assert delete_element(doc, "a") is False
-        assert delete_element(doc, "zzz") is False
-    assert len(updates) == 1
-    assert elements(doc).to_py() == {"b": {"x": 2}}
-    with pytest.raises(InvalidPayload):
-        delete_element(doc, "no/such")
-
-
 # --- restore_to -------------------------------------------------------------------------------
 
 
@@ -300,7 +286,7 @@ def _add_element(doc):
 
 
 def _remove_element(doc):
-    delete_element(doc, "b")
+    del elements(doc)["b"]
 
 
 def _change_field(doc):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import sqlite3
 import uuid
 from typing import Any, AsyncIterator, Callable
 
-import asyncpg
 import pycrdt
 import pytest
 
@@ -19,9 +17,8 @@ from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
 from server.compaction import CompactionConflict, CompactionResult, compact_canvas
 
-from .support import skip_or_fail
+from .support import PG_DSN, postgres_schema
 
-PG_DSN = os.environ.get("CANVASHUB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 WAIT = 30.0  # generous upper bound for any awaited storage operation
 
 
@@ -55,13 +52,7 @@ async def _sqlite_backend(tmp_path) -> AsyncIterator[Backend]:
 
 
 async def _postgres_backend() -> AsyncIterator[Backend]:
-    try:
-        admin = await asyncpg.connect(PG_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
-        skip_or_fail(f"Postgres unreachable at {PG_DSN}: {exc!r}")
-    schema = "t_" + uuid.uuid4().hex[:16]
-    try:
-        await admin.execute(f'CREATE SCHEMA "{schema}"')
+    async with postgres_schema() as (admin, schema):
 
         async def rows():
             return [
@@ -74,9 +65,6 @@ async def _postgres_backend() -> AsyncIterator[Backend]:
             lambda: PostgresStore(PG_DSN, pool_size=10, acquire_timeout=5.0, server_settings={"search_path": schema}),
             rows,
         )
-    finally:
-        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await admin.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
