@@ -63,6 +63,18 @@ def validate_state(state: bytes) -> None:
             raise InvalidPayload("awareness state is not valid UTF-8 JSON") from None
 
 
+def with_identity(entry: AwarenessEntry, identity: dict[str, str]) -> AwarenessEntry:
+    """The entry with ``user`` fields from ``identity`` (the verified token) over what the client claimed."""
+    if entry.removed:
+        return entry
+    state = orjson.loads(entry.state)
+    if not isinstance(state, dict):
+        state = {"state": state}
+    user = state.get("user")
+    state["user"] = {**(user if isinstance(user, dict) else {}), **identity}
+    return AwarenessEntry(entry.client_id, entry.clock, orjson.dumps(state))
+
+
 def encode_awareness_payload(entries: Iterable[AwarenessEntry]) -> bytes:
     items = list(entries)
     out = bytearray()
@@ -136,6 +148,12 @@ class AwarenessRegistry:
                 self._entries[client_id] = entry
                 accepted.append(entry)
         return accepted, refused
+
+    def replace(self, entries: list[AwarenessEntry]) -> None:
+        """Store rewritten versions of entries ``apply`` just accepted (same ids and clocks)."""
+        for entry in entries:
+            if entry.client_id in self._entries:
+                self._entries[entry.client_id] = entry
 
     def release(self, owner: Hashable) -> list[AwarenessEntry]:
         """Forget ``owner``; return removal entries for the states it still had."""

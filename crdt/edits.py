@@ -51,7 +51,7 @@ def _elements(doc: Doc) -> Map:
     return doc.get(ELEMENTS_ROOT, type=Map)
 
 
-def _check_element_id(element_id: object) -> None:
+def check_element_id(element_id: object) -> None:
     if not isinstance(element_id, str) or _ELEMENT_ID.fullmatch(element_id) is None:
         raise InvalidPayload("element id must match [A-Za-z0-9_-]{1,64}")
 
@@ -90,7 +90,7 @@ def _check_json_value(value: Any, depth: int = 0) -> None:
         raise InvalidPayload(f"unsupported value type {type(value).__name__}")
 
 
-def _check_fields(fields: object) -> None:
+def check_fields(fields: object) -> None:
     if not isinstance(fields, dict):
         raise InvalidPayload("fields must be an object")
     for key, value in fields.items():
@@ -111,8 +111,8 @@ def patch_element(doc: Doc, element_id: str, fields: dict) -> None:
     as plain JSON values (see the module docstring); every non-``None`` value
     is written, even if unchanged.
     """
-    _check_element_id(element_id)
-    _check_fields(fields)
+    check_element_id(element_id)
+    check_fields(fields)
     elements = _elements(doc)
     existing = elements[element_id] if element_id in elements else _MISSING
     if existing is not _MISSING and not isinstance(existing, Map):

@@ -21,7 +21,9 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
-    CANVAS_DELETED = 4404  # 4400-4499: the stock y-websocket provider does not reconnect
+    UNAUTHORIZED = 4401  # the access token expired while connected (4400-4499: the stock provider does not reconnect)
+    CANVAS_DELETED = 4404
+    CANVAS_TOO_LARGE = 4413  # a write would grow the canvas past its size cap
 
 
 class ProtocolError(Exception):
@@ -64,3 +66,9 @@ class Overloaded(ProtocolError):
     """The server cannot take this write now (e.g. the storage backlog is full); retry later."""
 
     code = CloseCode.TRY_AGAIN_LATER
+
+
+class CanvasTooLarge(ProtocolError):
+    """The write would grow the canvas beyond its configured size cap."""
+
+    code = CloseCode.CANVAS_TOO_LARGE

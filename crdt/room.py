@@ -15,7 +15,7 @@ from typing import Callable, Hashable
 from pycrdt import Doc, merge_updates
 
 from . import codec
-from .awareness import AwarenessRegistry, encode_awareness_payload, parse_awareness
+from .awareness import AwarenessRegistry, encode_awareness_payload, parse_awareness, with_identity
 from .codec import EMPTY_UPDATE, AuthDenied, AwarenessFrame, QueryAwareness, SyncStep1, SyncStep2, SyncUpdate
 from .errors import InvalidPayload
 from .update import check_state_vector, check_update
@@ -67,6 +67,12 @@ class RoomDocument:
         self.doc = doc if doc is not None else Doc()
         self.awareness = AwarenessRegistry(max_awareness_ids_per_peer)
         self.max_awareness_state_bytes = max_awareness_state_bytes
+        self.identities: dict[Hashable, dict[str, str]] = {}  # peer -> verified user fields for presence
+
+    def set_identity(self, peer: Hashable, identity: dict[str, str] | None) -> None:
+        """Presence states ``peer`` announces will show ``identity`` as their ``user`` (id, name)."""
+        if identity:
+            self.identities[peer] = identity
 
     def join(self, peer: Hashable) -> list[bytes]:
         """Frames a newcomer gets first: our sync step 1, then everyone's presence."""
@@ -78,6 +84,7 @@ class RoomDocument:
 
     def leave(self, peer: Hashable) -> list[bytes]:
         """Frames for the remaining peers: removal of the leaver's awareness states."""
+        self.identities.pop(peer, None)
         removals = self.awareness.release(peer)
         if not removals:
             return []
@@ -139,7 +146,11 @@ class RoomDocument:
         accepted, refused = self.awareness.apply(peer, entries)
         if not accepted:
             return Effects(awareness_refused=refused)
-        if len(accepted) == len(entries):
+        identity = self.identities.get(peer)
+        if identity is not None:
+            accepted = [with_identity(entry, identity) for entry in accepted]
+            self.awareness.replace(accepted)
+        elif len(accepted) == len(entries):
             return Effects(broadcast=[frame])
         return Effects(
             broadcast=[codec.encode_awareness(encode_awareness_payload(accepted))],

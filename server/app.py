@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
@@ -16,6 +21,7 @@ from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
 
 from . import logs
+from .auth import Authenticator
 from .connection import WebSocketEndpoint
 from .http_api import HttpApi
 from .generators import build_generators
@@ -34,10 +40,24 @@ def make_store(settings: Settings) -> tuple[Store, str]:
     return SQLiteStore(str(data_dir / "canvashub.sqlite3")), "sqlite"
 
 
+def make_authenticator(settings: Settings) -> Authenticator:
+    """Tokens are required once a secret or public key is set; otherwise open mode, announced loudly."""
+    auth = Authenticator(secret=settings.auth_secret, public_key=settings.auth_public_key,
+                         action_roles={"delete": settings.role_to_delete, "restore": settings.role_to_restore,
+                                       "generate": settings.role_to_generate})
+    if auth.open:
+        logs.log(logging.WARNING, "open_mode",
+                 message="NO ACCESS CONTROL: CANVASHUB_AUTH_SECRET is not set, so anyone who can reach this "
+                         "server may read, edit and delete every canvas. Fine for development; set a secret "
+                         "(see docs/security.md) before exposing it.")
+    return auth
+
+
 def create_app(settings: Settings) -> Starlette:
     logs.configure(settings.log_level)
+    auth = make_authenticator(settings)
     store, backend = make_store(settings)
-    hub = Hub(settings, store, backend)
+    hub = Hub(settings, store, backend, auth)
     generators = build_generators(settings.pattern_step_delay, settings.generator_http_url or None,
                                   settings.generator_http_timeout)
     hub.jobs = JobService(hub, store, generators, workers=settings.job_workers,
@@ -74,9 +94,24 @@ def create_app(settings: Settings) -> Starlette:
         Route("/assets/{asset_id}", api.get_asset, methods=["GET", "HEAD"]),
         WebSocketRoute("/ws/{canvas_id}", WebSocketEndpoint(hub)),
     ]
+    editor_page = Path(settings.demo_dir, "canvas.html")
+    if editor_page.is_file():
+        async def editor(request: Request) -> Response:
+            return FileResponse(editor_page, headers={"Cache-Control": "no-cache"})
+
+        routes.append(Route("/c/{canvas_id}", editor))
     if Path(settings.demo_dir, "index.html").is_file():
         routes.append(Mount("/", StaticFiles(directory=settings.demo_dir, html=True)))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    middleware = []
+    cors_origins = hub.origins.cors_origins
+    if cors_origins:  # only origins configured explicitly; same-origin pages need no CORS
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match"],
+            expose_headers=["ETag", "Location", "Retry-After"], max_age=600,
+        ))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.hub = hub
     app.state.settings = settings
     return app

@@ -53,11 +53,49 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(set DATABASE_URL, or the same CANVASHUB_DATA_DIR). "
                                         "--job-workers sets how many jobs run at once.")
     _add_settings_options(worker)
+    token = sub.add_parser("token", help="mint an access token (development and testing)",
+                           description="Print a signed access token. HS256 with CANVASHUB_AUTH_SECRET (or "
+                                       "--secret), or RS256/ES256 with --private-key.")
+    token.add_argument("--canvas", required=True, help="canvas id, or a pattern with * (e.g. 'team-*', '*')")
+    token.add_argument("--role", required=True, choices=["viewer", "editor", "owner"])
+    token.add_argument("--user", required=True, help="user id (the token's sub)")
+    token.add_argument("--name", help="display name shown in presence (default: the user id)")
+    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    token.add_argument("--secret", help="HS256 secret (default: $CANVASHUB_AUTH_SECRET)")
+    token.add_argument("--private-key", help="PEM private key file: signs RS256 (RSA) or ES256 (EC P-256)")
     return parser
+
+
+def mint(args: argparse.Namespace) -> int:
+    from .auth import MIN_SECRET_BYTES, mint_token, parse_ttl
+
+    try:
+        ttl = parse_ttl(args.ttl)
+        if args.private_key:
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+            with open(args.private_key, "rb") as pem:
+                key = load_pem_private_key(pem.read(), password=None)
+            algorithm = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
+        else:
+            key = args.secret or os.environ.get("CANVASHUB_AUTH_SECRET", "")
+            algorithm = "HS256"
+            if len(key.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(f"set CANVASHUB_AUTH_SECRET (or --secret) to at least {MIN_SECRET_BYTES} bytes, "
+                                 "or pass --private-key")
+        print(mint_token(key, canvas=args.canvas, role=args.role, user=args.user, name=args.name, ttl=ttl,
+                         algorithm=algorithm))
+    except (ValueError, OSError) as exc:
+        print(f"canvashub token: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "token":
+        return mint(args)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(os.environ, **overrides)
@@ -66,7 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         try:
-            serve(settings)
+            app = create_app(settings)
+        except ValueError as exc:  # e.g. a secret too short to be safe
+            print(f"canvashub: {exc}", file=sys.stderr)
+            return 2
+        try:
+            serve(settings, app)
         except KeyboardInterrupt:
             # uvicorn re-raises the SIGINT it handled after a clean shutdown: no traceback for that.
             return 130
@@ -125,10 +168,14 @@ class DrainingServer(uvicorn.Server):
 
 
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    from .limits import http_protocol_class, preauth_protocol
+
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # Connections must finish their request headers (where the token is) in time.
+        http=preauth_protocol(http_protocol_class(), settings.preauth_timeout),
         ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes,  # decided from the frame header: close 1009
         ws_ping_interval=settings.ws_ping_interval,
@@ -143,8 +190,8 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     )
 
 
-def serve(settings: Settings) -> None:
-    app = create_app(settings)
+def serve(settings: Settings, app: Starlette | None = None) -> None:
+    app = app if app is not None else create_app(settings)
     # Server.run() picks uvicorn's loop factory (uvloop when installed); a bare
     # asyncio.run() would silently fall back to the slower selector loop.
     DrainingServer(uvicorn_config(app, settings), app).run()

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 
-from crdt.codec import MSG_EVENT, Reader, encode_event
-from crdt.errors import CloseCode, Overloaded, PolicyViolation, ProtocolError
+from crdt.codec import MSG_EVENT, Reader, encode_auth_denied, encode_event
+from crdt.errors import CanvasTooLarge, CloseCode, Overloaded, PolicyViolation, ProtocolError
 
+from .auth import OPEN, AuthError, Principal, websocket_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
+from .limits import TokenBucket, client_ip, header, limit_exceeded
 from .logs import log
 from .metrics import Metrics
 
@@ -48,10 +50,11 @@ class Connection:
     __slots__ = ("id", "room", "canvas_id", "metrics", "_send", "_queue", "_queued_bytes", "_max_messages",
                  "_max_bytes", "_waiter", "closing", "close_code", "_close_reason", "idle", "writer",
                  "events", "changes_submitted", "changes_durable", "durable_clock",
-                 "hub_jobs", "requests_in_flight", "tasks")
+                 "hub_jobs", "requests_in_flight", "tasks", "principal", "may_write", "may_announce",
+                 "denied_told", "ip", "message_bucket", "byte_bucket", "expiry")
 
     def __init__(self, room: "Room", send: Send, max_messages: int, max_bytes: int, metrics: Metrics,
-                 events: bool = False) -> None:
+                 events: bool = False, principal: Principal = OPEN, announce: bool = True) -> None:
         self.id = next(_ids)
         self.room = room
         self.canvas_id = room.canvas_id
@@ -75,6 +78,15 @@ class Connection:
         self.hub_jobs = None  # the JobService answering event requests (set by the endpoint)
         self.requests_in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        # Access (see server/auth.py): what this socket's token lets it do.
+        self.principal = principal
+        self.may_write = principal.can("edit")
+        self.may_announce = self.may_write or announce
+        self.denied_told = False
+        self.ip = ""
+        self.message_bucket: TokenBucket | None = None
+        self.byte_bucket: TokenBucket | None = None
+        self.expiry: asyncio.TimerHandle | None = None
 
     def __hash__(self) -> int:
         return self.id
@@ -92,6 +104,23 @@ class Connection:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def write_denied(self, frame: bytes) -> None:
+        """A viewer sent a change: it is dropped; the client is told once (y-protocols auth message + event)."""
+        if self.denied_told or frame[2:] == EMPTY_UPDATE_PAYLOAD:  # every client sends an empty step 2 on join
+            return
+        self.denied_told = True
+        reason = f"read-only: role {self.principal.role!r} may not edit this canvas"
+        log(logging.INFO, "write_denied", canvas=self.canvas_id, conn=self.id, role=self.principal.role)
+        self.enqueue(encode_auth_denied(reason))
+        self.send_event({"type": "denied", "action": "edit", "reason": reason})
+
+    def expire(self) -> None:
+        """The token ran out while connected: close 4401 (the stock provider does not reconnect on 44xx)."""
+        self.expiry = None
+        log(logging.INFO, "token_expired", canvas=self.canvas_id, conn=self.id)
+        self.room.leave(self)
+        self.close(CloseCode.UNAUTHORIZED, "access token expired", flush=True)
 
     # -- events ---------------------------------------------------------------------------
     def send_event(self, payload: dict[str, Any]) -> None:
@@ -190,7 +219,11 @@ class Connection:
 
 
 class WebSocketEndpoint:
-    """ASGI app for ``/ws/{canvas_id}``, mounted by the composition root."""
+    """ASGI app for ``/ws/{canvas_id}``, mounted by the composition root.
+
+    Checks, in order and before any document is loaded: canvas id (400), Origin
+    (403), token (401) and its canvas and role (403), connections per IP (403).
+    """
 
     def __init__(self, hub: "Hub") -> None:
         self.hub = hub
@@ -205,9 +238,38 @@ class WebSocketEndpoint:
         if not is_valid_canvas_id(canvas_id):
             await reject(scope, send, 400, "invalid", f"canvas id must be {CANVAS_ID_RULE}")
             return
+        ip = client_ip(scope)
+        origin = header(scope, b"origin")
+        if not hub.origins.allows(origin, header(scope, b"host")):
+            limit_exceeded("origin", ip=ip, canvas=canvas_id, origin=origin[:200] if origin else None)
+            await reject(scope, send, 403, "forbidden", "this Origin may not open WebSockets here")
+            return
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+        token, subprotocol = websocket_token(query, scope.get("subprotocols") or ())
+        try:
+            principal = hub.auth.authenticate(token)
+            hub.auth.authorize(principal, canvas_id, "read")
+        except AuthError as exc:
+            log(logging.WARNING, "ws_auth_refused", canvas=canvas_id, ip=ip, status=exc.status, reason=exc.message)
+            await reject(scope, send, exc.status, exc.error_type, exc.message)
+            return
         if hub.shutting_down:
             await reject(scope, send, 503, "unavailable", "server is shutting down")
             return
+        if not hub.ip_connections.acquire(ip):
+            limit_exceeded("connections_per_ip", ip=ip, canvas=canvas_id, maximum=hub.ip_connections.limit)
+            await reject(scope, send, 403, "forbidden",
+                         f"too many connections from this address (limit {hub.ip_connections.limit})")
+            return
+        try:
+            await self._serve(scope, receive, send, canvas_id, principal, subprotocol, ip, query)
+        finally:
+            hub.ip_connections.release(ip)
+
+    async def _serve(self, scope: dict[str, Any], receive: Receive, send: Send, canvas_id: str,
+                     principal: Principal, subprotocol: str | None, ip: str, query: list[tuple[str, str]]) -> None:
+        hub = self.hub
+        settings = hub.settings
         try:
             room = await hub.registry.acquire(canvas_id)
         except StoreUnavailable as exc:
@@ -215,23 +277,46 @@ class WebSocketEndpoint:
             await reject(scope, send, 503, "unavailable", "canvas storage is unavailable, retry later")
             return
         conn = Connection(room, send, settings.send_queue_messages, settings.send_queue_bytes, hub.metrics,
-                          events=wants_events(scope))
+                          events=wants_events(query), principal=principal, announce=settings.viewer_awareness)
         conn.hub_jobs = hub.jobs
+        conn.ip = ip
+        now = time.monotonic()
+        conn.message_bucket = TokenBucket(settings.rate_messages_per_second, settings.rate_messages_burst, now)
+        conn.byte_bucket = TokenBucket(settings.rate_bytes_per_second,
+                                       max(settings.rate_bytes_burst, settings.max_frame_bytes), now)
+        loop = asyncio.get_running_loop()
         try:
-            await send({"type": "websocket.accept"})
-            if room.deleted:  # deleted while we were accepting
-                conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
+            accept: dict[str, Any] = {"type": "websocket.accept"}
+            if subprotocol is not None:
+                accept["subprotocol"] = subprotocol
+            await send(accept)
+            full = settings.max_connections_per_canvas and len(room.connections) >= settings.max_connections_per_canvas
+            if room.deleted or full:  # deleted while we were accepting, or no room for one more
+                if full:
+                    limit_exceeded("connections_per_canvas", ip=ip, canvas=canvas_id,
+                                   maximum=settings.max_connections_per_canvas)
+                    conn.close(CloseCode.TRY_AGAIN_LATER, "canvas is full, retry later", flush=False)
+                else:
+                    conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
+                conn.writer = loop.create_task(conn.run_writer())  # sends just the close frame
                 await read_loop(conn, receive, settings.max_frame_bytes, hub.metrics)
                 return
             room.join(conn)
+            room.document.set_identity(conn, principal.identity)
             if conn.events:
+                conn.send_event(principal.describe())
                 for event in hub.snapshot_events(canvas_id):
                     conn.send_event(event)
-            conn.writer = asyncio.get_running_loop().create_task(conn.run_writer())
-            log(logging.DEBUG, "ws_open", canvas=canvas_id, conn=conn.id)
+            if principal.expires_at is not None:
+                conn.expiry = loop.call_later(max(0.0, principal.expires_at - time.time()), conn.expire)
+            conn.writer = loop.create_task(conn.run_writer())
+            log(logging.DEBUG, "ws_open", canvas=canvas_id, conn=conn.id, user=principal.user_id,
+                role=principal.role)
             hub.metrics.connections_opened += 1
             await read_loop(conn, receive, settings.max_frame_bytes, hub.metrics)
         finally:
+            if conn.expiry is not None:
+                conn.expiry.cancel()
             room.leave(conn)
             hub.registry.release(room)
             for task in list(conn.tasks):
@@ -251,7 +336,9 @@ class WebSocketEndpoint:
 async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, metrics: Metrics) -> None:
     """Feed the room until the client disconnects; a bad frame closes only ``conn``."""
     clock = time.perf_counter
+    monotonic = time.monotonic
     room = conn.room
+    messages, volume = conn.message_bucket, conn.byte_bucket
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
@@ -259,6 +346,14 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
         if conn.closing:
             continue  # drain until uvicorn reports the end of the closing handshake
         data = message.get("bytes")
+        if messages is not None and volume is not None:
+            now = monotonic()
+            size = len(data) if data is not None else len(message.get("text") or "")
+            if not messages.take(1, now) or not volume.take(size, now):
+                limit = "messages_per_second" if messages.tokens < 1 else "bytes_per_second"
+                limit_exceeded(limit, ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
+                refuse(conn, CloseCode.POLICY_VIOLATION, f"rate limit exceeded ({limit.replace('_', ' ')})")
+                continue
         if data is None:
             refuse(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported")
         elif len(data) > max_frame_bytes:
@@ -269,8 +364,8 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
             started = clock()
             try:
                 room.receive(conn, data)
-            except Overloaded as exc:
-                conn.save_failed(exc.reason)  # the client keeps the change and resends it on reconnect
+            except (Overloaded, CanvasTooLarge) as exc:
+                conn.save_failed(exc.reason)  # the client keeps the change (and resends it on reconnect)
                 refuse(conn, exc.code, exc.reason, flush=True)
             except ProtocolError as exc:
                 refuse(conn, exc.code, exc.reason)
@@ -282,6 +377,7 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
 
 
 EVENT_TYPE_BYTE = bytes((MSG_EVENT,))
+EMPTY_UPDATE_PAYLOAD = b"\x02\x00\x00"  # varBytes(b"\x00\x00"): an update with nothing in it
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_REQUESTS_IN_FLIGHT = 4
 
@@ -303,6 +399,12 @@ def request_from_client(conn: Connection, frame: bytes) -> None:
     except orjson.JSONDecodeError:
         conn.send_event({"type": "response", "request_id": None, "ok": False,
                          "error": {"type": "invalid", "message": "request is not JSON"}})
+        return
+    kind = request.get("type") if isinstance(request, dict) else None
+    if kind in ("generate", "cancel_generation") and not conn.principal.can("generate"):
+        conn.send_event({"type": "response", "request_id": request.get("request_id"), "ok": False,
+                         "error": {"type": "forbidden",
+                                   "message": f"role {conn.principal.role!r} may not start or cancel generations"}})
         return
     if conn.requests_in_flight >= MAX_REQUESTS_IN_FLIGHT:
         conn.send_event({"type": "response", "request_id": request.get("request_id") if isinstance(request, dict)
@@ -328,10 +430,9 @@ def refuse(conn: Connection, code: int, reason: str, *, flush: bool = False) -> 
     conn.close(code, reason[:120], flush=flush)  # close reasons are capped at 123 bytes
 
 
-def wants_events(scope: dict[str, Any]) -> bool:
+def wants_events(query: list[tuple[str, str]]) -> bool:
     """``?events=1`` opts a connection into canvashub event frames (stock clients never get them)."""
-    return any(value in ("1", "true") for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"))
-               if key == "events")
+    return any(value in ("1", "true") for key, value in query if key == "events")
 
 
 async def reject(scope: dict[str, Any], send: Send, status: int, error_type: str, message: str) -> None:

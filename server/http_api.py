@@ -20,14 +20,16 @@ from pycrdt import Doc, Map
 from starlette.requests import Request
 from starlette.responses import Response
 
-from crdt.edits import patch_element, restore_to
-from crdt.errors import Overloaded, ProtocolError
+from crdt.edits import check_element_id, check_fields, patch_element, restore_to
+from crdt.errors import CanvasTooLarge, Overloaded, ProtocolError
 from crdt.room import RoomDocument
 
+from .auth import AuthError, bearer_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
 from .compaction import replay
 from .hub import PreconditionFailed, StoreUnavailable, etag_matches
 from .jobs import InvalidJobRequest, job_json
+from .schemas import ELEMENT_PATCH, SchemaViolation, check
 from .persistence import CanvasDeleted
 from storage.base import LoadedCanvas
 
@@ -36,28 +38,33 @@ if TYPE_CHECKING:
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
-MAX_JSON_BODY = 1024 * 1024
 ASSET_ID = re.compile(r"[0-9a-f]{32}")
 JOB_ID = re.compile(r"[0-9a-f]{1,64}")
 MAX_VERSION = 2**31 - 1  # version numbers are 32-bit INTEGER columns in storage
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None,
+                 errors: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error_type = error_type
         self.message = message
         self.headers = headers
+        self.errors = errors
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    """Every API error has this shape: ``{"error": {"type", "message"}}``."""
-    return json_response({"error": {"type": error_type, "message": message}}, status, headers)
+def error_response(status: int, error_type: str, message: str, headers: dict[str, str] | None = None,
+                   errors: list[dict[str, str]] | None = None) -> Response:
+    """Every API error has this shape: ``{"error": {"type", "message"}}`` (422s add ``errors``)."""
+    error: dict[str, Any] = {"type": error_type, "message": message}
+    if errors:
+        error["errors"] = errors
+    return json_response({"error": error}, status, headers)
 
 
 def document_json(doc: Doc) -> dict[str, Any]:
@@ -73,36 +80,65 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
 
 
-def handler(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
-    """Validate ``canvas_id`` and turn exceptions into classified JSON errors."""
+def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Response]]]:
+    """Validate path ids, authenticate (``Authorization: Bearer``), check ``action`` on the canvas, and turn
+    exceptions into classified JSON errors. ``action`` None: no token needed (assets: content-addressed URLs)."""
 
-    @functools.wraps(fn)
-    async def wrapped(self: "HttpApi", request: Request) -> Response:
-        canvas_id = request.path_params.get("canvas_id")
-        job_id = request.path_params.get("job_id")
-        if job_id is not None and not JOB_ID.fullmatch(job_id):
-            return error_response(404, "not_found", f"generation {job_id!r} does not exist")
-        if canvas_id is not None and not is_valid_canvas_id(canvas_id):
-            return error_response(400, "invalid", f"canvas id must be {CANVAS_ID_RULE}")
+    def decorate(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+        @functools.wraps(fn)
+        async def wrapped(self: "HttpApi", request: Request) -> Response:
+            canvas_id = request.path_params.get("canvas_id")
+            job_id = request.path_params.get("job_id")
+            if job_id is not None and not JOB_ID.fullmatch(job_id):
+                return error_response(404, "not_found", f"generation {job_id!r} does not exist")
+            if canvas_id is not None and not is_valid_canvas_id(canvas_id):
+                return error_response(400, "invalid", f"canvas id must be {CANVAS_ID_RULE}")
+            try:
+                if action is not None:
+                    auth = self.hub.auth
+                    principal = auth.authenticate(bearer_token(request.headers.get("authorization")))
+                    request.state.principal = principal
+                    if job_id is None:  # job routes check the job's canvas once they know it
+                        auth.authorize(principal, canvas_id, action)
+                return await fn(self, request)
+            except AuthError as exc:
+                headers = {"WWW-Authenticate": 'Bearer realm="canvashub"'} if exc.status == 401 else None
+                return error_response(exc.status, exc.error_type, exc.message, headers)
+            except ApiError as exc:
+                return error_response(exc.status, exc.error_type, exc.message, exc.headers, exc.errors)
+            except PreconditionFailed as exc:
+                return error_response(412, "conflict", "If-Match does not match the current ETag",
+                                      {"ETag": exc.current_etag})
+            except Overloaded as exc:
+                return error_response(503, "unavailable", exc.reason, {"Retry-After": "1"})
+            except CanvasTooLarge as exc:
+                return error_response(413, "too_large", exc.reason)
+            except ProtocolError as exc:
+                return error_response(400, "invalid", exc.reason)
+            except StoreUnavailable as exc:
+                return error_response(503, "unavailable", str(exc), {"Retry-After": "1"})
+            except CanvasDeleted:
+                return error_response(409, "conflict", "the canvas was deleted while the change was pending")
+            except asyncio.TimeoutError:
+                return error_response(504, "timeout", "storage did not answer in time")
+
+        return wrapped
+
+    return decorate
+
+
+async def read_json(request: Request, limit: int, schema: dict[str, Any] | None = None) -> Any:
+    """The body as JSON: 413 past ``limit`` bytes, 400 if it is not JSON, 422 if it breaks ``schema``."""
+    try:
+        body = orjson.loads(await read_body(request, limit))
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid", f"body is not JSON: {exc}") from None
+    if schema is not None:
         try:
-            return await fn(self, request)
-        except ApiError as exc:
-            return error_response(exc.status, exc.error_type, exc.message, exc.headers)
-        except PreconditionFailed as exc:
-            return error_response(412, "conflict", "If-Match does not match the current ETag",
-                                  {"ETag": exc.current_etag})
-        except Overloaded as exc:
-            return error_response(503, "unavailable", exc.reason, {"Retry-After": "1"})
-        except ProtocolError as exc:
-            return error_response(400, "invalid", exc.reason)
-        except StoreUnavailable as exc:
-            return error_response(503, "unavailable", str(exc), {"Retry-After": "1"})
-        except CanvasDeleted:
-            return error_response(409, "conflict", "the canvas was deleted while the change was pending")
-        except asyncio.TimeoutError:
-            return error_response(504, "timeout", "storage did not answer in time")
-
-    return wrapped
+            check(schema, body)
+        except SchemaViolation as exc:
+            raise ApiError(422, "invalid", str(exc), errors=exc.errors) from None
+    return body
 
 
 def page_args(request: Request) -> tuple[int, str | None]:
@@ -187,7 +223,7 @@ class HttpApi:
         return Response(body, media_type="text/plain; version=0.0.4")
 
     # -- canvases --------------------------------------------------------------------------
-    @handler
+    @handler("read")
     async def list_canvases(self, request: Request) -> Response:
         limit, cursor = page_args(request)
         rows = await self._bounded(self.store.list_canvases(cursor, limit + 1))
@@ -195,7 +231,7 @@ class HttpApi:
                              lambda r: {"id": r.canvas_id, "version": r.version, "updated_at": iso(r.updated_at)},
                              lambda r: r.canvas_id)
 
-    @handler
+    @handler("read")
     async def get_canvas(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         found = await self.hub.read_document(canvas_id)
@@ -211,7 +247,7 @@ class HttpApi:
         body = {"id": canvas_id, "version": version, "updated_at": iso(updated_at), **document_json(doc)}
         return json_response(body, headers=headers)
 
-    @handler
+    @handler("edit")
     async def post_update(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         update = await read_body(request, self.hub.settings.max_frame_bytes)
@@ -219,21 +255,24 @@ class HttpApi:
             raise ApiError(400, "invalid", "body must be a binary Yjs (v1) update")
         return await self._write(request, canvas_id, len(update), lambda document: document.apply_update(update))
 
-    @handler
+    @handler("edit")
     async def patch_element(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         element_id = request.path_params["element_id"]
         try:
-            fields = orjson.loads(await read_body(request, MAX_JSON_BODY))
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, "invalid", f"body is not JSON: {exc}") from None
-        if not isinstance(fields, dict):
-            raise ApiError(400, "invalid", "body must be a JSON object of fields (null deletes a field)")
+            check_element_id(element_id)
+        except ProtocolError as exc:
+            raise ApiError(400, "invalid", exc.reason) from None
+        fields = await read_json(request, self.hub.settings.max_json_body_bytes, ELEMENT_PATCH)
+        try:
+            check_fields(fields)
+        except ProtocolError as exc:
+            raise ApiError(422, "invalid", exc.reason, errors=[{"path": "", "message": exc.reason}]) from None
         size = len(orjson.dumps(fields))
         return await self._write(request, canvas_id, size,
                                  lambda document: document.transact(lambda doc: patch_element(doc, element_id, fields)))
 
-    @handler
+    @handler("delete")
     async def delete_canvas(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         if not await self.hub.delete_canvas(canvas_id):
@@ -241,7 +280,7 @@ class HttpApi:
         return Response(status_code=204)
 
     # -- history ---------------------------------------------------------------------------
-    @handler
+    @handler("read")
     async def list_versions(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         limit, cursor = page_args(request)
@@ -268,7 +307,7 @@ class HttpApi:
         doc = replay(LoadedCanvas(snapshot, number, [], None), canvas_id, strict=False)
         return infos[0], doc, snapshot
 
-    @handler
+    @handler("read")
     async def get_version(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         number = request.path_params["number"]
@@ -278,7 +317,7 @@ class HttpApi:
         return json_response({"id": canvas_id, "number": info.number, "created_at": iso(info.created_at),
                               "size": info.size, **document_json(doc)})
 
-    @handler
+    @handler("restore")
     async def restore_version(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         number = request.path_params["number"]
@@ -294,7 +333,7 @@ class HttpApi:
             raise Overloaded("storage backlog full: write refused, retry later")
         if hub.shutting_down:
             raise ApiError(503, "unavailable", "server is shutting down", {"Retry-After": "1"})
-        etag, done = await hub.write(canvas_id, change, request.headers.get("if-match"))
+        etag, done = await hub.write(canvas_id, change, request.headers.get("if-match"), size)
         headers = {"ETag": etag}
         if done is None:
             return json_response({"id": canvas_id, "changed": False, "durable": True, "etag": etag}, headers=headers)
@@ -313,44 +352,46 @@ class HttpApi:
             raise ApiError(503, "unavailable", "generations are not enabled")
         return jobs
 
-    @handler
+    @handler("generate")
     async def create_generation(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
-        try:
-            body = orjson.loads(await read_body(request, MAX_JSON_BODY))
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, "invalid", f"body is not JSON: {exc}") from None
+        body = await read_json(request, self.hub.settings.max_json_body_bytes)
         try:
             job, created = await self._bounded(self.jobs.create(canvas_id, body))
         except InvalidJobRequest as exc:
-            raise ApiError(400, "invalid", str(exc)) from None
+            raise ApiError(422, "invalid", str(exc), errors=exc.errors) from None
         return json_response({"job": job_json(job), "created": created}, 202,
                              {"Location": f"/api/generations/{job.id}"})
 
-    @handler
+    @handler("read")
     async def list_generations(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         limit, cursor = page_args(request)
         jobs = await self._bounded(self.store.list_jobs(canvas_id, cursor, limit + 1))
         return page_response("generations", jobs, limit, job_json, lambda j: j.id)
 
-    @handler
+    @handler("read")
     async def get_generation(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         job = await self._bounded(self.store.get_job(job_id))
         if job is None:
             raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
+        self.hub.auth.authorize(request.state.principal, job.canvas_id, "read")
         return json_response(job_json(job))
 
-    @handler
+    @handler("generate")
     async def cancel_generation(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
+        found = await self._bounded(self.store.get_job(job_id))
+        if found is None:
+            raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
+        self.hub.auth.authorize(request.state.principal, found.canvas_id, "generate")
         job = await self._bounded(self.jobs.cancel(job_id))
         if job is None:
             raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
         return json_response(job_json(job))
 
-    @handler
+    @handler(None)
     async def get_asset(self, request: Request) -> Response:
         asset_id = request.path_params["asset_id"]
         if not ASSET_ID.fullmatch(asset_id):

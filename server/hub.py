@@ -15,7 +15,9 @@ from crdt.errors import CloseCode
 from crdt.room import Effects, RoomDocument
 from storage.base import LoadedCanvas, Store
 
+from .auth import Authenticator
 from .compaction import Compactor, replay
+from .limits import ConnectionCounter, OriginPolicy
 from .logs import log
 from .metrics import Metrics
 from .persistence import Persister
@@ -31,8 +33,12 @@ class StoreUnavailable(Exception):
 
 
 class Hub:
-    def __init__(self, settings: Settings, store: Store, backend: str) -> None:
+    def __init__(self, settings: Settings, store: Store, backend: str,
+                 auth: Authenticator | None = None) -> None:
         self.settings = settings
+        self.auth = auth if auth is not None else Authenticator()
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self.ip_connections = ConnectionCounter(settings.max_connections_per_ip)
         self.store = store
         self.backend = backend
         self.metrics = Metrics()
@@ -125,8 +131,9 @@ class Hub:
             except Exception as exc:
                 raise StoreUnavailable(f"loading jobs of {canvas_id} failed: {exc!r}") from exc
         document = self.make_document()
-        version, updated_at = 0, None
+        version, updated_at, size = 0, None, 0
         if loaded is not None:
+            size = len(loaded.snapshot or b"") + sum(len(update) for _, update in loaded.updates)
             started = time.perf_counter()
             document.doc = replay(loaded, canvas_id, strict=False)
             log(logging.INFO, "room_loaded", canvas=canvas_id, version=loaded.version,
@@ -134,7 +141,8 @@ class Hub:
             version, updated_at = loaded.version, loaded.updated_at
             if len(loaded.updates) >= self.settings.compact_every_updates:
                 self.compactor.schedule(canvas_id)
-        return Room(canvas_id, document, self.persister, version, updated_at)
+        return Room(canvas_id, document, self.persister, version, updated_at,
+                    max_bytes=self.settings.max_document_bytes, size=size)
 
     async def _unload_room(self, room: Room) -> None:
         # Never unload what is not durable yet: wait (however long the store is down).
@@ -167,18 +175,20 @@ class Hub:
         return doc, content_etag(doc), loaded.version, loaded.updated_at
 
     async def write(self, canvas_id: str, change: Callable[[RoomDocument], Effects],
-                    if_match: str | None = None) -> tuple[str, asyncio.Future[int] | None]:
+                    if_match: str | None = None, size: int = 0) -> tuple[str, asyncio.Future[int] | None]:
         """Apply a server-side change (HTTP import/edit, restore) to the canvas's room, loading it if needed.
 
         Raises ``PreconditionFailed`` if ``if_match`` is not the current ETag and
-        ``ProtocolError`` if the change is invalid. Returns the new ETag and the
-        commit future (None if the change was a no-op).
+        ``ProtocolError`` if the change is invalid (``CanvasTooLarge`` if ``size``
+        more bytes could take the canvas past its cap). Returns the new ETag and
+        the commit future (None if the change was a no-op).
         """
         room = await self.registry.acquire(canvas_id)
         try:
             # If-Match (even "*") never matches a canvas that does not exist yet (RFC 9110 13.1.1).
             if if_match is not None and not (room.exists and etag_matches(if_match, room.etag)):
                 raise PreconditionFailed(room.etag)
+            room.check_growth(size)
             effects = change(room.document)
             done = room.apply_local(effects)
             return room.etag, done

@@ -33,10 +33,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from crdt.edits import patch_element
+from crdt.errors import CanvasTooLarge
 from storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, Store
 
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
 from .logs import log
+from .schemas import GENERATION_REQUEST, MAX_PARAMS_BYTES, SchemaViolation, check
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -355,9 +357,17 @@ class JobWatcher:
             result = job.result or {}
             element = dict(result.get("element") or {})
             element_id = result.get("element_id") or element_id_for(job.id)
-            _, done = await self.hub.write(
-                job.canvas_id, lambda document: document.transact(lambda doc: patch_element(doc, element_id, element))
-            )
+            try:
+                _, done = await self.hub.write(
+                    job.canvas_id,
+                    lambda document: document.transact(lambda doc: patch_element(doc, element_id, element)),
+                    size=len(orjson.dumps(element)),
+                )
+            except CanvasTooLarge as exc:  # the job succeeded but its element cannot be added
+                log(logging.WARNING, "job_result_refused", job=job.id, canvas=job.canvas_id, reason=exc.reason)
+                await self.store.mark_result_applied(job.id)
+                self._announce(job, {"element_id": None, "error": exc.reason})
+                continue
             if done is not None:
                 await done  # durable before we say so
             await self.store.mark_result_applied(job.id)
@@ -380,12 +390,12 @@ def generation_event(job: Job, extra: dict[str, Any] | None = None) -> dict[str,
     return event
 
 
-MAX_PROMPT_CHARS = 4000
-MAX_PARAMS_BYTES = 16 * 1024
 
 
 class InvalidJobRequest(ValueError):
-    pass
+    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
 
 
 class JobService:
@@ -415,28 +425,20 @@ class JobService:
         await self.watcher.stop()
 
     def validate(self, body: Any) -> tuple[str, str, dict, str | None]:
-        if not isinstance(body, dict):
-            raise InvalidJobRequest("body must be a JSON object")
-        generator = body.get("generator")
+        """Check a generation request against ``GENERATION_REQUEST``; raise ``InvalidJobRequest``."""
+        try:
+            check(GENERATION_REQUEST, body)
+        except SchemaViolation as exc:
+            raise InvalidJobRequest(str(exc), exc.errors) from None
+        generator = body["generator"]
         if generator not in self.generators:
-            raise InvalidJobRequest(f"unknown generator {generator!r}; available: {sorted(self.generators)}")
-        prompt = body.get("prompt", "")
-        if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
-            raise InvalidJobRequest(f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
-        params = body.get("params", {})
-        if params is None:
-            params = {}
-        if not isinstance(params, dict) or len(orjson.dumps(params)) > MAX_PARAMS_BYTES:
-            raise InvalidJobRequest(f"params must be a JSON object of at most {MAX_PARAMS_BYTES} bytes")
-        for key in ("x", "y"):
-            value = params.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or abs(value) > 1e9):
-                raise InvalidJobRequest(f"params.{key} must be a number")
-        key = body.get("idempotency_key")
-        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
-            raise InvalidJobRequest("idempotency_key must be a string of 1-200 characters")
-        return generator, prompt, params, key
+            raise InvalidJobRequest(f"unknown generator {generator!r}; available: {sorted(self.generators)}",
+                                    [{"path": "generator", "message": "unknown generator"}])
+        params = body.get("params") or {}
+        if len(orjson.dumps(params)) > MAX_PARAMS_BYTES:
+            raise InvalidJobRequest(f"params must be at most {MAX_PARAMS_BYTES} bytes of JSON",
+                                    [{"path": "params", "message": "too large"}])
+        return generator, body.get("prompt", ""), params, body.get("idempotency_key")
 
     async def create(self, canvas_id: str, body: Any) -> tuple[Job, bool]:
         generator, prompt, params, key = self.validate(body)

@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import orjson
 
 logger = logging.getLogger("canvashub")
+
+
+# Access tokens must never reach a log: query-string values of token-like
+# parameters, bearer credentials and anything shaped like a JWT are masked.
+_SECRETS = re.compile(
+    r"(?i)(?P<keep>(?:token|access_token|auth)=|bearer )[^&\s\"']+"
+    r"|eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"
+)
+
+
+def redact(text: str) -> str:
+    return _SECRETS.sub(lambda m: (m.group("keep") or "") + "[redacted]", text)
+
+
+class RedactFilter(logging.Filter):
+    """Applied to uvicorn's loggers, whose lines may quote request URLs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,7 +46,7 @@ class JsonFormatter(logging.Formatter):
             payload.update(fields)
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(payload, default=str).decode()
+        return redact(orjson.dumps(payload, default=str).decode())
 
 
 class _DropDenialResponseFalseAlarm(logging.Filter):
@@ -37,6 +61,10 @@ def configure(level: str) -> None:
     uvicorn_error = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _DropDenialResponseFalseAlarm) for f in uvicorn_error.filters):
         uvicorn_error.addFilter(_DropDenialResponseFalseAlarm())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactFilter) for f in uvicorn_logger.filters):
+            uvicorn_logger.addFilter(RedactFilter())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logger.handlers[:] = [handler]

@@ -12,9 +12,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from crdt.codec import EMPTY_UPDATE, is_update_frame
+from crdt.codec import EMPTY_UPDATE, MSG_AWARENESS, is_update_frame
 from crdt.digest import content_etag
-from crdt.errors import Overloaded
+from crdt.errors import CanvasTooLarge, Overloaded
 from crdt.room import Effects, RoomDocument
 from crdt.update import decode_state_vector
 
@@ -27,10 +27,10 @@ if TYPE_CHECKING:
 
 class Room:
     __slots__ = ("canvas_id", "document", "persister", "connections", "holders", "_unload_timer", "version",
-                 "updated_at", "_etag", "deleted")
+                 "updated_at", "_etag", "deleted", "max_bytes", "size_estimate", "_measured_at")
 
     def __init__(self, canvas_id: str, document: RoomDocument, persister: "Persister", version: int = 0,
-                 updated_at: float | None = None) -> None:
+                 updated_at: float | None = None, *, max_bytes: int = 0, size: int = 0) -> None:
         self.canvas_id = canvas_id
         self.document = document
         self.persister = persister
@@ -41,6 +41,11 @@ class Room:
         self.updated_at = updated_at
         self._etag: str | None = None
         self.deleted = False
+        # Size cap: an upper bound (stored bytes + bytes applied since), re-measured
+        # exactly (O(document)) at most every MEASURE_INTERVAL when it nears the cap.
+        self.max_bytes = max_bytes
+        self.size_estimate = size
+        self._measured_at = -MEASURE_INTERVAL
 
     @property
     def exists(self) -> bool:
@@ -59,11 +64,30 @@ class Room:
         for frame in self.document.join(conn):
             conn.enqueue(frame)
 
+    def check_growth(self, size: int) -> None:
+        """Raise ``CanvasTooLarge`` if adding ``size`` bytes could take the canvas past its cap."""
+        if self.max_bytes <= 0 or self.size_estimate + size <= self.max_bytes:
+            return
+        now = time.monotonic()
+        if now - self._measured_at >= MEASURE_INTERVAL:
+            self._measured_at = now
+            self.size_estimate = len(self.document.doc.get_update())
+            if self.size_estimate + size <= self.max_bytes:
+                return
+        raise CanvasTooLarge(f"canvas size limit of {self.max_bytes} bytes reached: change refused")
+
     def receive(self, conn: "Connection", frame: bytes) -> None:
         """Apply a client frame, relay it, queue it for storage; raises ``ProtocolError`` to close ``conn``."""
         writes = is_update_frame(frame)
-        if writes and not self.persister.admit(len(frame)):
-            raise Overloaded("storage backlog full: write refused, retry later")
+        if writes and not conn.may_write:
+            conn.write_denied(frame)  # never applied, never stored
+            return
+        if not conn.may_announce and frame[:1] == AWARENESS_BYTE:
+            return  # viewers' presence is not relayed unless configured
+        if writes:
+            self.check_growth(len(frame))
+            if not self.persister.admit(len(frame)):
+                raise Overloaded("storage backlog full: write refused, retry later")
         before = None
         if writes and conn.events:
             before = self.document.doc.get_state()
@@ -78,7 +102,7 @@ class Room:
                     other.enqueue(out)
         update = effects.update
         if update is not None and update != EMPTY_UPDATE:
-            self._changed()
+            self._changed(len(update))
             clocks = None if before is None else advanced_clocks(before, self.document.doc.get_state())
             self.persister.submit(self.canvas_id, update, conn, clocks=clocks)
         if effects.awareness_refused:
@@ -92,12 +116,13 @@ class Room:
         for out in effects.broadcast:
             for conn in self.connections:
                 conn.enqueue(out)
-        self._changed()
+        self._changed(len(effects.update))
         return self.persister.submit(self.canvas_id, effects.update, None, want_result=True)
 
-    def _changed(self) -> None:
+    def _changed(self, size: int) -> None:
         self._etag = None
         self.updated_at = time.time()
+        self.size_estimate += size
 
     def leave(self, conn: "Connection") -> None:
         if self.connections.pop(conn, False) is False:
@@ -106,6 +131,9 @@ class Room:
             for other in self.connections:
                 other.enqueue(frame)
 
+
+AWARENESS_BYTE = bytes((MSG_AWARENESS,))
+MEASURE_INTERVAL = 5.0  # seconds between exact size measurements of one room near its cap
 
 # Diffing two state vectors costs O(client ids in the document), and clients can
 # add ids at will: beyond ~500 ids, save events omit the clocks they advanced.

@@ -64,6 +64,24 @@ class Settings:
     generator_http_timeout: float = _opt(30.0, "CANVASHUB_GENERATOR_HTTP_TIMEOUT", "timeout of one request to the external generation service, seconds")
     http_durable_timeout: float = _opt(5.0, "CANVASHUB_HTTP_DURABLE_TIMEOUT", "HTTP writes wait this long for the commit (202 if not yet durable)")
 
+    # -- security (see docs/security.md) ----------------------------------------
+    auth_secret: str = _opt("", "CANVASHUB_AUTH_SECRET", "HS256 secret for access tokens (>= 32 bytes); unset with no public key: open development mode")
+    auth_public_key: str = _opt("", "CANVASHUB_AUTH_PUBLIC_KEY", "PEM public key (or path to one) for RS256/ES256 access tokens")
+    role_to_delete: str = _opt("owner", "CANVASHUB_ROLE_TO_DELETE", "least role that may delete a canvas (viewer, editor or owner)")
+    role_to_restore: str = _opt("owner", "CANVASHUB_ROLE_TO_RESTORE", "least role that may restore a version")
+    role_to_generate: str = _opt("owner", "CANVASHUB_ROLE_TO_GENERATE", "least role that may start or cancel a generation")
+    viewer_awareness: bool = _opt(False, "CANVASHUB_VIEWER_AWARENESS", "relay viewers' presence (cursors) to others")
+    allowed_origins: str = _opt("", "CANVASHUB_ALLOWED_ORIGINS", "comma-separated browser origins allowed besides the server's own (WebSocket Origin check and CORS); * allows any")
+    rate_messages_per_second: float = _opt(200.0, "CANVASHUB_RATE_MESSAGES_PER_SECOND", "sustained frames per second per connection (close 1008 above; 0: off)")
+    rate_messages_burst: int = _opt(2000, "CANVASHUB_RATE_MESSAGES_BURST", "frames a connection may send at once before the rate applies")
+    rate_bytes_per_second: int = _opt(4 * 1024 * 1024, "CANVASHUB_RATE_BYTES_PER_SECOND", "sustained bytes per second per connection (close 1008 above; 0: off)")
+    rate_bytes_burst: int = _opt(16 * 1024 * 1024, "CANVASHUB_RATE_BYTES_BURST", "bytes a connection may send at once (at least the frame cap)")
+    max_connections_per_ip: int = _opt(0, "CANVASHUB_MAX_CONNECTIONS_PER_IP", "open WebSockets per client IP (403 at upgrade above; 0: off)")
+    max_connections_per_canvas: int = _opt(1000, "CANVASHUB_MAX_CONNECTIONS_PER_CANVAS", "open WebSockets per canvas on this process (close 1013 above; 0: off)")
+    max_document_bytes: int = _opt(64 * 1024 * 1024, "CANVASHUB_MAX_DOCUMENT_BYTES", "encoded size a canvas may grow to; a write past it is refused (close 4413, HTTP 413)")
+    preauth_timeout: float = _opt(10.0, "CANVASHUB_PREAUTH_TIMEOUT", "seconds a new TCP connection has to send its request headers (and token)")
+    max_json_body_bytes: int = _opt(1024 * 1024, "CANVASHUB_MAX_JSON_BODY_BYTES", "largest JSON request body (413 above)")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> "Settings":
         """Build settings from environment variables, then explicit overrides."""

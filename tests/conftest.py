@@ -38,8 +38,8 @@ async def process_server_factory() -> AsyncIterator:
     """Start ``canvashub serve`` child processes; all stopped at teardown."""
     started: list[ProcessServer] = []
 
-    async def start(env: dict[str, str] | None = None, *args: str) -> ProcessServer:
-        server = await start_process_server(env, *args)
+    async def start(env: dict[str, str] | None = None, *args: str, log_path: str | None = None) -> ProcessServer:
+        server = await start_process_server(env, *args, log_path=log_path)
         started.append(server)
         return server
 

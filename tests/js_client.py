@@ -58,10 +58,12 @@ class JsClient:
 
     @classmethod
     async def start(cls, ws_base: str, room: str, *, name: str = "client", connect: bool = True,
-                    events: bool = False, timeout: float = 10.0) -> "JsClient":
+                    events: bool = False, timeout: float = 10.0, token: str | None = None,
+                    protocols: list[str] | None = None) -> "JsClient":
         node = require_node()
+        options = {"connect": connect, "events": events, "token": token, "protocols": protocols}
         proc = await asyncio.create_subprocess_exec(
-            node, str(CLIENT_SCRIPT), ws_base, room, json.dumps({"connect": connect, "events": events}),
+            node, str(CLIENT_SCRIPT), ws_base, room, json.dumps(options),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             cwd=str(JS_DIR), limit=STDOUT_LIMIT,
         )

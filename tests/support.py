@@ -123,16 +123,23 @@ class ProcessServer(ServerAddress):
         return await asyncio.wait_for(self.proc.wait(), 30)
 
 
-async def start_process_server(env: dict[str, str] | None = None, *args: str) -> ProcessServer:
+async def start_process_server(env: dict[str, str] | None = None, *args: str,
+                               log_path: str | None = None) -> ProcessServer:
+    """``canvashub serve`` on a free port; its stderr (the log) goes to ``log_path`` if given."""
     import sys
 
     import httpx
 
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port), *args,
-        env={**os.environ, **(env or {})},
-    )
+    log_file = open(log_path, "ab") if log_path else None
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port), *args,
+            env={**os.environ, **(env or {})}, stderr=log_file,
+        )
+    finally:
+        if log_file is not None:
+            log_file.close()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
     async with httpx.AsyncClient() as http:

@@ -125,11 +125,17 @@ async def test_idempotency_key_gives_one_job(server_factory, storage_backend):
         assert sum(r.json()["created"] for r in responses) == 1
         listed = (await http.get("/api/canvases/idem/generations")).json()["generations"]
         assert [j["id"] for j in listed] == list(ids)
-        # Validation: unknown generator, bad prompt, bad params are 400 invalid.
-        for bad in ({"generator": "nope", "prompt": "x"}, {"generator": "pattern", "prompt": 5},
-                    {"generator": "pattern", "params": []}, {"generator": "pattern", "params": {"x": "left"}}):
+        # Validation: unknown generator, bad prompt, bad params, unknown fields are 422 with the problems
+        # listed; a body that is not JSON is 400.
+        for bad, path in (({"generator": "nope", "prompt": "x"}, "generator"), ({"generator": "pattern", "prompt": 5}, "prompt"),
+                          ({"generator": "pattern", "params": []}, "params"),
+                          ({"generator": "pattern", "params": {"x": "left"}}, "params.x"),
+                          ({"generator": "pattern", "colour": "red"}, ""), ({"prompt": "x"}, "")):
             response = await http.post("/api/canvases/idem/generations", json=bad)
-            assert response.status_code == 400 and response.json()["error"]["type"] == "invalid", bad
+            assert response.status_code == 422 and response.json()["error"]["type"] == "invalid", bad
+            assert path in [e["path"] for e in response.json()["error"]["errors"]], response.json()
+        response = await http.post("/api/canvases/idem/generations", content=b"{nope")
+        assert response.status_code == 400 and response.json()["error"]["type"] == "invalid"
         assert (await http.get("/api/generations/ffff")).status_code == 404
 
 

@@ -427,17 +427,21 @@ async def test_patch_element_sets_and_deletes_fields(server_factory, storage_bac
 
 
 async def test_patch_element_rejects_bad_input_and_stale_etags(server_factory, storage_backend):
-    """Non-object JSON, invalid JSON, out-of-range values and bad element ids are 400 invalid and
-    change nothing; If-Match works as for POST (412 with the current ETag, then 200 when current)."""
+    """Invalid JSON and bad element ids are 400, non-object JSON and out-of-range values 422 (with
+    the problems listed), and change nothing; If-Match works as for POST (412 with the current ETag, then 200 when current)."""
     server = await server_factory(**storage_backend.overrides)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         first = await http.patch("/api/canvases/shapes/elements/e1", json={"x": 1})
         assert first.status_code == 200
         etag = first.headers["etag"]
         url = "/api/canvases/shapes/elements/e1"
-        for body in (b"[1, 2]", b'"text"', b"42", b"null", b"{", b"", b"{'x': 1}", b'{"x": 9007199254740993}'):
+        for body in (b"{", b"", b"{'x': 1}"):  # not JSON: 400
             assert_error(await http.patch(url, content=body, headers={"Content-Type": "application/json"}),
                          400, "invalid")
+        for body in (b"[1, 2]", b'"text"', b"42", b"null", b'{"x": 9007199254740993}'):  # wrong shape: 422
+            response = await http.patch(url, content=body, headers={"Content-Type": "application/json"})
+            assert_error(response, 422, "invalid")
+            assert response.json()["error"]["errors"], body
         for element_id in ("a.b", "x" * 65, "a%20b"):
             assert_error(await http.patch(f"/api/canvases/shapes/elements/{element_id}", json={"x": 1}),
                          400, "invalid")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlencode
 from typing import Any, Callable
 
 import orjson
@@ -26,10 +27,12 @@ class WireClient:
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def connect(cls, server, canvas_id: str, *, events: bool = True, sync: bool = False) -> "WireClient":
+    async def connect(cls, server, canvas_id: str, *, events: bool = True, sync: bool = False,
+                      token: str | None = None, **kwargs: Any) -> "WireClient":
         """Connect; with ``sync`` also send sync step 1, so ``doc`` receives the current state."""
-        url = server.ws_url(canvas_id) + ("?events=1" if events else "")
-        client = cls(await websockets.connect(url, max_size=None))
+        query = urlencode({**({"events": "1"} if events else {}), **({"token": token} if token else {})})
+        url = server.ws_url(canvas_id) + ("?" + query if query else "")
+        client = cls(await websockets.connect(url, max_size=None, **kwargs))
         if sync:
             await client.ws.send(codec.encode_sync_step1(client.doc.get_state()))
         return client

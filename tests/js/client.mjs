@@ -5,7 +5,8 @@
 // One WebsocketProvider (y-websocket 3.x, WebSocketPolyfill = ws) on its own Y.Doc,
 // connecting to `${base}/${room}`. options-json: {"connect": false} starts offline;
 // {"events": true} opts into canvashub events (?events=1) and handles message type 100
-// with the provider's documented per-instance `messageHandlers` hook.
+// with the provider's documented per-instance `messageHandlers` hook. {"token": "..."} sends an
+// access token as ?token=, {"protocols": [...]} offers WebSocket subprotocols (e.g. ["canvashub", token]).
 //
 // stdin:  one JSON command per line, {"id": 1, "cmd": "set", ...}
 // stdout: one JSON object per line, either a reply {"id": 1, "ok": true, "result": ...}
@@ -52,7 +53,8 @@ const text = doc.getText('text')
 const provider = new WebsocketProvider(base, room, doc, {
   WebSocketPolyfill: WebSocket,
   connect: options.connect !== false,
-  params: options.events ? { events: '1' } : {}
+  params: { ...(options.events ? { events: '1' } : {}), ...(options.token ? { token: options.token } : {}) },
+  protocols: options.protocols ?? []
 })
 const MESSAGE_EVENT = 100
 if (options.events) {

@@ -1,0 +1,160 @@
+"""Limits that keep one client from hurting the others: rates, connection counts, origins, slow upgrades.
+
+Every refusal is logged once as a structured ``limit_exceeded`` line naming the
+limit; close codes and HTTP statuses are listed in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from .logs import log
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up. ``rate`` 0 means unlimited."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self.tokens = self.burst
+        self.stamp = now
+
+    def take(self, amount: float, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens < amount:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - amount
+        return True
+
+
+class ConnectionCounter:
+    """Open WebSockets per key (client IP); ``limit`` 0 means unlimited."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+
+    def acquire(self, key: str) -> bool:
+        count = self.counts.get(key, 0)
+        if self.limit and count >= self.limit:
+            return False
+        self.counts[key] = count + 1
+        return True
+
+    def release(self, key: str) -> None:
+        count = self.counts.get(key, 0) - 1
+        if count <= 0:
+            self.counts.pop(key, None)
+        else:
+            self.counts[key] = count
+
+
+class OriginPolicy:
+    """Which browser origins may open WebSockets and call the API (CORS).
+
+    Requests without ``Origin`` (non-browser clients) are allowed; a browser's
+    ``Origin`` must be the server's own (same host and port as ``Host``) or listed.
+    This blocks cross-site WebSocket hijacking: WebSockets are not subject to
+    CORS, so without this check any web page could open one with the visitor's
+    cookies or network position.
+    """
+
+    def __init__(self, allowed: str) -> None:
+        items = [item.strip().rstrip("/") for item in allowed.split(",") if item.strip()]
+        self.any = "*" in items
+        self.allowed = frozenset(item.lower() for item in items if item != "*")
+
+    def allows(self, origin: str | None, host: str | None) -> bool:
+        if origin is None or self.any:
+            return True
+        origin = origin.strip().lower()
+        if origin in self.allowed:
+            return True
+        netloc = urlsplit(origin).netloc
+        return bool(host) and netloc == host.strip().lower()
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return ["*"] if self.any else sorted(self.allowed)
+
+
+def header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def client_ip(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+def limit_exceeded(limit: str, **fields: Any) -> None:
+    log(logging.WARNING, "limit_exceeded", limit=limit, **fields)
+
+
+def preauth_protocol(base: type, timeout: float, on_timeout: Callable[[], None] | None = None) -> type:
+    """A uvicorn HTTP protocol class that drops connections which do not finish their request headers
+    within ``timeout`` seconds (slowloris; a WebSocket's token arrives with those headers)."""
+
+    class PreauthTimeoutProtocol(base):  # type: ignore[misc, valid-type]
+        _preauth_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if timeout > 0:
+                self._preauth_timer = asyncio.get_running_loop().call_later(timeout, self._preauth_expired)
+
+        def _preauth_done(self) -> None:
+            timer = self._preauth_timer
+            if timer is not None:
+                timer.cancel()
+                self._preauth_timer = None
+
+        def _preauth_expired(self) -> None:
+            self._preauth_timer = None
+            limit_exceeded("preauth_timeout", ip=self.client[0] if self.client else None, seconds=timeout)
+            if on_timeout is not None:
+                on_timeout()
+            self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._preauth_done()
+            super().connection_lost(exc)
+
+        if hasattr(base, "on_headers_complete"):  # httptools
+            def on_headers_complete(self) -> None:
+                self._preauth_done()
+                super().on_headers_complete()
+        else:  # h11: headers are complete once any request event was parsed
+            def handle_events(self) -> None:
+                super().handle_events()
+                if self.cycle is not None:
+                    self._preauth_done()
+
+    return PreauthTimeoutProtocol
+
+
+def http_protocol_class() -> type:
+    """uvicorn's fastest available HTTP/1.1 protocol (what ``http="auto"`` would pick)."""
+    try:
+        import httptools  # noqa: F401
+
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return HttpToolsProtocol
+    except ImportError:  # pragma: no cover - uvicorn[standard] installs httptools
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return H11Protocol
