@@ -27,6 +27,7 @@ from .http_api import HttpApi
 from .generators import build_generators
 from .hub import Hub
 from .jobs import JobService
+from .pubsub import MemoryPubSub, PubSub, RedisPubSub
 from .settings import Settings
 
 
@@ -42,9 +43,12 @@ def make_store(settings: Settings) -> tuple[Store, str]:
 
 def make_authenticator(settings: Settings) -> Authenticator:
     """Tokens are required once a secret or public key is set; otherwise open mode, announced loudly."""
-    auth = Authenticator(secret=settings.auth_secret, public_key=settings.auth_public_key,
-                         action_roles={"delete": settings.role_to_delete, "restore": settings.role_to_restore,
-                                       "generate": settings.role_to_generate})
+    try:
+        auth = Authenticator(secret=settings.auth_secret, public_key=settings.auth_public_key,
+                             action_roles={"delete": settings.role_to_delete, "restore": settings.role_to_restore,
+                                           "generate": settings.role_to_generate}, leeway=5.0)
+    except OSError as exc:
+        raise ValueError(f"CANVASHUB_AUTH_PUBLIC_KEY: cannot read the key file: {exc}") from None
     if auth.open:
         logs.log(logging.WARNING, "open_mode",
                  message="NO ACCESS CONTROL: CANVASHUB_AUTH_SECRET is not set, so anyone who can reach this "
@@ -53,11 +57,19 @@ def make_authenticator(settings: Settings) -> Authenticator:
     return auth
 
 
-def create_app(settings: Settings) -> Starlette:
+def make_pubsub(settings: Settings) -> PubSub:
+    """Redis when ``redis_url`` is set; otherwise in-process (a single process has no peers)."""
+    if settings.redis_url:
+        return RedisPubSub(settings.redis_url, prefix=settings.redis_prefix)
+    return MemoryPubSub()
+
+
+def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
+    """``pubsub``: tests pass in-process nodes sharing one ``MemoryBroker`` to run several hubs as a cluster."""
     logs.configure(settings.log_level)
     auth = make_authenticator(settings)
     store, backend = make_store(settings)
-    hub = Hub(settings, store, backend, auth)
+    hub = Hub(settings, store, backend, auth, pubsub if pubsub is not None else make_pubsub(settings))
     generators = build_generators(settings.pattern_step_delay, settings.generator_http_url or None,
                                   settings.generator_http_timeout)
     hub.jobs = JobService(hub, store, generators, workers=settings.job_workers,

@@ -349,8 +349,12 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
         if messages is not None and volume is not None:
             now = monotonic()
             size = len(data) if data is not None else len(message.get("text") or "")
-            if not messages.take(1, now) or not volume.take(size, now):
-                limit = "messages_per_second" if messages.tokens < 1 else "bytes_per_second"
+            limit = None
+            if not messages.take(1, now):
+                limit = "messages_per_second"
+            elif not volume.take(size, now):
+                limit = "bytes_per_second"
+            if limit is not None:
                 limit_exceeded(limit, ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
                 refuse(conn, CloseCode.POLICY_VIOLATION, f"rate limit exceeded ({limit.replace('_', ' ')})")
                 continue
@@ -365,6 +369,8 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
             try:
                 room.receive(conn, data)
             except (Overloaded, CanvasTooLarge) as exc:
+                if isinstance(exc, CanvasTooLarge):
+                    limit_exceeded("canvas_size", ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
                 conn.save_failed(exc.reason)  # the client keeps the change (and resends it on reconnect)
                 refuse(conn, exc.code, exc.reason, flush=True)
             except ProtocolError as exc:

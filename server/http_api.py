@@ -1,8 +1,8 @@
 """HTTP endpoints: health, readiness, metrics, and the canvas API (export, import, edit, delete, history).
 
 Every error is JSON ``{"error": {"type", "message"}}`` with one of the types
-``not_found``, ``conflict``, ``invalid``, ``too_large``, ``unavailable``,
-``timeout``. Writes reach live clients like any other change and answer once
+``unauthorized`` (401), ``forbidden`` (403), ``not_found``, ``conflict``, ``invalid``
+(400, or 422 with an ``errors`` list), ``too_large``, ``unavailable``, ``timeout``. Writes reach live clients like any other change and answer once
 the change is durable (200), or 202 if it is not durable within
 ``http_durable_timeout`` (it is still queued and will be written).
 """
@@ -26,6 +26,7 @@ from crdt.room import RoomDocument
 
 from .auth import AuthError, bearer_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
+from .limits import limit_exceeded
 from .compaction import replay
 from .hub import PreconditionFailed, StoreUnavailable, etag_matches
 from .jobs import InvalidJobRequest, job_json
@@ -93,6 +94,12 @@ def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]]
                 return error_response(404, "not_found", f"generation {job_id!r} does not exist")
             if canvas_id is not None and not is_valid_canvas_id(canvas_id):
                 return error_response(400, "invalid", f"canvas id must be {CANVAS_ID_RULE}")
+            if request.method not in ("GET", "HEAD") and not self.hub.origins.allows(
+                    request.headers.get("origin"), request.headers.get("host")):
+                # Browsers send Origin on cross-site writes: without this, any page could write to an
+                # open-mode server its visitor can reach (simple requests need no CORS preflight).
+                limit_exceeded("origin", ip=request.client.host if request.client else None, canvas=canvas_id)
+                return error_response(403, "forbidden", "this Origin may not write here")
             try:
                 if action is not None:
                     auth = self.hub.auth
@@ -112,6 +119,7 @@ def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]]
             except Overloaded as exc:
                 return error_response(503, "unavailable", exc.reason, {"Retry-After": "1"})
             except CanvasTooLarge as exc:
+                limit_exceeded("canvas_size", canvas=canvas_id)
                 return error_response(413, "too_large", exc.reason)
             except ProtocolError as exc:
                 return error_response(400, "invalid", exc.reason)
@@ -216,7 +224,8 @@ class HttpApi:
             status, code = "backlog_full", 503
         else:
             status, code = "ready", 200
-        return json_response({"status": status, **hub.stats(), "storage": storage}, code)
+        return json_response({"status": status, **hub.stats(), "storage": storage,
+                              "pubsub": hub.cluster.status()}, code)
 
     async def metrics(self, request: Request) -> Response:
         body = self.hub.metrics.render({k: float(v) for k, v in self.hub.stats().items()})

@@ -16,7 +16,11 @@ run in this process or in ``canvashub worker`` (another process) unchanged:
 * The watcher also applies results: each succeeded job's image element is
   written into the canvas through ``Hub.write`` (relayed, stored, in history)
   under an id derived from the job id, so applying it twice never duplicates
-  it; ``succeeded`` is announced once that change is durable.
+  it; ``succeeded`` is announced once that change is durable. With several
+  server processes on one store, each result is claimed (``claim_results``,
+  with a lease so a process that dies mid-way leaves it to another) and
+  applied by one process; the others announce ``succeeded`` to their own
+  sockets when they see the job marked applied.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ if TYPE_CHECKING:
 
 PROGRESS_EVENT_INTERVAL = 0.2  # at most 5 progress events per second per job
 CHANGE_MARGIN = 2.0  # seconds the job watcher re-reads behind its cursor
+RESULT_BATCH = 50  # results claimed per watcher round
+MIN_RESULT_LEASE = 10.0  # seconds a process holds a claimed result before another may take it
+APPLIED_MEMORY = 600.0  # seconds this process remembers the results it applied (not to announce them twice)
 
 
 def new_job_id() -> str:
@@ -247,10 +254,15 @@ class Worker:
 class JobWatcher:
     """Follows job changes in the store; notifies loaded canvases; applies results into canvases."""
 
-    def __init__(self, hub: "Hub", store: Store, poll_interval: float) -> None:
+    def __init__(self, hub: "Hub", store: Store, poll_interval: float, result_lease: float | None = None) -> None:
         self.hub = hub
         self.store = store
         self.poll_interval = poll_interval
+        # A result's claim must outlast loading the canvas, writing the element and waiting for it to be
+        # durable (each bounded by about one store timeout) and marking it applied.
+        self.result_lease = result_lease or max(MIN_RESULT_LEASE, 3 * hub.settings.store_timeout)
+        self.claimer_id = f"{os.uname().nodename}:{os.getpid()}:watcher:{secrets.token_hex(4)}"
+        self._applied_here: dict[str, float] = {}  # job id -> when this process applied its result (monotonic)
         self.changed = asyncio.Event()
         self.active: dict[str, dict[str, Job]] = {}  # canvas -> job id -> latest active state (loaded canvases)
         self._sent: dict[str, tuple[str, float, float]] = {}  # job id -> (status, progress, when) last announced
@@ -328,7 +340,13 @@ class JobWatcher:
         else:
             known.pop(job.id, None)
         if job.status == "succeeded":
-            return  # announced by _apply_results, once the element is in the canvas
+            # The process that applies the result announces it (_apply_results), once the element is in
+            # the canvas; every other process does when it sees the job marked applied.
+            if job.result_applied and self._applied_here.pop(job.id, None) is None:
+                result = job.result or {}
+                self._announce(job, {"element_id": result.get("element_id") or element_id_for(job.id),
+                                     "src": result.get("src")})
+            return
         self._announce(job)
 
     def _announce(self, job: Job, extra: dict[str, Any] | None = None) -> None:
@@ -352,8 +370,17 @@ class JobWatcher:
         for conn in room.connections:
             conn.send_event(event)
 
+    def _applied(self, job_id: str) -> None:
+        """Remember that this process applied (or refused) the result, before it is marked applied."""
+        now = time.monotonic()
+        self._applied_here[job_id] = now
+        if len(self._applied_here) > 1000:
+            self._applied_here = {k: t for k, t in self._applied_here.items() if now - t < APPLIED_MEMORY}
+
     async def _apply_results(self) -> None:
-        for job in await self.store.unapplied_results(50):
+        for job in await self.store.claim_results(self.claimer_id, RESULT_BATCH, self.result_lease):
+            if job.result_claim_expires is not None and time.time() >= job.result_claim_expires:
+                continue  # the batch took too long: the claim ran out; another process may be on it
             result = job.result or {}
             element = dict(result.get("element") or {})
             element_id = result.get("element_id") or element_id_for(job.id)
@@ -365,11 +392,13 @@ class JobWatcher:
                 )
             except CanvasTooLarge as exc:  # the job succeeded but its element cannot be added
                 log(logging.WARNING, "job_result_refused", job=job.id, canvas=job.canvas_id, reason=exc.reason)
+                self._applied(job.id)
                 await self.store.mark_result_applied(job.id)
                 self._announce(job, {"element_id": None, "error": exc.reason})
                 continue
             if done is not None:
                 await done  # durable before we say so
+            self._applied(job.id)
             await self.store.mark_result_applied(job.id)
             log(logging.INFO, "job_result_applied", job=job.id, canvas=job.canvas_id, element=element_id)
             self._announce(job, {"element_id": element_id, "src": result.get("src")})
@@ -484,9 +513,13 @@ async def answer_request(service: JobService | None, canvas_id: str, request: An
             job_id = request.get("job_id")
             if not isinstance(job_id, str):
                 return fail("invalid", "job_id must be a string")
-            job = await (service.cancel(job_id) if kind == "cancel_generation" else service.store.get_job(job_id))
-            if job is None or job.canvas_id != canvas_id:
+            job = await service.store.get_job(job_id)
+            if job is None or job.canvas_id != canvas_id:  # checked before cancelling: a socket acts on its canvas only
                 return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
+            if kind == "cancel_generation":
+                job = await service.cancel(job_id)
+                if job is None:
+                    return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
             return {"type": "response", "request_id": request_id, "ok": True, "job": job_json(job)}
     except InvalidJobRequest as exc:
         return fail("invalid", str(exc))

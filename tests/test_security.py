@@ -310,6 +310,49 @@ async def test_generation_requests_on_the_events_channel_check_the_role(server_f
     await client.close()
 
 
+async def test_events_channel_cannot_cancel_another_canvases_job(server_factory):
+    server = await server_factory(**AUTH, pattern_step_delay=5)
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        job = (await http.post("/api/canvases/b/generations", json={"generator": "pattern"},
+                               headers=bearer(token("b", "owner")))).json()["job"]
+    client = await WireClient.connect(server, "a", token=token("a", "owner"))
+    await client.ws.send(codec.encode_event(orjson.dumps({"type": "cancel_generation", "request_id": "r",
+                                                           "job_id": job["id"]})))
+    response = await client.wait(lambda: client.events_of("response"), 5, "response")
+    assert response[0]["ok"] is False and response[0]["error"]["type"] == "not_found"
+    stored = await server.hub.store.get_job(job["id"])
+    assert not stored.cancel_requested and stored.status != "cancelled"
+    await client.close()
+
+
+async def test_cross_site_writes_are_refused_even_in_open_mode(server_factory):
+    """A page on another site could POST to an open-mode server its visitor reaches (a simple request
+    needs no preflight): writes with a foreign Origin are 403 and change nothing."""
+    server = await server_factory()
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        hostile = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+        refused = await http.post("/api/canvases/csrf/updates", content=key_updates(1, "x")[1][0], headers=hostile)
+        assert refused.status_code == 403
+        assert (await http.patch("/api/canvases/csrf/elements/e", json={"x": 1},
+                                 headers={"Origin": "https://evil.example"})).status_code == 403
+        assert (await http.get("/api/canvases/csrf")).status_code == 404
+        same = {"Origin": f"http://127.0.0.1:{server.port}"}
+        assert (await http.patch("/api/canvases/csrf/elements/e", json={"x": 1}, headers=same)).status_code == 200
+
+
+def test_redaction_keeps_uvicorn_access_log_arguments_usable():
+    import logging
+
+    from server.logs import RedactFilter
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", "/api/canvases/a?token=eyJhbGciOi.eyJzdWIi.c2ln", "1.1", 200),
+                               None)
+    RedactFilter().filter(record)
+    assert record.args[2] == "/api/canvases/a?token=[redacted]" and record.args[4] == 200
+    assert "eyJ" not in record.getMessage()
+
+
 # -- awareness integrity ----------------------------------------------------------------------
 
 async def test_awareness_for_a_foreign_client_id_is_rejected_and_identity_comes_from_the_token(server_factory):
