@@ -117,8 +117,11 @@ class AwarenessRegistry:
     def live_entries(self) -> list[AwarenessEntry]:
         return [entry for entry in self._entries.values() if not entry.removed]
 
-    def apply(self, owner: Hashable, entries: list[AwarenessEntry]) -> tuple[list[AwarenessEntry], int]:
-        """Apply what ``owner`` may change; return (accepted entries, count of foreign ids refused)."""
+    def apply(self, owner: Hashable, entries: list[AwarenessEntry],
+              max_ids: int | None = None) -> tuple[list[AwarenessEntry], int]:
+        """Apply what ``owner`` may change; return (accepted entries, count of foreign ids refused).
+        ``max_ids`` overrides the per-owner id cap (another process owns all of its clients' ids)."""
+        limit = self.max_ids_per_owner if max_ids is None else max_ids
         accepted: list[AwarenessEntry] = []
         refused = 0
         owned = self._owned.setdefault(owner, set())
@@ -130,10 +133,8 @@ class AwarenessRegistry:
                 tombstone = self._tombstones.get(client_id)
                 if entry.removed or (tombstone is not None and entry.clock < tombstone):
                     continue  # an echo of a departure, or the removal of an unknown id
-                if len(owned) >= self.max_ids_per_owner:
-                    raise PolicyViolation(
-                        f"a connection may announce at most {self.max_ids_per_owner} awareness client ids"
-                    )
+                if len(owned) >= limit:
+                    raise PolicyViolation(f"a connection may announce at most {limit} awareness client ids")
                 self._tombstones.pop(client_id, None)
                 self._owner[client_id] = owner
                 owned.add(client_id)
@@ -148,6 +149,25 @@ class AwarenessRegistry:
                 self._entries[client_id] = entry
                 accepted.append(entry)
         return accepted, refused
+
+    def expire(self, client_id: int) -> AwarenessEntry | None:
+        """End a live state now (its owner went silent): the removal entry to broadcast, if it was live."""
+        entry = self._entries.get(client_id)
+        if entry is None or entry.removed:
+            return None
+        removal = AwarenessEntry(client_id, entry.clock + 1, NULL_STATE)
+        self._entries[client_id] = removal
+        return removal
+
+    def owned_live(self, owners: Iterable[Hashable]) -> list[AwarenessEntry]:
+        """Live states of the given owners (a process's own clients, for a peer that asks)."""
+        out = []
+        for owner in owners:
+            for client_id in self._owned.get(owner, ()):
+                entry = self._entries.get(client_id)
+                if entry is not None and not entry.removed:
+                    out.append(entry)
+        return out
 
     def replace(self, entries: list[AwarenessEntry]) -> None:
         """Store rewritten versions of entries ``apply`` just accepted (same ids and clocks)."""

@@ -10,7 +10,7 @@ broadcast set in the same step that answers its handshake (no gap).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Iterable
 
 from pycrdt import Doc, merge_updates
 
@@ -30,6 +30,7 @@ class Effects:
 
 
 _NOTHING = Effects()
+MAX_REMOTE_AWARENESS_IDS = 100_000  # per other process
 
 
 def _yrs_call(what: str, fn, arg: bytes):
@@ -68,6 +69,7 @@ class RoomDocument:
         self.awareness = AwarenessRegistry(max_awareness_ids_per_peer)
         self.max_awareness_state_bytes = max_awareness_state_bytes
         self.identities: dict[Hashable, dict[str, str]] = {}  # peer -> verified user fields for presence
+        self.remote_seen: dict[int, float] = {}  # client id -> when another process last relayed its state
 
     def set_identity(self, peer: Hashable, identity: dict[str, str] | None) -> None:
         """Presence states ``peer`` announces will show ``identity`` as their ``user`` (id, name)."""
@@ -113,6 +115,38 @@ class RoomDocument:
             # Only servers send "permission denied"; a client sending it is harmless noise.
             return _NOTHING
         raise AssertionError(f"unhandled message {message!r}")  # pragma: no cover
+
+    # -- other processes (see server/cluster.py) ------------------------------------------
+    def remote_awareness(self, node: str, payload: bytes, now: float) -> Effects:
+        """Presence relayed by another process: kept (newcomers get it) under that process's ownership,
+        and broadcast to every local peer. Its echoes from local clients are then ignored as foreign."""
+        entries = parse_awareness(payload, self.max_awareness_state_bytes)
+        accepted, _ = self.awareness.apply(("node", node), entries, max_ids=MAX_REMOTE_AWARENESS_IDS)
+        if not accepted:
+            return _NOTHING
+        for entry in accepted:
+            if entry.removed:
+                self.remote_seen.pop(entry.client_id, None)
+            else:
+                self.remote_seen[entry.client_id] = now
+        return Effects(broadcast=[codec.encode_awareness(encode_awareness_payload(accepted))])
+
+    def expire_remote(self, before: float) -> list[bytes]:
+        """Remove presence relayed by other processes and not renewed since ``before`` (a process
+        died or lost its connection): frames for local peers. Clients renew every 15 s."""
+        stale = [client_id for client_id, seen in self.remote_seen.items() if seen < before]
+        removals = []
+        for client_id in stale:
+            del self.remote_seen[client_id]
+            removal = self.awareness.expire(client_id)
+            if removal is not None:
+                removals.append(removal)
+        return [codec.encode_awareness(encode_awareness_payload(removals))] if removals else []
+
+    def local_presence(self, peers: Iterable[Hashable]) -> bytes | None:
+        """An awareness payload of the live states ``peers`` own (what a process tells the others)."""
+        live = self.awareness.owned_live(peers)
+        return encode_awareness_payload(live) if live else None
 
     def apply_update(self, update: bytes) -> Effects:
         """Apply an untrusted update that did not come over a socket (HTTP import, a job, a peer node)."""

@@ -230,7 +230,6 @@ class WebSocketEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         hub = self.hub
-        settings = hub.settings
         canvas_id = scope["path_params"]["canvas_id"]
         first = await receive()
         if first["type"] != "websocket.connect":

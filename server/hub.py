@@ -16,11 +16,13 @@ from crdt.room import Effects, RoomDocument
 from storage.base import LoadedCanvas, Store
 
 from .auth import Authenticator
+from .cluster import Cluster
 from .compaction import Compactor, replay
 from .limits import ConnectionCounter, OriginPolicy
 from .logs import log
 from .metrics import Metrics
 from .persistence import Persister
+from .pubsub import MemoryPubSub, PubSub
 from .rooms import Room, RoomRegistry
 from .settings import Settings
 
@@ -34,7 +36,7 @@ class StoreUnavailable(Exception):
 
 class Hub:
     def __init__(self, settings: Settings, store: Store, backend: str,
-                 auth: Authenticator | None = None) -> None:
+                 auth: Authenticator | None = None, pubsub: PubSub | None = None) -> None:
         self.settings = settings
         self.auth = auth if auth is not None else Authenticator()
         self.origins = OriginPolicy(settings.allowed_origins)
@@ -54,7 +56,12 @@ class Hub:
             compactor=self.compactor,
         )
         self.registry = RoomRegistry(self._load_room, self._unload_room, settings.room_grace_seconds,
-                                     settled=lambda room: self.persister.is_durable(room.canvas_id))
+                                     settled=lambda room: self.persister.is_durable(room.canvas_id),
+                                     loaded=self._room_loaded, unloaded=self._room_dropped)
+        self.pubsub = pubsub if pubsub is not None else MemoryPubSub()
+        self.cluster = Cluster(self, self.pubsub)
+        self.persister.on_committed = self.cluster.committed
+        self._background: set[asyncio.Task[None]] = set()
         self.shutting_down = False
         self._keepalive: asyncio.Task[None] | None = None
         self.jobs: "JobService | None" = None  # set by the composition root
@@ -65,11 +72,13 @@ class Hub:
 
     async def start(self) -> None:
         await asyncio.wait_for(self.store.open(), max(self.settings.store_timeout, 30.0))
+        await self.pubsub.start()  # never raises: an unreachable Redis is retried in the background
         self.persister.start()
         self.compactor.start()
         if self.jobs is not None:
             self.jobs.start()
         self._keepalive = asyncio.get_running_loop().create_task(self._keepalive_loop())
+        self._spawn(self._cluster_loop())
         log(logging.INFO, "hub_started", store=repr(self.store))
 
     async def _keepalive_loop(self) -> None:
@@ -81,6 +90,21 @@ class Hub:
                 if conn.idle:
                     conn.enqueue(KEEPALIVE_FRAME)
                 conn.idle = True
+
+    async def _cluster_loop(self) -> None:
+        """Once a second: store relayed changes their sender never confirmed; expire silent presence."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.cluster.take_over_stale()
+                self.cluster.expire_presence()
+            except Exception as exc:  # pragma: no cover - defensive: the loop must survive
+                log(logging.ERROR, "cluster_maintenance_failed", error=repr(exc))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def drain(self) -> None:
         """Graceful shutdown: refuse new sockets, flush each client's queue, close with 1001."""
@@ -106,6 +130,9 @@ class Hub:
         flushed = await self.persister.flush(self.settings.shutdown_timeout)
         await self.persister.stop()
         await self.compactor.stop()
+        await self.pubsub.close()
+        for task in list(self._background):
+            task.cancel()
         await self.store.close()
         log(logging.INFO, "hub_closed", backlog_flushed=flushed)
 
@@ -124,6 +151,14 @@ class Hub:
         return loaded
 
     async def _load_room(self, canvas_id: str) -> Room:
+        await self.cluster.before_load(canvas_id)  # subscribe before reading: no gap
+        try:
+            return await self._read_room(canvas_id)
+        except BaseException:
+            self._room_dropped(canvas_id)
+            raise
+
+    async def _read_room(self, canvas_id: str) -> Room:
         loaded = await self.load_canvas(canvas_id)
         if self.jobs is not None:
             try:
@@ -141,11 +176,22 @@ class Hub:
             version, updated_at = loaded.version, loaded.updated_at
             if len(loaded.updates) >= self.settings.compact_every_updates:
                 self.compactor.schedule(canvas_id)
-        return Room(canvas_id, document, self.persister, version, updated_at,
+        room = Room(canvas_id, document, self.persister, version, updated_at,
                     max_bytes=self.settings.max_document_bytes, size=size)
+        room.cluster = self.cluster
+        return room
+
+    def _room_loaded(self, room: Room) -> None:
+        self.cluster.loaded(room)
+
+    def _room_dropped(self, canvas_id: str) -> None:
+        self._spawn(self.cluster.released(canvas_id))
 
     async def _unload_room(self, room: Room) -> None:
-        # Never unload what is not durable yet: wait (however long the store is down).
+        # Never unload what is not durable yet: wait (however long the store is down). Relayed
+        # changes still unconfirmed by their senders are stored here unless confirmed meanwhile.
+        if room.unconfirmed:
+            room.take_over(conditional=True)
         await self.persister.wait_durable(room.canvas_id)
         if self.jobs is not None and room.holders == 0:
             self.jobs.watcher.forget(room.canvas_id)
@@ -214,8 +260,23 @@ class Hub:
             existed = await asyncio.wait_for(self.store.delete_canvas(canvas_id), timeout)
         finally:
             self.registry.end_delete(canvas_id)
+        self.cluster.publish_deleted(canvas_id)
         log(logging.INFO, "canvas_deleted", canvas=canvas_id, existed=existed or room is not None)
         return existed or (room is not None and room.exists)
+
+    def drop_deleted(self, canvas_id: str) -> None:
+        """Another process deleted the canvas: close our sockets on it (4404) and forget unwritten changes."""
+        room = self.registry.begin_delete(canvas_id)
+        try:
+            if room is not None:
+                for conn in list(room.connections):
+                    conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
+                    room.leave(conn)
+            self.compactor.forget(canvas_id)
+            self.persister.discard(canvas_id)
+        finally:
+            self.registry.end_delete(canvas_id)
+        log(logging.INFO, "canvas_deleted_elsewhere", canvas=canvas_id, was_loaded=room is not None)
 
     @property
     def connections(self) -> list:

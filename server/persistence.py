@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from storage.base import Store
 
@@ -45,6 +45,8 @@ class Pending:
     number: int  # the writer's change number (1-based); 0 if no writer
     done: asyncio.Future[int] | None  # resolved with the log seq (HTTP writers wait on it)
     clocks: dict[int, int] | None  # state-vector entries this update advanced (opted-in writers only)
+    published: int = 0  # this process's pub/sub sequence number of the update (0: not published)
+    needed: Callable[[], bool] | None = None  # asked once at commit: False skips the row (see server/cluster.py)
 
 
 class CanvasDeleted(Exception):
@@ -80,6 +82,9 @@ class Persister:
         self._inflight_waiters: list[asyncio.Future[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        # Told (canvas, highest published sequence number now durable) after each commit: the
+        # cluster tells the other processes, which then need not store those updates themselves.
+        self.on_committed: Callable[[str, int], None] | None = None
 
     # -- producer side (synchronous: called from room code) -------------------------------
     @property
@@ -91,13 +96,14 @@ class Persister:
         return self.backlog_bytes + size <= self.max_backlog_bytes
 
     def submit(self, canvas_id: str, update: bytes, writer: "Connection | None" = None,
-               want_result: bool = False, clocks: dict[int, int] | None = None) -> asyncio.Future[int] | None:
+               want_result: bool = False, clocks: dict[int, int] | None = None, *, published: int = 0,
+               needed: Callable[[], bool] | None = None) -> asyncio.Future[int] | None:
         number = 0
         if writer is not None:
             writer.changes_submitted += 1
             number = writer.changes_submitted
         done = asyncio.get_running_loop().create_future() if want_result else None
-        self._queue.append(Pending(canvas_id, update, writer, number, done, clocks))
+        self._queue.append(Pending(canvas_id, update, writer, number, done, clocks, published, needed))
         self.backlog_bytes += len(update)
         self._pending_per_canvas[canvas_id] = self._pending_per_canvas.get(canvas_id, 0) + 1
         self._idle.clear()
@@ -207,12 +213,13 @@ class Persister:
                 _resolve(future)
 
     async def _commit(self, batch: list[Pending], size: int) -> None:
-        rows = [(item.canvas_id, item.update) for item in batch]
+        keep = [item.needed is None or item.needed() for item in batch]
+        rows = [(item.canvas_id, item.update) for item, kept in zip(batch, keep) if kept]
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
-                seqs = await asyncio.wait_for(self.store.append_updates(rows), self.timeout)
+                stored = await asyncio.wait_for(self.store.append_updates(rows), self.timeout) if rows else []
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any store failure: keep the batch, back off, retry
@@ -240,7 +247,8 @@ class Persister:
         slow = ms > self.slow_seconds * 1000
         log(logging.WARNING if slow else logging.INFO, "batch_committed", rows=len(rows), bytes=size,
             canvases=canvases, ms=round(ms, 2), slow=slow)
-        self._acknowledge(batch, seqs)
+        positions = iter(stored)
+        self._acknowledge(batch, [next(positions) if kept else 0 for kept in keep])
 
     def _settle_one(self, item: Pending) -> None:
         self.backlog_bytes -= len(item.update)
@@ -253,9 +261,13 @@ class Persister:
     def _acknowledge(self, batch: list[Pending], seqs: list[int]) -> None:
         writers: dict["Connection", tuple[int, int]] = {}
         per_canvas: dict[str, int] = {}
+        published: dict[str, int] = {}
         for item, seq in zip(batch, seqs):
             self._settle_one(item)
-            per_canvas[item.canvas_id] = per_canvas.get(item.canvas_id, 0) + 1
+            if seq:
+                per_canvas[item.canvas_id] = per_canvas.get(item.canvas_id, 0) + 1
+            if item.published:
+                published[item.canvas_id] = max(published.get(item.canvas_id, 0), item.published)
             if item.done is not None and not item.done.done():
                 item.done.set_result(seq)
             writer = item.writer
@@ -265,6 +277,9 @@ class Persister:
                     writer.merge_durable_clock(item.clocks)
         for writer, (number, seq) in writers.items():
             writer.save_succeeded(number, seq)
+        if self.on_committed is not None:
+            for canvas_id, number in published.items():
+                self.on_committed(canvas_id, number)
         self._release_waiters()
         if self.compactor is not None:
             for canvas_id, count in per_canvas.items():

@@ -21,13 +21,15 @@ from crdt.update import decode_state_vector
 from .logs import log
 
 if TYPE_CHECKING:
+    from .cluster import Cluster
     from .connection import Connection
     from .persistence import Persister
 
 
 class Room:
     __slots__ = ("canvas_id", "document", "persister", "connections", "holders", "_unload_timer", "version",
-                 "updated_at", "_etag", "deleted", "max_bytes", "size_estimate", "_measured_at")
+                 "updated_at", "_etag", "deleted", "max_bytes", "size_estimate", "_measured_at", "cluster",
+                 "unconfirmed", "taking_over")
 
     def __init__(self, canvas_id: str, document: RoomDocument, persister: "Persister", version: int = 0,
                  updated_at: float | None = None, *, max_bytes: int = 0, size: int = 0) -> None:
@@ -46,6 +48,13 @@ class Room:
         self.max_bytes = max_bytes
         self.size_estimate = size
         self._measured_at = -MEASURE_INTERVAL
+        self.cluster: "Cluster | None" = None  # other processes holding this canvas (set by the hub)
+        # Changes other processes relayed that they have not yet said are durable, by (node, number),
+        # with when they arrived. Before one of our clients' changes is stored (and acknowledged), these
+        # are queued for storage too, each written only if still unconfirmed when its batch commits:
+        # an acknowledged change never depends on one a crashed process never stored.
+        self.unconfirmed: dict[tuple[str, int], tuple[bytes, float]] = {}
+        self.taking_over: dict[tuple[str, int], float] = {}  # queued conditionally, by when
 
     @property
     def exists(self) -> bool:
@@ -96,15 +105,21 @@ class Room:
         effects = self.document.receive(conn, frame)
         for reply in effects.reply:
             conn.enqueue(reply)
+        cluster = self.cluster
         for out in effects.broadcast:
             for other in self.connections:
                 if other is not conn:
                     other.enqueue(out)
+            if cluster is not None and out[:1] == AWARENESS_BYTE:
+                cluster.publish_awareness(self.canvas_id, out)
         update = effects.update
         if update is not None and update != EMPTY_UPDATE:
             self._changed(len(update))
             clocks = None if before is None else advanced_clocks(before, self.document.doc.get_state())
-            self.persister.submit(self.canvas_id, update, conn, clocks=clocks)
+            if self.unconfirmed:
+                self.take_over(conditional=True)
+            published = cluster.publish_update(self.canvas_id, update) if cluster is not None else 0
+            self.persister.submit(self.canvas_id, update, conn, clocks=clocks, published=published)
         if effects.awareness_refused:
             log(logging.WARNING, "awareness_refused", canvas=self.canvas_id, conn=conn.id,
                 entries=effects.awareness_refused)
@@ -117,7 +132,56 @@ class Room:
             for conn in self.connections:
                 conn.enqueue(out)
         self._changed(len(effects.update))
-        return self.persister.submit(self.canvas_id, effects.update, None, want_result=True)
+        if self.unconfirmed:
+            self.take_over(conditional=True)
+        published = self.cluster.publish_update(self.canvas_id, effects.update) if self.cluster is not None else 0
+        return self.persister.submit(self.canvas_id, effects.update, None, want_result=True, published=published)
+
+    def apply_peer_update(self, node: str, number: int, update: bytes, now: float) -> None:
+        """A change another process applied (and stores): relay it to our clients; never republish it.
+        It is stored here only if that process never confirms it (see ``take_over``)."""
+        effects = self.document.apply_update(update)
+        if effects.update is None:
+            return
+        for out in effects.broadcast:
+            for conn in self.connections:
+                conn.enqueue(out)
+        self._changed(len(effects.update))
+        self.unconfirmed[(node, number)] = (update, now)
+
+    def peer_confirmed(self, node: str, number: int) -> None:
+        """``node`` has stored its changes up to ``number``."""
+        for key in [k for k in self.unconfirmed if k[0] == node and 0 < k[1] <= number]:
+            del self.unconfirmed[key]
+        for key in [k for k in self.taking_over if k[0] == node and 0 < k[1] <= number]:
+            del self.taking_over[key]
+
+    def take_over(self, conditional: bool, older_than: float | None = None) -> int:
+        """Queue unconfirmed peer changes for storage here. ``conditional``: each is written only if
+        still unconfirmed when its batch commits (usually the other process confirms first)."""
+        taken = 0
+        for key, (update, arrived) in list(self.unconfirmed.items()):
+            if older_than is not None and arrived >= older_than:
+                continue
+            del self.unconfirmed[key]
+            if conditional:
+                self.taking_over[key] = arrived
+                needed = (lambda key=key: key in self.taking_over)
+            else:
+                needed = None
+            self.persister.submit(self.canvas_id, update, None, needed=needed)
+            taken += 1
+        return taken
+
+    def forget_taken_over(self, before: float) -> None:
+        """Keys queued conditionally long ago were written (or confirmed) by now: forget them."""
+        for key in [k for k, arrived in self.taking_over.items() if arrived < before]:
+            del self.taking_over[key]
+
+    def apply_peer_awareness(self, node: str, payload: bytes, now: float) -> None:
+        for out in self.document.remote_awareness(node, payload, now).broadcast:
+            for conn in self.connections:
+                conn.enqueue(out)
 
     def _changed(self, size: int) -> None:
         self._etag = None
@@ -130,6 +194,8 @@ class Room:
         for frame in self.document.leave(conn):
             for other in self.connections:
                 other.enqueue(frame)
+            if self.cluster is not None:
+                self.cluster.publish_awareness(self.canvas_id, frame)
 
 
 AWARENESS_BYTE = bytes((MSG_AWARENESS,))
@@ -161,8 +227,12 @@ class RoomRegistry:
     """Loaded rooms by canvas id; one load in flight per id; unload after a grace period once durable."""
 
     def __init__(self, loader: Loader, unloader: Unloader, grace_seconds: float,
-                 settled: Callable[[Room], bool] = lambda room: True) -> None:
+                 settled: Callable[[Room], bool] = lambda room: True,
+                 loaded: Callable[[Room], None] = lambda room: None,
+                 unloaded: Callable[[str], None] = lambda canvas_id: None) -> None:
         self._loader = loader
+        self._loaded = loaded  # called right after a room is registered (same step)
+        self._unloaded = unloaded  # called right after a room is dropped (unloaded or deleted)
         self._unloader = unloader
         self._settled = settled  # synchronous "is everything of this room durable?"
         self._unloading: set[asyncio.Task[None]] = set()
@@ -201,6 +271,7 @@ class RoomRegistry:
                     raise
                 self.rooms[canvas_id] = room
                 del self._loading[canvas_id]
+                self._loaded(room)
                 pending.set_result(room)
                 log(logging.INFO, "room_loaded", canvas=canvas_id)
             else:
@@ -236,6 +307,7 @@ class RoomRegistry:
             if self._settled(room):
                 del self.rooms[room.canvas_id]
                 log(logging.INFO, "room_unloaded", canvas=room.canvas_id)
+                self._unloaded(room.canvas_id)
                 return
 
     def begin_delete(self, canvas_id: str) -> Room | None:
@@ -255,6 +327,10 @@ class RoomRegistry:
         future = self._deleting.pop(canvas_id, None)
         if future is not None and not future.done():
             future.set_result(None)
+        self._unloaded(canvas_id)
+
+    def is_loading(self, canvas_id: str) -> bool:
+        return canvas_id in self._loading or canvas_id in self._deleting
 
     def connections(self):
         for room in self.rooms.values():

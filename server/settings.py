@@ -64,6 +64,9 @@ class Settings:
     generator_http_timeout: float = _opt(30.0, "CANVASHUB_GENERATOR_HTTP_TIMEOUT", "timeout of one request to the external generation service, seconds")
     http_durable_timeout: float = _opt(5.0, "CANVASHUB_HTTP_DURABLE_TIMEOUT", "HTTP writes wait this long for the commit (202 if not yet durable)")
 
+    # -- scale-out (see docs/operations.md) ---------------------------------------
+    redis_url: str = _opt("", "REDIS_URL", "Redis URL: processes holding the same canvas relay changes and presence through it (unset: one process)")
+    redis_prefix: str = _opt("canvashub:", "CANVASHUB_REDIS_PREFIX", "prefix of canvashub's Redis channel names")
     # -- security (see docs/security.md) ----------------------------------------
     auth_secret: str = _opt("", "CANVASHUB_AUTH_SECRET", "HS256 secret for access tokens (>= 32 bytes); unset with no public key: open development mode")
     auth_public_key: str = _opt("", "CANVASHUB_AUTH_PUBLIC_KEY", "PEM public key (or path to one) for RS256/ES256 access tokens")

@@ -67,6 +67,10 @@ class Job:
     lease_owner: str | None
     lease_expires: float | None
     result_applied: bool  # the server has put the result into the canvas
+    # Which server process is putting the result into the canvas (``claim_results``), and until when
+    # (epoch seconds); once that time has passed another process may claim the result.
+    result_claimer: str | None = None
+    result_claim_expires: float | None = None
 
 
 JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job))
@@ -260,11 +264,26 @@ class Store(Protocol):
         """Queued: cancelled at once. Running: cancel_requested (the worker sees it on its next
         heartbeat). Terminal: unchanged. Returns the job, or None if unknown."""
 
-    async def mark_result_applied(self, job_id: str) -> None:
-        """Record that the job's result is in the canvas (updated_at is not touched)."""
+    async def claim_results(self, claimer: str, limit: int, lease_seconds: float,
+                            now: float | None = None) -> list[Job]:
+        """Atomically claim up to ``limit`` results to apply, oldest first (id ascending).
+
+        Claimable: succeeded, result not applied, and no live claim (never claimed, or
+        result_claim_expires < now -- the claimer died or gave up). Each claimed job gets
+        result_claimer = ``claimer`` and result_claim_expires = now + lease_seconds; updated_at is
+        not touched (a claim is not a change clients see). Concurrent claimers, also in other
+        processes, get disjoint sets. The claimer writes the result into the canvas, then calls
+        ``mark_result_applied``; if it dies first, the result is claimable again after the lease."""
+
+    async def mark_result_applied(self, job_id: str, now: float | None = None) -> None:
+        """Record that the job's result is in the canvas, and bump updated_at to ``now`` so other
+        processes following ``jobs_changed_since`` see it (if ``now`` is not after the current
+        updated_at, e.g. clocks disagree, to updated_at + 1 ms instead: the change must always show
+        up as a new (id, updated_at)). A job already marked, or unknown, is left unchanged."""
 
     async def unapplied_results(self, limit: int) -> list[Job]:
-        """Succeeded jobs whose result is not applied yet, oldest first (id ascending)."""
+        """Succeeded jobs whose result is not applied yet (claimed or not), oldest first (id ascending).
+        Read-only; whoever applies results must take them with ``claim_results``."""
 
     # -- assets -------------------------------------------------------------
 

@@ -74,6 +74,16 @@ SQLITE: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        3,
+        [
+            # Result claims (claim_results): one server process at a time puts a job's result into the
+            # canvas. jobs_unapplied (succeeded, not applied) already narrows the claim query to the
+            # few results in flight; the expiry is checked on those rows.
+            "ALTER TABLE jobs ADD COLUMN result_claimer TEXT",
+            "ALTER TABLE jobs ADD COLUMN result_claim_expires REAL",
+        ],
+    ),
 ]
 
 POSTGRES: list[tuple[int, list[str]]] = [
@@ -177,6 +187,15 @@ POSTGRES: list[tuple[int, list[str]]] = [
                 data BYTEA NOT NULL,
                 created_at DOUBLE PRECISION NOT NULL
             )""",
+        ],
+    ),
+    (
+        5,
+        [
+            # Result claims (claim_results), as SQLite migration 3. Nullable columns without a default:
+            # no table rewrite. jobs_unapplied still serves the claim query.
+            "ALTER TABLE jobs ADD COLUMN result_claimer TEXT",
+            "ALTER TABLE jobs ADD COLUMN result_claim_expires DOUBLE PRECISION",
         ],
     ),
 ]

@@ -354,9 +354,34 @@ class PostgresStore:
                 row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
         return self._job(row)
 
-    async def mark_result_applied(self, job_id: str) -> None:
+    async def claim_results(self, claimer: str, limit: int, lease_seconds: float,
+                            now: float | None = None) -> list[Job]:
+        if limit <= 0:
+            return []
+        now = float(time.time() if now is None else now)
+        expires = now + float(lease_seconds)
         async with self._acquire() as conn:
-            await conn.execute("UPDATE jobs SET result_applied = true WHERE id = $1", job_id)
+            # One statement: the subselect locks up to ``limit`` claimable rows, skipping rows other
+            # claimers hold; a row claimed and committed since our snapshot is re-checked against the
+            # subselect's WHERE when locked, and so skipped.
+            rows = await conn.fetch(
+                f"UPDATE jobs SET result_claimer = $1, result_claim_expires = $2 WHERE id IN ("
+                f"SELECT id FROM jobs WHERE status = 'succeeded' AND NOT result_applied "
+                f"AND (result_claim_expires IS NULL OR result_claim_expires < $3) "
+                f"ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}",
+                claimer, expires, now, int(limit),
+            )
+        return sorted((self._job(r) for r in rows), key=lambda j: j.id)
+
+    async def mark_result_applied(self, job_id: str, now: float | None = None) -> None:
+        now = float(time.time() if now is None else now)
+        async with self._acquire() as conn:
+            await conn.execute(
+                "UPDATE jobs SET result_applied = true, "
+                "updated_at = CASE WHEN $1 > updated_at THEN $1 ELSE updated_at + 0.001 END "
+                "WHERE id = $2 AND NOT result_applied",
+                now, job_id,
+            )
 
     async def unapplied_results(self, limit: int) -> list[Job]:
         return await self._jobs("WHERE status = 'succeeded' AND NOT result_applied ORDER BY id LIMIT $1", limit)

@@ -402,11 +402,44 @@ class SQLiteStore:
 
         return await self._run(lambda conn: self._tx(conn, body))
 
-    async def mark_result_applied(self, job_id: str) -> None:
-        def body(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE jobs SET result_applied = 1 WHERE id = ?", (job_id,))
+    async def claim_results(self, claimer: str, limit: int, lease_seconds: float,
+                            now: float | None = None) -> list[Job]:
+        now = float(time.time() if now is None else now)
+        expires = now + float(lease_seconds)
 
-        await self._run(body)
+        def body(conn: sqlite3.Connection) -> list[Job]:
+            # One statement in a write transaction (BEGIN IMMEDIATE): other connections, also in other
+            # processes, wait for the file's write lock and then see these claims.
+            rows = conn.execute(
+                f"UPDATE jobs SET result_claimer = ?, result_claim_expires = ? WHERE id IN ({_CLAIMABLE_RESULTS}) "
+                f"RETURNING {', '.join(JOB_COLUMNS)}",
+                (claimer, expires, now, int(limit)),
+            ).fetchall()
+            return sorted((self._job(r) for r in rows), key=lambda j: j.id)
+
+        def claim(conn: sqlite3.Connection) -> list[Job]:
+            # Watchers call this several times a second: do not take the write lock when a read finds
+            # nothing to claim (a result that turns up just after is claimed on the next call).
+            if not conn.execute(_CLAIMABLE_RESULTS, (now, 1)).fetchall():
+                return []
+            return self._tx(conn, body)
+
+        if limit <= 0:
+            return []
+        return await self._run(claim)
+
+    async def mark_result_applied(self, job_id: str, now: float | None = None) -> None:
+        now = float(time.time() if now is None else now)
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET result_applied = 1, "
+                "updated_at = CASE WHEN ? > updated_at THEN ? ELSE updated_at + 0.001 END "
+                "WHERE id = ? AND result_applied = 0",
+                (now, now, job_id),
+            )
+
+        await self._run(lambda conn: self._tx(conn, body))
 
     async def unapplied_results(self, limit: int) -> list[Job]:
         return await self._run(
@@ -446,6 +479,13 @@ class SQLiteStore:
 
 
 _SELECT_JOB = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs "
+
+# Ids of results claim_results may take: succeeded, not applied, no live claim. Parameters: now, limit.
+# (Without statistics the planner prefers jobs_claim and sorts every succeeded job.)
+_CLAIMABLE_RESULTS = (
+    "SELECT id FROM jobs INDEXED BY jobs_unapplied WHERE status = 'succeeded' AND result_applied = 0 "
+    "AND (result_claim_expires IS NULL OR result_claim_expires < ?) ORDER BY id LIMIT ?"
+)
 
 # queued -> cancelled now; running -> cancel requested (once); anything else untouched.
 _CANCEL_SQL = (

@@ -67,3 +67,29 @@ class TcpProxy:
         finally:
             self._writers.discard(dst)
             dst.transport.abort()
+
+
+class LoadBalancer(TcpProxy):
+    """A load balancer without sticky routing: each new connection goes to the next backend
+    (round-robin) that accepts it; a backend that refuses (a killed process) is skipped."""
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__("127.0.0.1", ports[0])
+        self.ports = list(ports)
+        self._next = 0
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(len(self.ports)):
+            port = self.ports[self._next % len(self.ports)]
+            self._next += 1
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue
+            self._writers.update((writer, up_writer))
+            for src, dst in ((reader, up_writer), (up_reader, writer)):
+                task = asyncio.get_running_loop().create_task(self._pump(src, dst))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return
+        writer.transport.abort()

@@ -73,13 +73,14 @@ class LiveServer(ServerAddress):
         await asyncio.wait_for(self.task, 30)
 
 
-async def start_server(**overrides: Any) -> LiveServer:
-    """Start a server in this event loop; without ``data_dir``/``database_url`` it gets a fresh SQLite dir."""
+async def start_server(pubsub: Any = None, **overrides: Any) -> LiveServer:
+    """Start a server in this event loop; without ``data_dir``/``database_url`` it gets a fresh SQLite dir.
+    ``pubsub``: e.g. a ``MemoryPubSub`` on a broker shared with other test servers (a cluster in one process)."""
     owned_dir = None
     if "data_dir" not in overrides and not overrides.get("database_url"):
         owned_dir = overrides["data_dir"] = tempfile.mkdtemp(prefix="canvashub-test-")
     settings = dataclasses.replace(Settings(), host="127.0.0.1", port=0, **overrides)
-    app = create_app(settings)
+    app = create_app(settings, pubsub)
     server = DrainingServer(uvicorn_config(app, settings), app)
     task = asyncio.get_running_loop().create_task(server.serve())
     await wait_until(lambda: server.started or task.done(), 10, "server start")

@@ -268,3 +268,43 @@ async def test_requests_over_the_events_channel(server_factory):
     stock = await WireClient.connect(server, "viaws", events=False)
     await stock.ws.send(encode_event(b'{"type":"get_generation"}'))
     assert await stock.wait_closed() == 1002
+
+
+async def test_two_servers_apply_a_result_once_and_both_announce_it(server_factory, storage_backend):
+    """Two server processes on one store, each with a socket on the canvas: the result is claimed and
+    written by one of them (one stored update holds the element) and the sockets on both get exactly
+    one `succeeded`, with the element id and src. (The servers do not relay document updates to each
+    other here, so only the applying server's document is checked.)"""
+    settings = dict(**storage_backend.overrides, **FAST, compact_interval=3600.0)
+    servers = [await server_factory(**settings), await server_factory(**settings)]
+    clients = [await WireClient.connect(server, "pair", sync=True) for server in servers]
+    async with httpx.AsyncClient(base_url=servers[0].http_url) as http:
+        job = (await http.post("/api/canvases/pair/generations",
+                               json={"generator": "pattern", "prompt": "shared", "params": {"duration": 1}})).json()["job"]
+        for client in clients:
+            await client.wait(lambda c=client: "started" in statuses(c, job["id"]), 10, "started")
+        for client in clients:
+            await client.wait(lambda c=client: "succeeded" in statuses(c, job["id"]), 15, "succeeded")
+    store = storage_backend.make_store()
+    await store.open()
+    try:
+        stored = await store.get_job(job["id"])
+        loaded = await store.load("pair")
+    finally:
+        await store.close()
+    assert stored.status == "succeeded" and stored.result_applied is True
+    element_id = stored.result["element_id"]
+    # Both watchers have seen the job marked applied: no other `succeeded` can follow.
+    watchers = [server.app.state.hub.jobs.watcher for server in servers]
+    await wait_until(lambda: all(w._seen.get(job["id"]) == stored.updated_at for w in watchers), 10,
+                     "both watchers saw the job applied")
+    for client in clients:
+        (done,) = [e for e in client.events_of("generation") if e["status"] == "succeeded"]
+        assert done["job"]["id"] == job["id"]
+        assert done["element_id"] == element_id == f"gen-{job['id']}" and done["src"] == stored.result["src"]
+    # Written once: exactly one logged update carries the element (no compaction ran meanwhile).
+    assert loaded.snapshot is None
+    assert sum(element_id.encode() in data for _, data in loaded.updates) == 1
+    (applier,) = [i for i, w in enumerate(watchers) if w.claimer_id == stored.result_claimer]
+    await clients[applier].wait(lambda: image_elements(clients[applier]), 5, "image element")
+    assert list(image_elements(clients[applier])) == [element_id]

@@ -381,9 +381,18 @@ async def test_cancel_requested_job_is_never_requeued_or_reclaimed(store):
 # --------------------------------------------------------------------------- results applied / changes
 
 
+async def _succeed(store, job_ids: list[str], now: float = T) -> None:
+    """Create, claim and finish the jobs as succeeded (result {"n": job id}) at ``now``."""
+    for job_id in job_ids:
+        await _create(store, job_id, now=now)
+    for _ in job_ids:
+        job = await store.claim_job("worker", LEASE, now=now)
+        assert (await store.finish_job(job.id, "worker", "succeeded", result={"n": job.id}, now=now)) is not None
+
+
 async def test_unapplied_results_and_mark_applied(store):
     """unapplied_results lists succeeded jobs not yet applied, oldest first, up to limit;
-    mark_result_applied removes a job from it without touching updated_at."""
+    mark_result_applied removes a job from it and bumps updated_at to ``now``."""
     for job_id in ["0001", "0002", "0003", "0004"]:
         await _create(store, job_id)
     for job_id in ["0001", "0002", "0003"]:  # equal run_after: claimed by id
@@ -395,14 +404,114 @@ async def test_unapplied_results_and_mark_applied(store):
     assert [j.id for j in await store.unapplied_results(10)] == ["0001", "0003"]
     assert [j.id for j in await store.unapplied_results(1)] == ["0001"]
     before = await store.get_job("0001")
-    assert await store.mark_result_applied("0001") is None
+    assert await store.mark_result_applied("0001", now=T + 10) is None
     after = await store.get_job("0001")
-    assert after.result_applied is True and after.updated_at == before.updated_at
-    assert dataclasses.replace(after, result_applied=False) == before
+    assert after.result_applied is True and after.updated_at == T + 10
+    assert dataclasses.replace(after, result_applied=False, updated_at=before.updated_at) == before
     assert [j.id for j in await store.unapplied_results(10)] == ["0003"]
-    await store.mark_result_applied("0003")
-    await store.mark_result_applied("missing")  # no error
+    await store.mark_result_applied("0003", now=T + 11)
+    await store.mark_result_applied("missing", now=T + 11)  # no error
     assert await store.unapplied_results(10) == []
+
+
+async def test_mark_result_applied_shows_up_as_a_change(store):
+    """Followers of jobs_changed_since see the mark: updated_at moves to ``now``, strictly forward even
+    when ``now`` is not after it (clocks of two processes disagree); marking again changes nothing."""
+    await _succeed(store, ["0001", "0002"], now=T + 5)
+    assert await store.jobs_changed_since(T + 5, 100) == []
+    await store.mark_result_applied("0001", now=T + 6)
+    (changed,) = await store.jobs_changed_since(T + 5, 100)
+    assert (changed.id, changed.result_applied, changed.updated_at, changed.status) == ("0001", True, T + 6, "succeeded")
+    # A marker whose clock is behind the worker's still moves updated_at forward.
+    await store.mark_result_applied("0002", now=T + 1)
+    late = await store.get_job("0002")
+    assert late.result_applied is True and T + 5 < late.updated_at < T + 5.01
+    assert [j.id for j in await store.jobs_changed_since(T + 5, 100)] == ["0002", "0001"]
+    # Already applied: no new change (a second applier after a lost claim must not announce it again).
+    await store.mark_result_applied("0001", now=T + 20)
+    assert (await store.get_job("0001")).updated_at == T + 6
+    assert (await store.get_job("0002")) == late
+
+
+async def test_claim_results_takes_unapplied_results_oldest_first(store):
+    """claim_results takes up to ``limit`` succeeded, unapplied, unclaimed jobs by id, recording the
+    claimer and the claim's expiry without touching updated_at; jobs in other states are never claimed."""
+    await _succeed(store, ["0003", "0001", "0005", "0002"])
+    await _create(store, "0004")  # queued
+    await _create(store, "0006")
+    await store.claim_job("w1", LEASE, now=T)  # 0004 running
+    await store.cancel_job("0006", now=T)
+    await _create(store, "0007")
+    await store.claim_job("w1", LEASE, now=T)
+    await store.finish_job("0007", "w1", "failed", error_type="x", now=T)
+    first = await store.claim_results("server-a", 2, 10.0, now=T + 1)
+    assert [j.id for j in first] == ["0001", "0002"]
+    for job in first:
+        assert job.result_claimer == "server-a" and job.result_claim_expires == T + 11
+        assert job.status == "succeeded" and job.result == {"n": job.id} and job.updated_at == T
+        assert job.result_applied is False
+        assert await store.get_job(job.id) == job
+    second = await store.claim_results("server-b", 10, 10.0, now=T + 2)
+    assert [(j.id, j.result_claimer) for j in second] == [("0003", "server-b"), ("0005", "server-b")]
+    assert await store.claim_results("server-c", 10, 10.0, now=T + 3) == []
+    assert await store.claim_results("server-c", 0, 10.0, now=T + 100) == []
+    assert await store.jobs_changed_since(T, 100) == []  # claims are not changes clients see
+    unclaimed = await store.get_job("0004")
+    assert unclaimed.result_claimer is None and unclaimed.result_claim_expires is None
+
+
+async def test_an_expired_result_claim_is_claimed_again(store):
+    """A claim holds until result_claim_expires (inclusive); after that another claimer takes the result
+    (its claimer dies before marking it applied), and the first claimer's claim is replaced."""
+    await _succeed(store, ["0001", "0002"])
+    assert [j.id for j in await store.claim_results("a", 1, 10.0, now=T)] == ["0001"]
+    assert [j.id for j in await store.claim_results("b", 1, 10.0, now=T + 1)] == ["0002"]
+    assert await store.claim_results("c", 10, 10.0, now=T + 10) == []  # 0001's claim runs to T + 10
+    again = await store.claim_results("c", 10, 10.0, now=T + 10.5)
+    assert [(j.id, j.result_claimer, j.result_claim_expires) for j in again] == [("0001", "c", T + 20.5)]
+    assert [j.id for j in await store.claim_results("d", 10, 10.0, now=T + 11.5)] == ["0002"]
+    assert (await store.get_job("0001")).result_claimer == "c"
+
+
+async def test_an_applied_result_is_never_claimed(store):
+    """Once marked applied (by its claimer, or by anyone) a result is never claimed again, whatever
+    the time; results applied before they were ever claimed are not claimed either."""
+    await _succeed(store, ["0001", "0002", "0003"])
+    assert [j.id for j in await store.claim_results("a", 2, 10.0, now=T)] == ["0001", "0002"]
+    await store.mark_result_applied("0001", now=T + 1)
+    await store.mark_result_applied("0003", now=T + 1)  # never claimed
+    assert await store.claim_results("b", 10, 10.0, now=T + 1) == []  # 0002's claim is live
+    assert [j.id for j in await store.claim_results("b", 10, 10.0, now=T + 10.5)] == ["0002"]
+    # Long after every claim expired only the unapplied one comes back.
+    assert [j.id for j in await store.claim_results("c", 10, 10.0, now=T + 1_000_000)] == ["0002"]
+    await store.mark_result_applied("0002", now=T + 1_000_001)
+    assert await store.claim_results("d", 10, 10.0, now=T + 2_000_000) == []
+    assert await store.unapplied_results(10) == []
+
+
+async def test_concurrent_result_claimers_in_two_processes_get_disjoint_sets(backend, store):
+    """20 concurrent claimers on two stores on the same database (as two server processes would have)
+    racing for 30 results, 3 at most each: every result is claimed by exactly one of them."""
+    other = await backend.open_store()
+    stores = [store, other]
+    ids = [f"{i:04d}" for i in range(30)]
+    await _succeed(store, ids)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(stores[i % 2].claim_results(f"c{i}", 3, 10.0, now=T + 1) for i in range(20))), WAIT
+    )
+    claimed = [job.id for batch in results for job in batch]
+    assert sorted(claimed) == ids  # disjoint (no id twice) and covering
+    for i, batch in enumerate(results):
+        assert len(batch) <= 3 and all(job.result_claimer == f"c{i}" for job in batch)
+        assert [job.id for job in batch] == sorted(job.id for job in batch)
+        for job in batch:
+            assert (await store.get_job(job.id)).result_claimer == f"c{i}"
+    assert await store.claim_results("late", 100, 10.0, now=T + 2) == []
+    # Once every claim expired, a second race again hands each result to exactly one claimer.
+    again = await asyncio.wait_for(
+        asyncio.gather(*(stores[i % 2].claim_results(f"d{i}", 30, 10.0, now=T + 20) for i in range(20))), WAIT
+    )
+    assert sorted(job.id for batch in again for job in batch) == ids
 
 
 async def test_jobs_changed_since_is_strictly_after_the_cursor(store):
@@ -497,9 +606,10 @@ async def test_jobs_and_assets_survive_reopen(backend, store):
 
 
 async def test_jobs_migration_is_recorded(backend, store):
-    """The jobs/assets migration is the newest recorded one and the statuses match JOB_STATUSES."""
+    """The jobs/assets migration and the result-claims one after it are recorded (SQLite 2, 3;
+    Postgres 4, 5) and the statuses match JOB_STATUSES."""
     expected = [v for v, _ in (migrations.SQLITE if backend.kind == "sqlite" else migrations.POSTGRES)]
     rows = await backend.migration_rows()
     assert [v for v, _ in rows] == expected
-    assert expected[-1] == (2 if backend.kind == "sqlite" else 4)
+    assert expected[-2:] == ([2, 3] if backend.kind == "sqlite" else [4, 5])
     assert JOB_STATUSES == ("queued", "running", "succeeded", "failed", "cancelled")
