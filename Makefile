@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test bench clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test bench clean chromium
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,12 +16,19 @@ $(INSTALLED): pyproject.toml
 tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
+# The browser tests drive Debian's Chromium (never a downloaded one). Installed here when
+# missing and we are root (CI); otherwise those tests skip with a reason (and fail under CI=true).
+chromium:
+	@test -x $(CHROMIUM) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "no $(CHROMIUM): browser tests will be skipped (apt-get install chromium)" >&2; fi; }
+
 ## Start the server on the embedded default (http://127.0.0.1:8000, demo at /).
 run: $(INSTALLED)
 	$(VENV)/bin/canvashub serve
 
 ## Run the whole test suite. pytest exits 5 when no test ran: that is a failure too.
-test: $(INSTALLED) tests/js/node_modules/.package-lock.json
+test: $(INSTALLED) tests/js/node_modules/.package-lock.json chromium
 	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest ran no tests: failing" >&2; exit 1; fi; exit $$rc
 

@@ -1,11 +1,15 @@
-// Build script for the canvashub demo page.
+// Build script for the canvashub demo pages.
 //
-//   npm run build   -> bundles src/main.js into dist/app.js (minified IIFE, no sourcemap)
-//                      and copies the static files (index.html, style.css) into dist/.
+//   npm run build   -> dist/editor.js (the editor, /c/{id}), dist/home.js (the canvas list, /),
+//                      dist/sw.js (service worker), all minified IIFEs without sourcemaps,
+//                      plus the static files (index.html, canvas.html, style.css) and
+//                      THIRD_PARTY_LICENSES.txt.
 //   npm run watch   -> same, rebuilding on change.
 //
-// dist/ is committed so the Python server can serve the page without Node.
+// dist/ is committed so the Python server can serve the pages without Node.
+// The build is deterministic: the same sources give byte-identical dist/.
 import { build, context } from 'esbuild'
+import { createHash } from 'node:crypto'
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -13,15 +17,23 @@ import { fileURLToPath } from 'node:url'
 const root = dirname(fileURLToPath(import.meta.url))
 const srcDir = join(root, 'src')
 const distDir = join(root, 'dist')
-const STATIC_FILES = ['index.html', 'style.css']
+const STATIC_FILES = ['index.html', 'canvas.html', 'style.css']
 const watch = process.argv.includes('--watch')
 
 const copyStatic = () => {
   for (const name of STATIC_FILES) copyFileSync(join(srcDir, name), join(distDir, name))
 }
 
-// The minified bundle drops licence comments, so ship the licences of every
-// npm package that ended up in app.js next to it.
+// Names the service worker's cache after the sources, so a new build replaces the cached shell.
+const buildId = () => {
+  const hash = createHash('sha256')
+  for (const name of readdirSync(srcDir).sort()) hash.update(name).update(readFileSync(join(srcDir, name)))
+  hash.update(readFileSync(join(root, 'package-lock.json')))
+  return hash.digest('hex').slice(0, 12)
+}
+
+// The minified bundles drop licence comments, so ship the licences of every
+// npm package that ended up in them.
 const writeLicenses = (metafile) => {
   const pkgs = new Set()
   for (const output of Object.values(metafile.outputs)) {
@@ -38,7 +50,7 @@ const writeLicenses = (metafile) => {
     return `${name}@${version} (${license})\n\n${text}\n`
   })
   writeFileSync(join(distDir, 'THIRD_PARTY_LICENSES.txt'),
-    'Third-party packages bundled into app.js\n\n' + sections.join('\n' + '-'.repeat(72) + '\n\n'))
+    'Third-party packages bundled into editor.js and home.js\n\n' + sections.join('\n' + '-'.repeat(72) + '\n\n'))
 }
 
 const report = () => {
@@ -49,18 +61,23 @@ const report = () => {
 }
 
 /** @type {import('esbuild').BuildOptions} */
-const options = {
-  entryPoints: [join(srcDir, 'main.js')],
-  outfile: join(distDir, 'app.js'),
+const common = {
   bundle: true,
   format: 'iife',
   platform: 'browser',
   target: ['es2020'],
-  minify: true,
+  minify: !process.argv.includes('--dev'),
   sourcemap: false,
   legalComments: 'none',
+  logLevel: 'warning'
+}
+
+/** @type {import('esbuild').BuildOptions} */
+const pages = {
+  ...common,
+  entryPoints: { editor: join(srcDir, 'editor.js'), home: join(srcDir, 'home.js') },
+  outdir: distDir,
   metafile: true,
-  logLevel: 'warning',
   plugins: [{
     name: 'copy-static',
     setup (b) {
@@ -75,14 +92,24 @@ const options = {
   }]
 }
 
-// Start from a clean dist/ so stale files (e.g. old sourcemaps) never get committed.
+const worker = () => ({
+  ...common,
+  entryPoints: [join(srcDir, 'sw.js')],
+  outfile: join(distDir, 'sw.js'),
+  define: { __BUILD_ID__: JSON.stringify(buildId()) }
+})
+
+// Start from a clean dist/ so stale files (e.g. old bundles) never get committed.
 rmSync(distDir, { recursive: true, force: true })
 mkdirSync(distDir, { recursive: true })
 
 if (watch) {
-  const ctx = await context(options)
+  const ctx = await context(pages)
   await ctx.watch()
-  console.log('watching src/ for changes…')
+  let swCtx = await context(worker())
+  await swCtx.watch()
+  console.log('watching src/ for changes… (the service worker cache id updates on restart)')
 } else {
-  await build(options)
+  await build(worker())
+  await build(pages)
 }

@@ -90,3 +90,44 @@ export const throttle = (fn, ms) => {
   }
   return throttled
 }
+
+/** `el('div', { className: 'x', dataset: { testid: 'y' } }, child, 'text')` — tiny DOM builder. */
+export const el = (tag, props = {}, ...children) => {
+  const node = document.createElement(tag)
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue
+    if (key === 'dataset') Object.assign(node.dataset, value)
+    else if (key === 'style') Object.assign(node.style, value)
+    else if (key.startsWith('on') && typeof value === 'function') node.addEventListener(key.slice(2), value)
+    else if (key in node && key !== 'list') node[key] = value
+    else node.setAttribute(key, value === true ? '' : String(value))
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue
+    node.append(child instanceof Node ? child : String(child))
+  }
+  return node
+}
+
+/** "just now", "5 min ago", "3 h ago", else a local date/time. */
+export const relativeTime = (iso, now = Date.now()) => {
+  const t = typeof iso === 'number' ? iso : Date.parse(iso)
+  if (!Number.isFinite(t)) return '—'
+  const s = Math.round((now - t) / 1000)
+  if (s < 10) return 'just now'
+  if (s < 60) return `${s} s ago`
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`
+  return new Date(t).toLocaleString()
+}
+
+export const formatTime = (t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+
+export const formatBytes = (n) => n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`
+
+/** Browser storage that never throws (private mode, disabled storage). */
+export const store = (kind) => ({
+  get (key) { try { return window[kind].getItem(key) } catch { return null } },
+  set (key, value) { try { window[kind].setItem(key, value) } catch { /* ignore */ } },
+  remove (key) { try { window[kind].removeItem(key) } catch { /* ignore */ } }
+})
