@@ -17,7 +17,7 @@ from pycrdt import Doc, merge_updates
 from . import codec
 from .awareness import AwarenessRegistry, encode_awareness_payload, parse_awareness, with_identity
 from .codec import EMPTY_UPDATE, AuthDenied, AwarenessFrame, QueryAwareness, SyncStep1, SyncStep2, SyncUpdate
-from .errors import InvalidPayload
+from .errors import InvalidPayload, ProtocolError
 from .update import check_state_vector, check_update
 
 
@@ -30,6 +30,15 @@ class Effects:
 
 
 _NOTHING = Effects()
+
+
+class PartiallyApplied(InvalidPayload):
+    """The update was refused, but yrs had integrated part of it: ``effects`` carries that part, which
+    the server must relay and store like any change before closing the sender's socket."""
+
+    def __init__(self, reason: str, effects: Effects) -> None:
+        super().__init__(reason)
+        self.effects = effects
 MAX_REMOTE_AWARENESS_IDS = 100_000  # per other process
 
 
@@ -65,11 +74,51 @@ class RoomDocument:
         max_awareness_state_bytes: int = 8192,
         max_awareness_ids_per_peer: int = 8,
     ) -> None:
+        self._captured: list[bytes] = []  # updates yrs integrated in the current call (see ``doc``)
+        self._doc: Doc | None = None
+        self._subscription = None
         self.doc = doc if doc is not None else Doc()
         self.awareness = AwarenessRegistry(max_awareness_ids_per_peer)
         self.max_awareness_state_bytes = max_awareness_state_bytes
         self.identities: dict[Hashable, dict[str, str]] = {}  # peer -> verified user fields for presence
         self.remote_seen: dict[int, float] = {}  # client id -> when another process last relayed its state
+
+    @property
+    def doc(self) -> Doc:
+        return self._doc  # type: ignore[return-value]
+
+    @doc.setter
+    def doc(self, doc: Doc) -> None:
+        """Observe every transaction: what is relayed and stored is what yrs integrated, re-encoded by
+        yrs, never the client's raw bytes. A malformed update can raise after integrating part of
+        itself (yrs has no rollback); that part is then relayed and stored too, so the stored log
+        always replays to exactly the live document."""
+        if self._doc is not None and self._subscription is not None:
+            self._doc.unobserve(self._subscription)
+        self._doc = doc
+        captured = self._captured
+        self._subscription = doc.observe(lambda event: captured.append(event.update))
+
+    def _integrate(self, update: bytes) -> Effects:
+        captured = self._captured
+        captured.clear()
+        try:
+            apply_update_safely(self.doc, update)
+        except ProtocolError as exc:
+            if captured:
+                raise PartiallyApplied(exc.reason, self._take_captured()) from None
+            raise
+        return self._take_captured()
+
+    def _take_captured(self) -> Effects:
+        captured = self._captured
+        if not captured:
+            return _NOTHING
+        update = captured[0] if len(captured) == 1 else merge_updates(*captured)
+        captured.clear()
+        if update == EMPTY_UPDATE:
+            return _NOTHING
+        return Effects(broadcast=[codec.encode_update(update)], update=update)
 
     def set_identity(self, peer: Hashable, identity: dict[str, str] | None) -> None:
         """Presence states ``peer`` announces will show ``identity`` as their ``user`` (id, name)."""
@@ -96,9 +145,7 @@ class RoomDocument:
         """Handle one binary frame from ``peer``; raise ``ProtocolError`` if it is bad."""
         message = codec.parse_frame(frame)
         if type(message) is SyncUpdate:
-            # Hot path: relay the client's own bytes, no re-encoding.
-            apply_update_safely(self.doc, message.update)
-            return Effects(broadcast=[frame], update=message.update)
+            return self._integrate(message.update)
         if type(message) is AwarenessFrame:
             return self._awareness(peer, frame, message.payload)
         if type(message) is SyncStep1:
@@ -106,8 +153,7 @@ class RoomDocument:
             diff = _yrs_call("state vector", self.doc.get_update, message.state_vector)
             return Effects(reply=[codec.encode_sync_step2(diff)])
         if type(message) is SyncStep2:
-            apply_update_safely(self.doc, message.update)
-            return Effects(broadcast=[codec.encode_update(message.update)], update=message.update)
+            return self._integrate(message.update)
         if type(message) is QueryAwareness:
             live = self.awareness.live_entries()
             return Effects(reply=[codec.encode_awareness(encode_awareness_payload(live))])
@@ -150,30 +196,20 @@ class RoomDocument:
 
     def apply_update(self, update: bytes) -> Effects:
         """Apply an untrusted update that did not come over a socket (HTTP import, a job, a peer node)."""
-        apply_update_safely(self.doc, update)
-        if update == EMPTY_UPDATE:
-            return _NOTHING
-        return Effects(broadcast=[codec.encode_update(update)], update=update)
+        return self._integrate(update)
 
     def transact(self, edit: Callable[[Doc], None]) -> Effects:
         """Run ``edit(doc)`` in one transaction and return the update it made (if any) for relaying and storage.
 
-        The update is captured with a temporary observer; ``edit`` must not await
+        The update is captured by the document's observer; ``edit`` must not await
         (it cannot: it is a plain function) and may raise ``ProtocolError`` before
         writing anything. yrs has no rollback, so validate before the first write.
         """
-        captured: list[bytes] = []
-        subscription = self.doc.observe(lambda event: captured.append(bytes(event.update)))
-        try:
-            with self.doc.transaction():
-                edit(self.doc)
-        finally:
-            self.doc.unobserve(subscription)
-        # One outermost transaction gives one update; merge defensively if yrs ever splits it.
-        update = captured[0] if len(captured) == 1 else merge_updates(*captured) if captured else None
-        if not update or update == EMPTY_UPDATE:
-            return _NOTHING
-        return Effects(broadcast=[codec.encode_update(update)], update=update)
+        self._captured.clear()
+        with self.doc.transaction():
+            edit(self.doc)
+        # One outermost transaction gives one update; merged defensively if yrs ever splits it.
+        return self._take_captured()
 
     def _awareness(self, peer: Hashable, frame: bytes, payload: bytes) -> Effects:
         entries = parse_awareness(payload, self.max_awareness_state_bytes)

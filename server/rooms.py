@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from crdt.codec import EMPTY_UPDATE, MSG_AWARENESS, is_update_frame
 from crdt.digest import content_etag
 from crdt.errors import CanvasTooLarge, Overloaded
-from crdt.room import Effects, RoomDocument
+from crdt.room import Effects, PartiallyApplied, RoomDocument
 from crdt.update import decode_state_vector
 
 from .logs import log
@@ -102,7 +102,14 @@ class Room:
             before = self.document.doc.get_state()
             if len(before) > MAX_CLOCK_TRACKING_BYTES:
                 before = None  # too many client ids to diff per frame: events carry through/pending only
-        effects = self.document.receive(conn, frame)
+        try:
+            effects = self.document.receive(conn, frame)
+        except PartiallyApplied as exc:  # refused, but part of it is in the document now: relay and store that
+            self._fan_out(conn, exc.effects, before)
+            raise
+        self._fan_out(conn, effects, before)
+
+    def _fan_out(self, conn: "Connection", effects: Effects, before: bytes | None) -> None:
         for reply in effects.reply:
             conn.enqueue(reply)
         cluster = self.cluster
@@ -140,7 +147,11 @@ class Room:
     def apply_peer_update(self, node: str, number: int, update: bytes, now: float) -> None:
         """A change another process applied (and stores): relay it to our clients; never republish it.
         It is stored here only if that process never confirms it (see ``take_over``)."""
-        effects = self.document.apply_update(update)
+        try:
+            effects = self.document.apply_update(update)
+        except PartiallyApplied as exc:  # cannot come from a canvashub sender; handled all the same
+            self.apply_local(exc.effects)
+            raise
         if effects.update is None:
             return
         for out in effects.broadcast:

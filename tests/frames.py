@@ -78,3 +78,85 @@ def mutate(rng: random.Random, frame: bytes) -> bytes:
         header = 3 if data[:1] == b"\x00" else 2
         data[header:header] = b"\xff\xff\xff\xff\x0f"
     return bytes(data)
+
+
+# -- additions for the hostile-input run (tests/test_hostile_run.py) -------------------------------
+
+from pycrdt import Array  # noqa: E402 - kept with the additions below
+
+FRAME_KINDS = ("sync1", "sync2", "update", "awareness", "auth", "query")
+
+
+def frame_kind(frame: bytes) -> str:
+    """The message type of a frame from its first bytes: one of ``FRAME_KINDS``, else ``"other"``."""
+    if frame[:2] == b"\x00\x00":
+        return "sync1"
+    if frame[:2] == b"\x00\x01":
+        return "sync2"
+    if frame[:2] == b"\x00\x02":
+        return "update"
+    if frame[:1] == b"\x01":
+        return "awareness"
+    if frame[:2] == b"\x02\x00":
+        return "auth"
+    if frame == b"\x03":
+        return "query"
+    return "other"
+
+
+def more_valid_frames(rng: random.Random, count: int) -> list[bytes]:
+    """Valid frames ``valid_frames`` does not make: deletes, arrays, nested edits, state vectors
+    of several clients, multi-entry and removal (null) awareness updates, non-ASCII auth reasons."""
+    peers = [Doc(client_id=rng.randrange(1, 1 << 32)) for _ in range(3)]
+    shared = Doc()
+    updates: list[bytes] = []
+    shared.observe(lambda event: updates.append(event.update))
+    for peer in peers:
+        peer.get("elements", type=Map)
+        peer.get("order", type=Array)
+        peer.get("text", type=Text)
+    frames: list[bytes] = []
+    for i in range(count):
+        kind = rng.randrange(7)
+        peer = rng.choice(peers)
+        if kind <= 2:  # an edit by one of several clients, relayed through ``shared``
+            elements, order, text = peer.get("elements", type=Map), peer.get("order", type=Array), peer.get("text", type=Text)
+            with peer.transaction():
+                if kind == 0:
+                    key = f"e{rng.randrange(20)}"
+                    if key in elements and rng.random() < 0.5:
+                        del elements[key]
+                    else:
+                        elements[key] = Map({"x": rng.randrange(-1000, 1000), "tags": Array(["a", "ß"][: rng.randrange(3)])})
+                elif kind == 1:
+                    if len(order) and rng.random() < 0.4:
+                        del order[rng.randrange(len(order))]
+                    else:
+                        order.insert(rng.randrange(len(order) + 1), f"id{i}")
+                else:
+                    if len(text) and rng.random() < 0.4:
+                        start = rng.randrange(len(text))
+                        del text[start : min(len(text), start + rng.randrange(1, 4))]
+                    else:
+                        text.insert(rng.randrange(len(text) + 1), rng.choice(["ab", "\n", "xyz"]))  # ASCII: deletes index by UTF-8 here
+            before = shared.get_state()
+            shared.apply_update(peer.get_update(before))
+            if len(updates) and shared.get_state() != before:
+                frames.append(codec.encode_update(updates[-1]) if rng.random() < 0.7
+                              else codec.encode_sync_step2(peer.get_update(before)))
+        elif kind == 3:
+            frames.append(codec.encode_sync_step1(shared.get_state()))
+        elif kind == 4:
+            frames.append(codec.encode_sync_step2(shared.get_update(rng.choice(peers).get_state())))
+        elif kind == 5:
+            entries = []
+            for _ in range(rng.randrange(1, 4)):
+                state = b"null" if rng.random() < 0.3 else orjson.dumps(
+                    {"user": {"name": rng.choice(["Ana", "Zoë", "李"]), "color": "#0af"}, "selection": [i, None]})
+                entries.append(AwarenessEntry(rng.randrange(1, 1 << 53), rng.randrange(0, 1 << 20), state))
+            frames.append(codec.encode_awareness(encode_awareness_payload(entries)))
+        else:
+            frames.append(codec.encode_auth_denied(rng.choice(["", "nope", "accès refusé ✋"])))
+    for peer in peers:  # cross-sync so later updates depend on others' structs
+        peer.apply_update(shared.get_update(peer.get_state()))
+    return frames
