@@ -55,10 +55,12 @@ const config = () => {
     if (!Number.isFinite(v) || v < 0) throw new Error(`--${k} must be a non-negative number`)
     return v
   }
-  const template = opt['room-url']
-  if (!template || !template.endsWith('/{room}')) {
+  // Several comma-separated URLs (several server processes): a room's clients are spread over them.
+  const templates = (opt['room-url'] || '').split(',').filter(Boolean)
+  if (!templates.length || !templates.every((t) => t.endsWith('/{room}'))) {
     throw new Error("--room-url must be given and end with '/{room}', e.g. ws://127.0.0.1:8000/ws/{room}")
   }
+  const template = templates.join(',')
   const idle = Math.floor(num('idle'))
   const C = Math.max(1, Math.floor(num('clients')))
   const R = idle > 0 ? Math.ceil(idle / C) : Math.max(1, Math.floor(num('rooms')))
@@ -66,7 +68,7 @@ const config = () => {
   if (!/^[A-Za-z0-9_-]{1,40}$/.test(prefix)) throw new Error('--room-prefix: [A-Za-z0-9_-]{1,40}')
   const cfg = {
     template,
-    serverUrl: template.slice(0, -'/{room}'.length), // the provider appends '/' + room
+    serverUrls: templates.map((t) => t.slice(0, -'/{room}'.length)), // the provider appends '/' + room
     idle,
     C,
     R,
@@ -305,7 +307,8 @@ const workerMain = async () => {
     const started = now()
     // disableBc: Node has a global BroadcastChannel, and without this the providers of one
     // thread would sync each other in-process, bypassing the server.
-    const provider = new WebsocketProvider(cfg.serverUrl, `${cfg.prefix}-r${c.room}`, c.doc, {
+    const serverUrl = cfg.serverUrls[Math.floor(c.idx / cfg.R) % cfg.serverUrls.length]
+    const provider = new WebsocketProvider(serverUrl, `${cfg.prefix}-r${c.room}`, c.doc, {
       WebSocketPolyfill: WebSocket,
       disableBc: true,
       ...(cfg.events ? { params: { events: '1' } } : {})
