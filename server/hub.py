@@ -254,14 +254,8 @@ class Hub:
 
         New loads of the canvas wait until the store delete is done (and a load
         that was already running is discarded), so nothing resurrects it."""
-        room = self.registry.begin_delete(canvas_id)
+        room = self._drop_room(canvas_id)
         try:
-            if room is not None:
-                for conn in list(room.connections):
-                    conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
-                    room.leave(conn)
-            self.compactor.forget(canvas_id)
-            self.persister.discard(canvas_id)
             timeout = self.settings.store_timeout
             # A batch holding its rows commits first, then the delete removes them.
             await asyncio.wait_for(self.persister.wait_inflight(), timeout)
@@ -274,17 +268,21 @@ class Hub:
 
     def drop_deleted(self, canvas_id: str) -> None:
         """Another process deleted the canvas: close our sockets on it (4404) and forget unwritten changes."""
-        room = self.registry.begin_delete(canvas_id)
-        try:
-            if room is not None:
-                for conn in list(room.connections):
-                    conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
-                    room.leave(conn)
-            self.compactor.forget(canvas_id)
-            self.persister.discard(canvas_id)
-        finally:
-            self.registry.end_delete(canvas_id)
+        room = self._drop_room(canvas_id)
+        self.registry.end_delete(canvas_id)
         log(logging.INFO, "canvas_deleted_elsewhere", canvas=canvas_id, was_loaded=room is not None)
+
+    def _drop_room(self, canvas_id: str) -> Room | None:
+        """Start a delete: hold new loads (until ``registry.end_delete``), close the canvas's sockets
+        with 4404 and forget its unwritten changes. Synchronous: nothing can interleave."""
+        room = self.registry.begin_delete(canvas_id)
+        if room is not None:
+            for conn in list(room.connections):
+                conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
+                room.leave(conn)
+        self.compactor.forget(canvas_id)
+        self.persister.discard(canvas_id)
+        return room
 
     @property
     def connections(self) -> list:

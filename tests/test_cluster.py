@@ -13,8 +13,7 @@ import orjson
 from pycrdt import Map
 
 from crdt import codec
-from crdt.awareness import AwarenessEntry, encode_awareness_payload, parse_awareness
-from crdt.codec import Reader
+from crdt.awareness import AwarenessEntry, encode_awareness_payload
 from crdt.update import decode_state_vector
 from server.compaction import replay
 from server.pubsub import MemoryBroker, MemoryPubSub
@@ -28,21 +27,6 @@ async def cluster(server_factory, storage_backend, count: int = 2, **overrides):
             for _ in range(count)]
 
 
-def presence(client: WireClient) -> dict[int, object]:
-    states: dict[int, object] = {}
-    for frame in client.frames:
-        if frame[:1] == b"\x01":
-            reader = Reader(frame)
-            reader.var_uint()
-            for entry in parse_awareness(reader.var_bytes(), 1 << 20):
-                states[entry.client_id] = orjson.loads(entry.state)
-    return states
-
-
-async def barrier(client: WireClient) -> None:
-    seen = sum(1 for f in client.frames if f[:1] == b"\x01")
-    await client.ws.send(codec.encode_query_awareness())
-    await client.wait(lambda: sum(1 for f in client.frames if f[:1] == b"\x01") > seen, 10, "awareness answer")
 
 
 async def test_edits_cross_processes_and_are_stored_once(server_factory, storage_backend):
@@ -90,7 +74,7 @@ async def test_newcomer_process_gets_changes_not_yet_durable(server_factory, sto
     _, updates = key_updates(200, "k")
     for update in updates[:100]:
         await writer.send_update(update)
-    await barrier(writer)
+    await writer.barrier()
     assert a.hub.persister.backlog_updates > 0  # not durable yet
     started = time.monotonic()
     late = await WireClient.connect(b, "burst", sync=True)
@@ -141,17 +125,17 @@ async def test_presence_crosses_and_leaves_and_echoes_are_ignored(server_factory
     bob = await WireClient.connect(b, "p")
     await alice.ws.send(codec.encode_awareness(encode_awareness_payload(
         [AwarenessEntry(11, 1, orjson.dumps({"user": {"name": "Alice"}}))])))
-    await bob.wait(lambda: presence(bob).get(11) == {"user": {"name": "Alice"}}, 5, "alice's presence on b")
+    await bob.wait(lambda: bob.awareness_states().get(11) == {"user": {"name": "Alice"}}, 5, "alice's presence on b")
     # Bob's stock client would echo Alice's state back: it must not become Bob's on B.
     await bob.ws.send(codec.encode_awareness(encode_awareness_payload(
         [AwarenessEntry(11, 1, orjson.dumps({"user": {"name": "Alice"}}))])))
     late = await WireClient.connect(b, "p")  # newcomers on B see Alice too
-    await late.wait(lambda: 11 in presence(late), 5, "presence for newcomers")
+    await late.wait(lambda: 11 in late.awareness_states(), 5, "presence for newcomers")
     await bob.close()
-    await barrier(late)
-    assert presence(late)[11] == {"user": {"name": "Alice"}}  # bob's departure did not remove alice
+    await late.barrier()
+    assert late.awareness_states()[11] == {"user": {"name": "Alice"}}  # bob's departure did not remove alice
     await alice.close()
-    await late.wait(lambda: presence(late).get(11, 0) is None, 5, "alice's departure crosses")
+    await late.wait(lambda: late.awareness_states().get(11, 0) is None, 5, "alice's departure crosses")
     await late.close()
 
 

@@ -15,8 +15,7 @@ import pytest
 import websockets
 
 from crdt import codec
-from crdt.awareness import AwarenessEntry, encode_awareness_payload, parse_awareness
-from crdt.codec import Reader
+from crdt.awareness import AwarenessEntry, encode_awareness_payload
 from server.auth import AuthError, Authenticator, mint_token, parse_ttl, websocket_token
 
 from .js_client import JsClient
@@ -43,23 +42,6 @@ async def upgrade_status(server, canvas: str, **kwargs) -> int:
     return refused.value.response.status_code
 
 
-async def barrier(client: WireClient) -> None:
-    """Every frame sent before this has been handled: the server answers a query-awareness in order."""
-    seen = sum(1 for f in client.frames if f[:1] == b"\x01")
-    await client.ws.send(codec.encode_query_awareness())
-    await client.wait(lambda: sum(1 for f in client.frames if f[:1] == b"\x01") > seen, 10, "awareness answer")
-
-
-def awareness_states(client: WireClient) -> dict[int, dict]:
-    """The latest awareness state per client id, as relayed to ``client``."""
-    states: dict[int, dict] = {}
-    for frame in client.frames:
-        if frame[:1] == b"\x01":
-            reader = Reader(frame)
-            reader.var_uint()
-            for entry in parse_awareness(reader.var_bytes(), 1 << 20):
-                states[entry.client_id] = orjson.loads(entry.state)
-    return states
 
 
 def awareness_frame(client_id: int, clock: int, state: dict) -> bytes:
@@ -231,13 +213,13 @@ async def test_viewer_updates_are_dropped_never_stored_and_told_once(server_fact
     for update in viewer_updates:
         await viewer.send_update(update)
     await viewer.ws.send(codec.encode_sync_step2(viewer_doc.get_update()))
-    await barrier(viewer)
+    await viewer.barrier()
 
     assert room.document.doc.get_state() == state_before
     assert [f for f in viewer.frames if f[:1] == b"\x02"] == [codec.encode_auth_denied(
         "read-only: role 'viewer' may not edit this canvas")]
     assert len(viewer.events_of("denied")) == 1
-    await barrier(editor)
+    await editor.barrier()
     assert not [f for f in editor.frames[editor_frames:] if f[:1] == b"\x00"]  # nothing relayed
     assert server.hub.persister.backlog_updates == 0
     stored_after = await server.hub.store.load("roles")
@@ -254,9 +236,9 @@ async def test_viewer_presence_is_relayed_only_if_configured(server_factory):
         watcher = await WireClient.connect(server, "p", token=token("p", "editor", "w"))
         viewer = await WireClient.connect(server, "p", token=token("p", "viewer", "v", "Vera"))
         await viewer.ws.send(awareness_frame(4242, 1, {"cursor": {"x": 1}}))
-        await barrier(viewer)
-        await barrier(watcher)
-        states = awareness_states(watcher)
+        await viewer.barrier()
+        await watcher.barrier()
+        states = watcher.awareness_states()
         assert (4242 in states) is relay
         if relay:
             assert states[4242]["user"] == {"id": "v", "name": "Vera"}
@@ -362,21 +344,21 @@ async def test_awareness_for_a_foreign_client_id_is_rejected_and_identity_comes_
     carol = await WireClient.connect(server, "aw", token=token("aw", "viewer", "carol"))
     # Alice claims to be Mallory: presence shows the token's identity, keeping her other fields.
     await alice.ws.send(awareness_frame(111, 1, {"user": {"name": "Mallory", "color": "#f00"}, "cursor": [1, 2]}))
-    await barrier(alice)
-    await carol.wait(lambda: 111 in awareness_states(carol), 5, "alice's presence")
-    assert awareness_states(carol)[111] == {"user": {"name": "Alice", "color": "#f00", "id": "alice"},
+    await alice.barrier()
+    await carol.wait(lambda: 111 in carol.awareness_states(), 5, "alice's presence")
+    assert carol.awareness_states()[111] == {"user": {"name": "Alice", "color": "#f00", "id": "alice"},
                                             "cursor": [1, 2]}
     # Bob writes (a newer clock) to Alice's client id, and tries to remove it: both rejected.
     carol_frames = len(carol.frames)
     await bob.ws.send(awareness_frame(111, 5, {"user": {"name": "Alice (hijacked)"}}))
     await bob.ws.send(codec.encode_awareness(encode_awareness_payload([AwarenessEntry(111, 6, b"null")])))
-    await barrier(bob)
-    await barrier(carol)
+    await bob.barrier()
+    await carol.barrier()
     assert not [f for f in carol.frames[carol_frames:] if f[:1] == b"\x01" and b"hijacked" in f]
-    assert awareness_states(carol)[111]["user"]["name"] == "Alice"
+    assert carol.awareness_states()[111]["user"]["name"] == "Alice"
     newcomer = await WireClient.connect(server, "aw", token=token("aw", "viewer", "dan"))
-    await newcomer.wait(lambda: 111 in awareness_states(newcomer), 5, "presence for newcomers")
-    assert awareness_states(newcomer)[111]["user"] == {"name": "Alice", "color": "#f00", "id": "alice"}
+    await newcomer.wait(lambda: 111 in newcomer.awareness_states(), 5, "presence for newcomers")
+    assert newcomer.awareness_states()[111]["user"] == {"name": "Alice", "color": "#f00", "id": "alice"}
     for client in (alice, bob, carol, newcomer):
         await client.close()
 
@@ -428,7 +410,7 @@ async def test_connection_limits_per_ip_and_per_canvas(server_factory):
     c = await WireClient.connect(server, "full")
     assert await c.wait_closed(5) == 1013
     other = await WireClient.connect(server, "not-full")
-    await barrier(other)
+    await other.barrier()
     await a.close(), await b.close(), await other.close()
 
 
@@ -486,7 +468,7 @@ async def test_slow_request_headers_are_dropped_after_the_preauth_timeout(server
     assert await asyncio.wait_for(silent_reader.read(), 5) == b""
     assert 0.4 < time.monotonic() - started < 3
     writer.close(), silent_writer.close()
-    await barrier(established)  # an upgraded socket is not affected, however long it lives
+    await established.barrier()  # an upgraded socket is not affected, however long it lives
     assert established.close_code is None
     await established.close()
 

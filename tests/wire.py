@@ -11,6 +11,7 @@ import websockets
 from pycrdt import Doc, Map
 
 from crdt import codec
+from crdt.awareness import parse_awareness
 from crdt.codec import MSG_EVENT, Reader
 
 
@@ -97,6 +98,23 @@ class WireClient:
     async def wait_closed(self, timeout: float = 10.0) -> int:
         await self.wait(lambda: self._task.done(), timeout, "close")
         return self.close_code  # type: ignore[return-value]
+
+    async def barrier(self) -> None:
+        """Every frame sent before this has been handled: the server answers a query-awareness in order."""
+        seen = sum(1 for f in self.frames if f[:1] == b"\x01")
+        await self.ws.send(codec.encode_query_awareness())
+        await self.wait(lambda: sum(1 for f in self.frames if f[:1] == b"\x01") > seen, 10, "awareness answer")
+
+    def awareness_states(self) -> dict[int, Any]:
+        """The latest awareness state per client id, as relayed to this client (None: removed)."""
+        states: dict[int, Any] = {}
+        for frame in self.frames:
+            if frame[:1] == b"\x01":
+                reader = Reader(frame)
+                reader.var_uint()
+                for entry in parse_awareness(reader.var_bytes(), 1 << 20):
+                    states[entry.client_id] = orjson.loads(entry.state)
+        return states
 
     async def send_update(self, update: bytes) -> None:
         await self.ws.send(codec.encode_update(update))
