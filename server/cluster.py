@@ -94,7 +94,7 @@ class Cluster:
         """The room is registered: apply what arrived during the load, then ask the others what we lack."""
         for sender, payload in self._early.pop(room.canvas_id, ()):
             self._on_message(room.canvas_id, sender, payload)
-        self.pubsub.publish(self.channel(room.canvas_id), SYNC + room.document.doc.get_state())
+        self._announce(room)
 
     async def released(self, canvas_id: str) -> None:
         """The room was unloaded or deleted here: stop listening unless it is back (or loading) meanwhile."""
@@ -130,11 +130,14 @@ class Cluster:
         log(logging.INFO, "cluster_resync", canvases=len(rooms))
 
     def _announce(self, room: "Room") -> None:
-        channel = self.channel(room.canvas_id)
-        self.pubsub.publish(channel, SYNC + room.document.doc.get_state())
+        """Our state vector (the others answer with what we lack and their own vectors) and our presence."""
+        self.pubsub.publish(self.channel(room.canvas_id), SYNC + room.document.doc.get_state())
+        self._publish_presence(room)
+
+    def _publish_presence(self, room: "Room") -> None:
         presence = room.document.local_presence(room.connections)
         if presence is not None:
-            self.pubsub.publish(channel, AWARENESS + encode_awareness(presence))
+            self.pubsub.publish(self.channel(room.canvas_id), AWARENESS + encode_awareness(presence))
 
     # -- inbound ----------------------------------------------------------------------------
     def _on_message(self, canvas_id: str, sender: str, payload: bytes) -> None:
@@ -167,9 +170,7 @@ class Cluster:
                     self.pubsub.publish(channel, UPDATE + varuint(0) + diff)
                 if kind == SYNC:
                     self.pubsub.publish(channel, SYNC_REPLY + room.document.doc.get_state())
-                    presence = room.document.local_presence(room.connections)
-                    if presence is not None:
-                        self.pubsub.publish(channel, AWARENESS + encode_awareness(presence))
+                    self._publish_presence(room)
             elif kind == DELETED:
                 self.hub.drop_deleted(canvas_id)
         except (KeyboardInterrupt, SystemExit):

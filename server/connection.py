@@ -405,15 +405,15 @@ def request_from_client(conn: Connection, frame: bytes) -> None:
         conn.send_event({"type": "response", "request_id": None, "ok": False,
                          "error": {"type": "invalid", "message": "request is not JSON"}})
         return
-    kind = request.get("type") if isinstance(request, dict) else None
+    kind, request_id = (request.get("type"), request.get("request_id")) if isinstance(request, dict) else (None, None)
     if kind in ("generate", "cancel_generation") and not conn.principal.can("generate"):
-        conn.send_event({"type": "response", "request_id": request.get("request_id"), "ok": False,
+        conn.send_event({"type": "response", "request_id": request_id, "ok": False,
                          "error": {"type": "forbidden",
                                    "message": f"role {conn.principal.role!r} may not start or cancel generations"}})
         return
     if conn.requests_in_flight >= MAX_REQUESTS_IN_FLIGHT:
-        conn.send_event({"type": "response", "request_id": request.get("request_id") if isinstance(request, dict)
-                         else None, "ok": False, "error": {"type": "unavailable", "message": "too many requests in flight"}})
+        conn.send_event({"type": "response", "request_id": request_id, "ok": False,
+                         "error": {"type": "unavailable", "message": "too many requests in flight"}})
         return
     conn.requests_in_flight += 1
 

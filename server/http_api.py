@@ -379,22 +379,22 @@ class HttpApi:
         jobs = await self._bounded(self.store.list_jobs(canvas_id, cursor, limit + 1))
         return page_response("generations", jobs, limit, job_json, lambda j: j.id)
 
-    @handler("read")
-    async def get_generation(self, request: Request) -> Response:
+    async def _job(self, request: Request, action: str) -> Any:
+        """The path's job, once the caller may ``action`` on its canvas (404 if there is no such job)."""
         job_id = request.path_params["job_id"]
         job = await self._bounded(self.store.get_job(job_id))
         if job is None:
             raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
-        self.hub.auth.authorize(request.state.principal, job.canvas_id, "read")
-        return json_response(job_json(job))
+        self.hub.auth.authorize(request.state.principal, job.canvas_id, action)
+        return job
+
+    @handler("read")
+    async def get_generation(self, request: Request) -> Response:
+        return json_response(job_json(await self._job(request, "read")))
 
     @handler("generate")
     async def cancel_generation(self, request: Request) -> Response:
-        job_id = request.path_params["job_id"]
-        found = await self._bounded(self.store.get_job(job_id))
-        if found is None:
-            raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
-        self.hub.auth.authorize(request.state.principal, found.canvas_id, "generate")
+        job_id = (await self._job(request, "generate")).id
         job = await self._bounded(self.jobs.cancel(job_id))
         if job is None:
             raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")

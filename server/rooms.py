@@ -112,21 +112,15 @@ class Room:
     def _fan_out(self, conn: "Connection", effects: Effects, before: bytes | None) -> None:
         for reply in effects.reply:
             conn.enqueue(reply)
-        cluster = self.cluster
-        for out in effects.broadcast:
-            for other in self.connections:
-                if other is not conn:
-                    other.enqueue(out)
-            if cluster is not None and out[:1] == AWARENESS_BYTE:
-                cluster.publish_awareness(self.canvas_id, out)
+        self._relay(effects.broadcast, skip=conn)
+        if self.cluster is not None:
+            for out in effects.broadcast:
+                if out[:1] == AWARENESS_BYTE:
+                    self.cluster.publish_awareness(self.canvas_id, out)
         update = effects.update
         if update is not None and update != EMPTY_UPDATE:
-            self._changed(len(update))
             clocks = None if before is None else advanced_clocks(before, self.document.doc.get_state())
-            if self.unconfirmed:
-                self.take_over(conditional=True)
-            published = cluster.publish_update(self.canvas_id, update) if cluster is not None else 0
-            self.persister.submit(self.canvas_id, update, conn, clocks=clocks, published=published)
+            self._store(update, conn, clocks)
         if effects.awareness_refused:
             log(logging.WARNING, "awareness_refused", canvas=self.canvas_id, conn=conn.id,
                 entries=effects.awareness_refused)
@@ -135,18 +129,28 @@ class Room:
         """Relay and store a change made on the server (HTTP, restore, a job); returns the commit future."""
         if effects.update is None:
             return None
-        for out in effects.broadcast:
+        self._relay(effects.broadcast)
+        return self._store(effects.update, want_result=True)
+
+    def _relay(self, frames: list[bytes], skip: "Connection | None" = None) -> None:
+        for out in frames:
             for conn in self.connections:
-                conn.enqueue(out)
-        self._changed(len(effects.update))
+                if conn is not skip:
+                    conn.enqueue(out)
+
+    def _store(self, update: bytes, writer: "Connection | None" = None, clocks: dict[int, int] | None = None,
+               want_result: bool = False) -> "asyncio.Future[int] | None":
+        """A change made on this process: published to the other processes, then queued for storage
+        behind any relayed change it may depend on that its sender has not confirmed durable."""
+        self._changed(len(update))
         if self.unconfirmed:
             self.take_over(conditional=True)
-        published = self.cluster.publish_update(self.canvas_id, effects.update) if self.cluster is not None else 0
-        return self.persister.submit(self.canvas_id, effects.update, None, want_result=True, published=published)
+        published = self.cluster.publish_update(self.canvas_id, update) if self.cluster is not None else 0
+        return self.persister.submit(self.canvas_id, update, writer, want_result, clocks, published=published)
 
     def apply_peer_update(self, node: str, number: int, update: bytes, now: float) -> None:
         """A change another process applied (and stores): relay it to our clients; never republish it.
-        It is stored here only if that process never confirms it (see ``take_over``)."""
+        What this document integrated is kept until that process confirms it durable (see ``take_over``)."""
         try:
             effects = self.document.apply_update(update)
         except PartiallyApplied as exc:  # cannot come from a canvashub sender; handled all the same
@@ -154,11 +158,12 @@ class Room:
             raise
         if effects.update is None:
             return
-        for out in effects.broadcast:
-            for conn in self.connections:
-                conn.enqueue(out)
+        self._relay(effects.broadcast)
         self._changed(len(effects.update))
-        self.unconfirmed[(node, number)] = (update, now)
+        self.unconfirmed[(node, number)] = (effects.update, now)
+
+    def apply_peer_awareness(self, node: str, payload: bytes, now: float) -> None:
+        self._relay(self.document.remote_awareness(node, payload, now).broadcast)
 
     def peer_confirmed(self, node: str, number: int) -> None:
         """``node`` has stored its changes up to ``number``."""
@@ -189,11 +194,6 @@ class Room:
         for key in [k for k, arrived in self.taking_over.items() if arrived < before]:
             del self.taking_over[key]
 
-    def apply_peer_awareness(self, node: str, payload: bytes, now: float) -> None:
-        for out in self.document.remote_awareness(node, payload, now).broadcast:
-            for conn in self.connections:
-                conn.enqueue(out)
-
     def _changed(self, size: int) -> None:
         self._etag = None
         self.updated_at = time.time()
@@ -202,10 +202,10 @@ class Room:
     def leave(self, conn: "Connection") -> None:
         if self.connections.pop(conn, False) is False:
             return
-        for frame in self.document.leave(conn):
-            for other in self.connections:
-                other.enqueue(frame)
-            if self.cluster is not None:
+        frames = self.document.leave(conn)
+        self._relay(frames)
+        if self.cluster is not None:
+            for frame in frames:
                 self.cluster.publish_awareness(self.canvas_id, frame)
 
 

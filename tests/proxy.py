@@ -7,11 +7,16 @@ import asyncio
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``target``. ``cut()`` resets every open connection and
-    refuses new ones (accept, then reset) until ``restore()``."""
+    refuses new ones (accept, then reset) until ``restore()``; ``stalled`` and ``latency``
+    make the link silent or slow instead."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.open = True
+        # ``stalled``: traffic is swallowed without closing anything, like a dead link or a frozen
+        # server (no RST, no FIN). ``latency``: each chunk is held that long, in order, each direction.
+        self.stalled = False
+        self.latency = 0.0
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -60,6 +65,10 @@ class TcpProxy:
             while chunk := await src.read(65536):
                 if not self.open:
                     break
+                if self.stalled:
+                    continue
+                if self.latency:
+                    await asyncio.sleep(self.latency)  # simulated wire delay, not a wait for a condition
                 dst.write(chunk)
                 await dst.drain()
         except (ConnectionError, OSError):

@@ -122,38 +122,12 @@ async def redis_nodes() -> AsyncIterator[Cluster]:
     await made.close()
 
 
-class StallingProxy(TcpProxy):
-    """A TcpProxy that can also go silent or slow. ``stalled``: traffic is swallowed without
-    closing anything, like a dead link or a frozen server (no RST, no FIN). ``latency``: each
-    chunk is held that long (simulated distance, in order, each direction)."""
-
-    stalled = False
-    latency = 0.0
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while chunk := await src.read(65536):
-                if not self.open:
-                    break
-                if self.stalled:
-                    continue
-                if self.latency:
-                    await asyncio.sleep(self.latency)  # simulated wire delay, not a wait for a condition
-                dst.write(chunk)
-                await dst.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._writers.discard(dst)
-            dst.transport.abort()
-
-
 @pytest.fixture
-async def redis_proxy() -> AsyncIterator[StallingProxy]:
+async def redis_proxy() -> AsyncIterator[TcpProxy]:
     """A proxy in front of the test Redis that can cut, restore and stall the link."""
     await require_redis()
     target = urlparse(REDIS_URL)
-    proxy = StallingProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
     await proxy.start()
     yield proxy
     await proxy.close()
@@ -321,7 +295,7 @@ def test_make_pubsub_picks_the_backend() -> None:
 # -- Redis only ---------------------------------------------------------------------------------
 
 
-async def test_redis_outage_is_detected_and_recovered(redis_nodes: Cluster, redis_proxy: StallingProxy) -> None:
+async def test_redis_outage_is_detected_and_recovered(redis_nodes: Cluster, redis_proxy: TcpProxy) -> None:
     """Cut the link: healthy flips to False, publish refuses; restore: on_reconnect fires after the
     old channels are subscribed again, and delivery resumes both ways without re-subscribing."""
     loop = asyncio.get_running_loop()
@@ -365,7 +339,7 @@ async def test_redis_outage_is_detected_and_recovered(redis_nodes: Cluster, redi
 
 
 async def test_redis_start_while_unreachable_connects_later(redis_nodes: Cluster,
-                                                            redis_proxy: StallingProxy) -> None:
+                                                            redis_proxy: TcpProxy) -> None:
     """start() with Redis unreachable returns without raising; the node connects once Redis is back
     (a first connection, so on_reconnect is not called)."""
     redis_proxy.cut()
@@ -387,7 +361,7 @@ async def test_redis_start_while_unreachable_connects_later(redis_nodes: Cluster
 
 
 async def test_redis_silent_dead_link_is_detected_by_pings(redis_nodes: Cluster,
-                                                           redis_proxy: StallingProxy) -> None:
+                                                           redis_proxy: TcpProxy) -> None:
     """A link that goes silent (no reset) is noticed by the idle PINGs, then recovered."""
     loop = asyncio.get_running_loop()
     a = await redis_nodes.node(url=proxied_url(redis_proxy), ping_interval=0.2, ping_timeout=0.3,
@@ -410,7 +384,7 @@ async def test_redis_silent_dead_link_is_detected_by_pings(redis_nodes: Cluster,
 
 
 async def test_redis_subscribe_waits_for_the_broker_on_a_slow_link(redis_nodes: Cluster,
-                                                                  redis_proxy: StallingProxy) -> None:
+                                                                  redis_proxy: TcpProxy) -> None:
     """On a slow link subscribe() still returns only once Redis confirmed, so a message another
     node publishes (over a fast link) right after it returns is not missed."""
     redis_proxy.latency = 0.05
