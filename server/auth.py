@@ -151,7 +151,7 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise AuthError(401, f"invalid access token: {exc}") from None
         role, canvas, sub, name = claims["role"], claims["canvas"], claims["sub"], claims.get("name")
-        if role not in RANK:
+        if not isinstance(role, str) or role not in RANK:
             raise AuthError(401, f"invalid access token: role must be one of {', '.join(ROLES)}")
         if not isinstance(canvas, str) or not CANVAS_CLAIM.fullmatch(canvas):
             raise AuthError(401, "invalid access token: canvas must be a canvas id or a pattern with *")
