@@ -15,6 +15,13 @@ so a frame with trailing bytes is malformed. Varints are capped at 10 bytes and
 every length prefix must end inside the frame, so the work done on a frame is
 linear in its size and bounded (pycrdt's own pure-Python reader is quadratic on
 runs of 0xFF).
+
+Canonical encoding: a varint must be minimal (lib0 only ever writes minimal
+varints, so no stock client sends ``0x80 0x00`` for 0) and fit in 64 bits.
+Together with "one message per frame" this makes the encoding of an accepted
+frame unique: ``encode_message(parse_frame(frame)) == frame``. The server still
+decides everything from the parsed message, never by peeking at bytes; the
+uniqueness is what makes relaying a client's accepted frame as-is safe.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Union
 from .errors import InvalidPayload, MalformedFrame
 
 MAX_VARINT_BYTES = 10
+MAX_VARINT_VALUE = (1 << 64) - 1
 
 MSG_SYNC = 0
 MSG_AWARENESS = 1
@@ -66,6 +74,10 @@ class Reader:
             pos += 1
             result |= (byte & 0x7F) << shift
             if byte < 0x80:
+                if byte == 0 and shift:
+                    raise MalformedFrame("non-minimal varint (a trailing zero group)")
+                if result > MAX_VARINT_VALUE:
+                    raise MalformedFrame("varint larger than 64 bits")
                 self.pos = pos
                 return result
             shift += 7
@@ -140,7 +152,16 @@ class AuthDenied:
     reason: str
 
 
-Message = Union[SyncStep1, SyncStep2, SyncUpdate, AwarenessFrame, QueryAwareness, AuthDenied]
+@dataclass(frozen=True, slots=True)
+class EventRequest:
+    """A canvashub events-channel request (``[100, varString(json)]``); JSON is not checked here."""
+
+    payload: bytes
+
+
+Message = Union[SyncStep1, SyncStep2, SyncUpdate, AwarenessFrame, QueryAwareness, AuthDenied, EventRequest]
+# The messages that may change the document: only these are subject to write permission and size caps.
+WRITE_MESSAGES = (SyncStep2, SyncUpdate)
 
 
 def parse_frame(frame: bytes) -> Message:
@@ -170,6 +191,8 @@ def parse_frame(frame: bytes) -> Message:
         if sub != AUTH_PERMISSION_DENIED:
             raise MalformedFrame(f"unknown auth message type {sub}")
         message = AuthDenied(reader.var_string())
+    elif kind == MSG_EVENT:
+        message = EventRequest(reader.var_bytes())
     else:
         raise MalformedFrame(f"unknown message type {kind}")
     reader.expect_end()
@@ -217,9 +240,24 @@ def encode_event(payload_json: bytes) -> bytes:
     return bytes(out)
 
 
-def is_update_frame(frame: bytes) -> bool:
-    """True for sync step 2 / update frames, the ones that may change the document (a cheap peek)."""
-    return len(frame) > 1 and frame[0] == MSG_SYNC and frame[1] != SYNC_STEP1
+def encode_message(message: Message) -> bytes:
+    """The canonical (and, for a parsed frame, the only) encoding of ``message``."""
+    match message:
+        case SyncUpdate(update):
+            return encode_update(update)
+        case AwarenessFrame(payload):
+            return encode_awareness(payload)
+        case SyncStep1(state_vector):
+            return encode_sync_step1(state_vector)
+        case SyncStep2(update):
+            return encode_sync_step2(update)
+        case QueryAwareness():
+            return encode_query_awareness()
+        case AuthDenied(reason):
+            return encode_auth_denied(reason)
+        case EventRequest(payload):
+            return encode_event(payload)
+    raise TypeError(f"not a message: {message!r}")
 
 
 # A Yjs v1 update with no structs and an empty delete set (e.g. a step 2 with nothing new).

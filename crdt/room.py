@@ -16,8 +16,9 @@ from pycrdt import Doc, merge_updates
 
 from . import codec
 from .awareness import AwarenessRegistry, encode_awareness_payload, parse_awareness, with_identity
-from .codec import EMPTY_UPDATE, AuthDenied, AwarenessFrame, QueryAwareness, SyncStep1, SyncStep2, SyncUpdate
-from .errors import InvalidPayload, ProtocolError
+from .codec import (EMPTY_UPDATE, AuthDenied, AwarenessFrame, EventRequest, Message, QueryAwareness, SyncStep1,
+                    SyncStep2, SyncUpdate)
+from .errors import InvalidPayload, MalformedFrame, ProtocolError
 from .update import check_state_vector, check_update
 
 
@@ -27,6 +28,7 @@ class Effects:
     broadcast: list[bytes] = field(default_factory=list)
     update: bytes | None = None
     awareness_refused: int = 0
+    presence: bool = False  # ``broadcast`` holds awareness frames (other processes get them too)
 
 
 _NOTHING = Effects()
@@ -143,23 +145,29 @@ class RoomDocument:
 
     def receive(self, peer: Hashable, frame: bytes) -> Effects:
         """Handle one binary frame from ``peer``; raise ``ProtocolError`` if it is bad."""
-        message = codec.parse_frame(frame)
-        if type(message) is SyncUpdate:
+        return self.handle(peer, codec.parse_frame(frame))
+
+    def handle(self, peer: Hashable, message: Message) -> Effects:
+        """Handle one parsed message from ``peer``; raise ``ProtocolError`` if it is bad."""
+        if type(message) is SyncUpdate or type(message) is SyncStep2:
             return self._integrate(message.update)
         if type(message) is AwarenessFrame:
-            return self._awareness(peer, frame, message.payload)
+            return self._awareness(peer, message.payload)
         if type(message) is SyncStep1:
             check_state_vector(message.state_vector)
             diff = _yrs_call("state vector", self.doc.get_update, message.state_vector)
             return Effects(reply=[codec.encode_sync_step2(diff)])
-        if type(message) is SyncStep2:
-            return self._integrate(message.update)
-        if type(message) is QueryAwareness:
+        kind = type(message)
+        if kind is QueryAwareness:
             live = self.awareness.live_entries()
             return Effects(reply=[codec.encode_awareness(encode_awareness_payload(live))])
-        if type(message) is AuthDenied:
+        if kind is AuthDenied:
             # Only servers send "permission denied"; a client sending it is harmless noise.
             return _NOTHING
+        if kind is EventRequest:
+            # Answered by the server for sockets that opted in (?events=1); for the others (and for
+            # the document) type 100 is as unknown as any other type.
+            raise MalformedFrame(f"unknown message type {codec.MSG_EVENT}")
         raise AssertionError(f"unhandled message {message!r}")  # pragma: no cover
 
     # -- other processes (see server/cluster.py) ------------------------------------------
@@ -175,7 +183,7 @@ class RoomDocument:
                 self.remote_seen.pop(entry.client_id, None)
             else:
                 self.remote_seen[entry.client_id] = now
-        return Effects(broadcast=[codec.encode_awareness(encode_awareness_payload(accepted))])
+        return Effects(broadcast=[codec.encode_awareness(encode_awareness_payload(accepted))], presence=True)
 
     def expire_remote(self, before: float) -> list[bytes]:
         """Remove presence relayed by other processes and not renewed since ``before`` (a process
@@ -211,7 +219,11 @@ class RoomDocument:
         # One outermost transaction gives one update; merged defensively if yrs ever splits it.
         return self._take_captured()
 
-    def _awareness(self, peer: Hashable, frame: bytes, payload: bytes) -> Effects:
+    def check_awareness(self, payload: bytes) -> None:
+        """Validate a presence payload that will not be applied (raise ``ProtocolError`` if it is bad)."""
+        parse_awareness(payload, self.max_awareness_state_bytes)
+
+    def _awareness(self, peer: Hashable, payload: bytes) -> Effects:
         entries = parse_awareness(payload, self.max_awareness_state_bytes)
         accepted, refused = self.awareness.apply(peer, entries)
         if not accepted:
@@ -221,8 +233,10 @@ class RoomDocument:
             accepted = [with_identity(entry, identity) for entry in accepted]
             self.awareness.replace(accepted)
         elif len(accepted) == len(entries):
-            return Effects(broadcast=[frame])
+            # The payload parsed canonically (crdt/codec.py), so this is byte for byte what the peer sent.
+            return Effects(broadcast=[codec.encode_awareness(payload)], presence=True)
         return Effects(
             broadcast=[codec.encode_awareness(encode_awareness_payload(accepted))],
             awareness_refused=refused,
+            presence=True,
         )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 
-from crdt.codec import MSG_EVENT, Reader, encode_auth_denied, encode_event
+from crdt.codec import EMPTY_UPDATE, EventRequest, encode_auth_denied, encode_event, parse_frame
 from crdt.errors import CanvasTooLarge, CloseCode, Overloaded, PolicyViolation, ProtocolError
 
 from .auth import OPEN, AuthError, Principal, websocket_token
@@ -105,9 +105,9 @@ class Connection:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def write_denied(self, frame: bytes) -> None:
+    def write_denied(self, update: bytes) -> None:
         """A viewer sent a change: it is dropped; the client is told once (y-protocols auth message + event)."""
-        if self.denied_told or frame[2:] == EMPTY_UPDATE_PAYLOAD:  # every client sends an empty step 2 on join
+        if self.denied_told or update == EMPTY_UPDATE:  # every client sends an empty step 2 on join
             return
         self.denied_told = True
         reason = f"read-only: role {self.principal.role!r} may not edit this canvas"
@@ -361,12 +361,14 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
             refuse(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported")
         elif len(data) > max_frame_bytes:
             refuse(conn, CloseCode.MESSAGE_TOO_BIG, f"frame exceeds {max_frame_bytes} bytes")
-        elif data[:1] == EVENT_TYPE_BYTE and conn.events:
-            request_from_client(conn, data)
         else:
             started = clock()
             try:
-                room.receive(conn, data)
+                message = parse_frame(data)
+                if type(message) is EventRequest and conn.events:
+                    request_from_client(conn, message.payload, len(data))
+                else:
+                    room.receive(conn, message, len(data))
             except (Overloaded, CanvasTooLarge) as exc:
                 if isinstance(exc, CanvasTooLarge):
                     limit_exceeded("canvas_size", ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
@@ -381,24 +383,14 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
                 metrics.frame_handling_max_seconds = elapsed
 
 
-EVENT_TYPE_BYTE = bytes((MSG_EVENT,))
-EMPTY_UPDATE_PAYLOAD = b"\x02\x00\x00"  # varBytes(b"\x00\x00"): an update with nothing in it
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_REQUESTS_IN_FLIGHT = 4
 
 
-def request_from_client(conn: Connection, frame: bytes) -> None:
+def request_from_client(conn: Connection, payload: bytes, size: int) -> None:
     """A request on the events channel: answered by a task, at most a few in flight per socket."""
-    try:
-        if len(frame) > MAX_REQUEST_BYTES:
-            raise PolicyViolation(f"event requests are limited to {MAX_REQUEST_BYTES} bytes")
-        reader = Reader(frame)
-        reader.var_uint()
-        payload = reader.var_bytes()
-        reader.expect_end()
-    except ProtocolError as exc:
-        refuse(conn, exc.code, exc.reason)
-        return
+    if size > MAX_REQUEST_BYTES:
+        raise PolicyViolation(f"event requests are limited to {MAX_REQUEST_BYTES} bytes")
     try:
         request = orjson.loads(payload)
     except orjson.JSONDecodeError:

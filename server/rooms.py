@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from crdt.codec import EMPTY_UPDATE, MSG_AWARENESS, is_update_frame
+from crdt.codec import EMPTY_UPDATE, WRITE_MESSAGES, AwarenessFrame, Message
 from crdt.digest import content_etag
 from crdt.errors import CanvasTooLarge, Overloaded
 from crdt.room import Effects, PartiallyApplied, RoomDocument
@@ -85,25 +85,28 @@ class Room:
                 return
         raise CanvasTooLarge(f"canvas size limit of {self.max_bytes} bytes reached: change refused")
 
-    def receive(self, conn: "Connection", frame: bytes) -> None:
-        """Apply a client frame, relay it, queue it for storage; raises ``ProtocolError`` to close ``conn``."""
-        writes = is_update_frame(frame)
-        if writes and not conn.may_write:
-            conn.write_denied(frame)  # never applied, never stored
-            return
-        if not conn.may_announce and frame[:1] == AWARENESS_BYTE:
-            return  # viewers' presence is not relayed unless configured
+    def receive(self, conn: "Connection", message: Message, size: int) -> None:
+        """Apply a client's parsed message (``size``: its frame's length), relay it, queue it for storage;
+        raises ``ProtocolError`` to close ``conn``. Every decision here is made from the parsed message,
+        never from the frame's bytes (docs/security.md, "Canonical frames")."""
+        writes = isinstance(message, WRITE_MESSAGES)
         if writes:
-            self.check_growth(len(frame))
-            if not self.persister.admit(len(frame)):
+            if not conn.may_write:
+                conn.write_denied(message.update)  # never applied, never stored
+                return
+            self.check_growth(size)
+            if not self.persister.admit(size):
                 raise Overloaded("storage backlog full: write refused, retry later")
+        elif type(message) is AwarenessFrame and not conn.may_announce:
+            self.document.check_awareness(message.payload)  # malformed presence closes the socket all the same
+            return  # viewers' presence is not relayed unless configured
         before = None
         if writes and conn.events:
             before = self.document.doc.get_state()
             if len(before) > MAX_CLOCK_TRACKING_BYTES:
                 before = None  # too many client ids to diff per frame: events carry through/pending only
         try:
-            effects = self.document.receive(conn, frame)
+            effects = self.document.handle(conn, message)
         except PartiallyApplied as exc:  # refused, but part of it is in the document now: relay and store that
             self._fan_out(conn, exc.effects, before)
             raise
@@ -113,10 +116,9 @@ class Room:
         for reply in effects.reply:
             conn.enqueue(reply)
         self._relay(effects.broadcast, skip=conn)
-        if self.cluster is not None:
+        if self.cluster is not None and effects.presence:
             for out in effects.broadcast:
-                if out[:1] == AWARENESS_BYTE:
-                    self.cluster.publish_awareness(self.canvas_id, out)
+                self.cluster.publish_awareness(self.canvas_id, out)
         update = effects.update
         if update is not None and update != EMPTY_UPDATE:
             clocks = None if before is None else advanced_clocks(before, self.document.doc.get_state())
@@ -209,7 +211,6 @@ class Room:
                 self.cluster.publish_awareness(self.canvas_id, frame)
 
 
-AWARENESS_BYTE = bytes((MSG_AWARENESS,))
 MEASURE_INTERVAL = 5.0  # seconds between exact size measurements of one room near its cap
 
 # Diffing two state vectors costs O(client ids in the document), and clients can

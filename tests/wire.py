@@ -95,6 +95,11 @@ class WireClient:
 
         return await self.wait(found, timeout, f"save event {status}")
 
+    @property
+    def closed(self) -> bool:
+        """The socket is closed (``close_code`` says how)."""
+        return self._task.done()
+
     async def wait_closed(self, timeout: float = 10.0) -> int:
         await self.wait(lambda: self._task.done(), timeout, "close")
         return self.close_code  # type: ignore[return-value]
