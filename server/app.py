@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -23,7 +24,7 @@ from storage.sqlite import SQLiteStore
 from . import logs
 from .auth import Authenticator
 from .connection import WebSocketEndpoint
-from .http_api import HttpApi
+from .http_api import HttpApi, http_exception_response, route
 from .generators import build_generators
 from .hub import Hub
 from .jobs import JobService
@@ -87,23 +88,26 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
             await hub.drain()
             await hub.close()
 
+    api_routes = [
+        route("/canvases", GET=api.list_canvases),
+        route("/canvases/{canvas_id}", GET=api.get_canvas, DELETE=api.delete_canvas),
+        route("/canvases/{canvas_id}/updates", POST=api.post_update),
+        route("/canvases/{canvas_id}/elements/{element_id}", PATCH=api.patch_element),
+        route("/canvases/{canvas_id}/versions", GET=api.list_versions),
+        route("/canvases/{canvas_id}/versions/{number:int}", GET=api.get_version),
+        route("/canvases/{canvas_id}/versions/{number:int}/restore", POST=api.restore_version),
+        route("/canvases/{canvas_id}/generations", GET=api.list_generations, POST=api.create_generation),
+        route("/generations/{job_id}", GET=api.get_generation),
+        route("/generations/{job_id}/cancel", POST=api.cancel_generation),
+    ]
     routes = [
-        Route("/healthz", api.healthz),
-        Route("/readyz", api.readyz),
-        Route("/metrics", api.metrics),
-        Route("/api/canvases", api.list_canvases),
-        Route("/api/canvases/{canvas_id}", api.get_canvas, methods=["GET", "HEAD"]),
-        Route("/api/canvases/{canvas_id}", api.delete_canvas, methods=["DELETE"]),
-        Route("/api/canvases/{canvas_id}/updates", api.post_update, methods=["POST"]),
-        Route("/api/canvases/{canvas_id}/elements/{element_id}", api.patch_element, methods=["PATCH"]),
-        Route("/api/canvases/{canvas_id}/versions", api.list_versions),
-        Route("/api/canvases/{canvas_id}/versions/{number:int}", api.get_version),
-        Route("/api/canvases/{canvas_id}/versions/{number:int}/restore", api.restore_version, methods=["POST"]),
-        Route("/api/canvases/{canvas_id}/generations", api.create_generation, methods=["POST"]),
-        Route("/api/canvases/{canvas_id}/generations", api.list_generations, methods=["GET"]),
-        Route("/api/generations/{job_id}", api.get_generation),
-        Route("/api/generations/{job_id}/cancel", api.cancel_generation, methods=["POST"]),
-        Route("/assets/{asset_id}", api.get_asset, methods=["GET", "HEAD"]),
+        route("/healthz", GET=api.healthz),
+        route("/readyz", GET=api.readyz),
+        route("/metrics", GET=api.metrics),
+        # Its own router: under /api, no match is a JSON 404 and a wrong method a JSON 405 listing the
+        # path's methods, never a fall through to the demo's static files below.
+        Mount("/api", routes=api_routes),
+        route("/assets/{asset_id}", GET=api.get_asset),
         WebSocketRoute("/ws/{canvas_id}", WebSocketEndpoint(hub)),
     ]
     editor_page = Path(settings.demo_dir, "canvas.html")
@@ -123,7 +127,8 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
             allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match"],
             expose_headers=["ETag", "Location", "Retry-After"], max_age=600,
         ))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers={HTTPException: http_exception_response})
     app.state.hub = hub
     app.state.settings = settings
     return app

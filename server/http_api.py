@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 from pycrdt import Doc, Map
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from crdt.edits import check_element_id, check_fields, patch_element, restore_to
 from crdt.errors import CanvasTooLarge, Overloaded, ProtocolError
@@ -28,9 +30,9 @@ from .auth import AuthError, bearer_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
 from .limits import limit_exceeded
 from .compaction import replay
-from .hub import PreconditionFailed, StoreUnavailable, etag_matches
-from .jobs import InvalidJobRequest, job_json
-from .schemas import ELEMENT_PATCH, SchemaViolation, check
+from .hub import PreconditionFailed, StoreUnavailable, binary_etag, etag_matches
+from .jobs import JOB_ID, IdempotencyConflict, InvalidJobRequest, job_json
+from .schemas import ELEMENT_PATCH, SchemaViolation, check, contains_nul
 from .persistence import CanvasDeleted
 from storage.base import LoadedCanvas
 
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
 ASSET_ID = re.compile(r"[0-9a-f]{32}")
-JOB_ID = re.compile(r"[0-9a-f]{1,64}")
 MAX_VERSION = 2**31 - 1  # version numbers are 32-bit INTEGER columns in storage
 
 
@@ -53,6 +54,30 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers
         self.errors = errors
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def route(path: str, **endpoints: Endpoint) -> Route:
+    """One route per path, dispatching on the method: a 405 then lists every method the path accepts
+    (Starlette's ``Allow`` names only the one route it matched). ``GET`` implies ``HEAD``."""
+    if "GET" in endpoints:
+        endpoints.setdefault("HEAD", endpoints["GET"])
+
+    async def dispatch(request: Request) -> Response:
+        return await endpoints[request.method](request)
+
+    return Route(path, dispatch, methods=list(endpoints))
+
+
+async def http_exception_response(request: Request, exc: Exception) -> Response:
+    """Starlette's routing errors (no route: 404; wrong method: 405) in the API's JSON error shape."""
+    assert isinstance(exc, HTTPException)
+    error_type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid")
+    message = {404: f"no such resource: {request.url.path}",
+               405: f"{request.method} is not allowed here"}.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, error_type, message, dict(exc.headers or {}))
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -69,12 +94,81 @@ def error_response(status: int, error_type: str, message: str, headers: dict[str
 
 
 def document_json(doc: Doc) -> dict[str, Any]:
-    """The ``elements`` root map as plain JSON (nested Y.Maps become objects)."""
+    """The ``elements`` root map as plain JSON (nested Y.Maps become objects), numbers as JSON has them."""
     try:
         elements = doc.get("elements", type=Map)
-        return {"elements": elements.to_py() or {}}
+        return {"elements": js_numbers(elements.to_py() or {})}
     except Exception as exc:  # e.g. a client made "elements" something other than a map
         raise ApiError(409, "conflict", f"canvas cannot be exported as JSON: {exc}") from None
+
+
+MAX_SAFE_INTEGER = 2**53  # JavaScript's Number.MAX_SAFE_INTEGER + 1: every integer up to it is exact
+
+
+def js_numbers(value: Any) -> Any:
+    """Yjs numbers are JS numbers, and pycrdt reads them all as floats: a whole number within JS's safe
+    range goes out as a JSON integer (``10``, not ``10.0``), like ``JSON.stringify`` writes it.
+    In place and iterative (client data may nest deeper than Python's recursion limit)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) <= MAX_SAFE_INTEGER else value
+    stack = [value]
+    while stack:
+        container = stack.pop()
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, item in list(items):
+            if isinstance(item, float):
+                if item.is_integer() and abs(item) <= MAX_SAFE_INTEGER:
+                    container[key] = int(item)
+            elif isinstance(item, (dict, list)):
+                stack.append(item)
+    return value
+
+
+JSON_TYPE = "application/json"
+BINARY_TYPE = "application/octet-stream"
+EXPORT_TYPES = (JSON_TYPE, BINARY_TYPE)  # the first is the default
+
+
+def negotiate(accept: str | None, offers: tuple[str, ...]) -> str | None:
+    """The offer the ``Accept`` header prefers (RFC 9110 §12.5.1): each offer takes the q of the most
+    specific range that matches it; the highest q above 0 wins, ties go to the earlier offer.
+    None if nothing offered is acceptable."""
+    if not accept or not accept.strip():
+        return offers[0]
+    ranges: list[tuple[str, float]] = []
+    for part in accept.split(","):
+        media, _, parameters = part.partition(";")
+        media = media.strip().lower()
+        if not media:
+            continue
+        q = 1.0
+        for parameter in parameters.split(";"):
+            name, _, raw = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(1.0, max(0.0, float(raw.strip())))
+                except ValueError:
+                    q = 0.0
+        ranges.append((media, q))
+    best, best_q = None, 0.0
+    for offer in offers:
+        wildcard = offer.split("/")[0] + "/*"
+        specificity, q = -1, 0.0
+        for media, media_q in ranges:
+            rank = 2 if media == offer else 1 if media == wildcard else 0 if media == "*/*" else -1
+            if rank > specificity:
+                specificity, q = rank, media_q
+        if q > best_q:
+            best, best_q = offer, q
+    return best
+
+
+def export_type(request: Request) -> str:
+    """JSON or binary, as the request's ``Accept`` prefers; 406 if it accepts neither."""
+    chosen = negotiate(request.headers.get("accept"), EXPORT_TYPES)
+    if chosen is None:
+        raise ApiError(406, "not_acceptable", f"this resource is available as {' or '.join(EXPORT_TYPES)}")
+    return chosen
 
 
 def iso(ts: float | None) -> str | None:
@@ -88,6 +182,8 @@ def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]]
     def decorate(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         @functools.wraps(fn)
         async def wrapped(self: "HttpApi", request: Request) -> Response:
+            if has_nul(request):
+                return error_response(400, "invalid", NUL_MESSAGE)
             canvas_id = request.path_params.get("canvas_id")
             job_id = request.path_params.get("job_id")
             if job_id is not None and not JOB_ID.fullmatch(job_id):
@@ -135,12 +231,25 @@ def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]]
     return decorate
 
 
+NUL_MESSAGE = "NUL characters are not accepted in paths, query parameters or JSON"
+
+
+def has_nul(request: Request) -> bool:
+    """A NUL in a path or query parameter (storage cannot keep it in text, and no id or cursor has one)."""
+    return any("\x00" in value for value in request.path_params.values() if isinstance(value, str)) or \
+        any("\x00" in key or "\x00" in value for key, value in request.query_params.multi_items())
+
+
 async def read_json(request: Request, limit: int, schema: dict[str, Any] | None = None) -> Any:
-    """The body as JSON: 413 past ``limit`` bytes, 400 if it is not JSON, 422 if it breaks ``schema``."""
+    """The body as JSON: 413 past ``limit`` bytes, 400 if it is not JSON or carries a NUL character,
+    422 if it breaks ``schema``."""
+    raw = await read_body(request, limit)
     try:
-        body = orjson.loads(await read_body(request, limit))
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid", f"body is not JSON: {exc}") from None
+    if b"\\u0000" in raw and contains_nul(body):  # JSON can only carry NUL escaped
+        raise ApiError(400, "invalid", NUL_MESSAGE)
     if schema is not None:
         try:
             check(schema, body)
@@ -172,10 +281,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def wants_binary(request: Request) -> bool:
-    return "application/octet-stream" in request.headers.get("accept", "")
 
 
 def page_response(key: str, rows: list, limit: int, item: Callable[[Any], Any],
@@ -243,16 +348,19 @@ class HttpApi:
     @handler("read")
     async def get_canvas(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
+        export_type(request)  # 406 before any work
         found = await self.hub.read_document(canvas_id)
         if found is None:
             raise ApiError(404, "not_found", f"canvas {canvas_id!r} does not exist")
         doc, etag, version, updated_at = found
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        binary = export_type(request) == BINARY_TYPE
+        # Two representations, two strong ETags (RFC 9110 §8.8.3); either one is a valid If-Match for writes.
+        headers = {"ETag": binary_etag(etag) if binary else etag, "Cache-Control": "no-cache", "Vary": "Accept"}
         if_none_match = request.headers.get("if-none-match")
-        if if_none_match is not None and etag_matches(if_none_match, etag):
+        if if_none_match is not None and etag_matches(if_none_match, headers["ETag"]):
             return Response(status_code=304, headers=headers)
-        if wants_binary(request):
-            return Response(doc.get_update(), media_type="application/octet-stream", headers=headers)
+        if binary:
+            return Response(doc.get_update(), media_type=BINARY_TYPE, headers=headers)
         body = {"id": canvas_id, "version": version, "updated_at": iso(updated_at), **document_json(doc)}
         return json_response(body, headers=headers)
 
@@ -320,11 +428,13 @@ class HttpApi:
     async def get_version(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         number = request.path_params["number"]
+        binary = export_type(request) == BINARY_TYPE
         info, doc, snapshot = await self._version(canvas_id, number)
-        if wants_binary(request):
-            return Response(snapshot, media_type="application/octet-stream")
+        headers = {"Vary": "Accept"}
+        if binary:
+            return Response(snapshot, media_type=BINARY_TYPE, headers=headers)
         return json_response({"id": canvas_id, "number": info.number, "created_at": iso(info.created_at),
-                              "size": info.size, **document_json(doc)})
+                              "size": info.size, **document_json(doc)}, headers=headers)
 
     @handler("restore")
     async def restore_version(self, request: Request) -> Response:
@@ -369,6 +479,8 @@ class HttpApi:
             job, created = await self._bounded(self.jobs.create(canvas_id, body))
         except InvalidJobRequest as exc:
             raise ApiError(422, "invalid", str(exc), errors=exc.errors) from None
+        except IdempotencyConflict as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
         return json_response({"job": job_json(job), "created": created}, 202,
                              {"Location": f"/api/generations/{job.id}"})
 
@@ -377,6 +489,8 @@ class HttpApi:
         canvas_id = request.path_params["canvas_id"]
         limit, cursor = page_args(request)
         jobs = await self._bounded(self.store.list_jobs(canvas_id, cursor, limit + 1))
+        if not jobs and cursor is None and await self.hub.read_document(canvas_id) is None:
+            raise ApiError(404, "not_found", f"canvas {canvas_id!r} does not exist")
         return page_response("generations", jobs, limit, job_json, lambda j: j.id)
 
     async def _job(self, request: Request, action: str) -> Any:

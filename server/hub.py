@@ -236,7 +236,8 @@ class Hub:
         room = await self.registry.acquire(canvas_id)
         try:
             # If-Match (even "*") never matches a canvas that does not exist yet (RFC 9110 13.1.1).
-            if if_match is not None and not (room.exists and etag_matches(if_match, room.etag)):
+            if if_match is not None and not (room.exists and (etag_matches(if_match, room.etag)
+                                                              or etag_matches(if_match, binary_etag(room.etag)))):
                 raise PreconditionFailed(room.etag)
             room.check_growth(size)
             try:
@@ -305,6 +306,11 @@ class PreconditionFailed(Exception):
     def __init__(self, current_etag: str) -> None:
         super().__init__(current_etag)
         self.current_etag = current_etag
+
+
+def binary_etag(etag: str) -> str:
+    """The strong ETag of a canvas's binary export, given its (JSON) content ETag."""
+    return etag[:-1] + '.bin"'
 
 
 def etag_matches(header: str, etag: str) -> bool:

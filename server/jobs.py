@@ -30,6 +30,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ from storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, Store
 
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
 from .logs import log
-from .schemas import GENERATION_REQUEST, MAX_PARAMS_BYTES, SchemaViolation, check
+from .schemas import GENERATION_REQUEST, MAX_PARAMS_BYTES, SchemaViolation, check, contains_nul
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -421,10 +422,17 @@ def generation_event(job: Job, extra: dict[str, Any] | None = None) -> dict[str,
 
 
 
+JOB_ID = re.compile(r"[0-9a-f]{1,64}")  # what ``new_job_id`` makes (and any shorter hex id)
+
+
 class InvalidJobRequest(ValueError):
     def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
+
+
+class IdempotencyConflict(ValueError):
+    """The idempotency key was used for a request with another generator, prompt or params."""
 
 
 class JobService:
@@ -463,16 +471,27 @@ class JobService:
         if generator not in self.generators:
             raise InvalidJobRequest(f"unknown generator {generator!r}; available: {sorted(self.generators)}",
                                     [{"path": "generator", "message": "unknown generator"}])
+        if contains_nul(body):
+            raise InvalidJobRequest("NUL characters are not accepted", [{"path": "", "message": "NUL character"}])
         params = body.get("params") or {}
         if len(orjson.dumps(params)) > MAX_PARAMS_BYTES:
             raise InvalidJobRequest(f"params must be at most {MAX_PARAMS_BYTES} bytes of JSON",
                                     [{"path": "params", "message": "too large"}])
+        params_schema = getattr(self.generators[generator], "params_schema", None)
+        if params_schema:
+            try:
+                check(params_schema, params, at="params")
+            except SchemaViolation as exc:
+                raise InvalidJobRequest(str(exc), exc.errors) from None
         return generator, body.get("prompt", ""), params, body.get("idempotency_key")
 
     async def create(self, canvas_id: str, body: Any) -> tuple[Job, bool]:
         generator, prompt, params, key = self.validate(body)
         job, created = await self.store.create_job(new_job_id(), canvas_id, generator, prompt, params, key,
                                                    self.max_attempts)
+        if not created and (job.generator, job.prompt, job.params) != (generator, prompt, params):
+            raise IdempotencyConflict(f"idempotency key {key!r} was used for a different request "
+                                      f"(generation {job.id})")
         if created:
             log(logging.INFO, "job_queued", job=job.id, canvas=canvas_id, generator=generator)
             self.watcher.observe(job)  # `queued` goes out now, before any worker can start it
@@ -513,6 +532,8 @@ async def answer_request(service: JobService | None, canvas_id: str, request: An
             job_id = request.get("job_id")
             if not isinstance(job_id, str):
                 return fail("invalid", "job_id must be a string")
+            if not JOB_ID.fullmatch(job_id):
+                return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
             job = await service.store.get_job(job_id)
             if job is None or job.canvas_id != canvas_id:  # checked before cancelling: a socket acts on its canvas only
                 return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
@@ -523,6 +544,8 @@ async def answer_request(service: JobService | None, canvas_id: str, request: An
             return {"type": "response", "request_id": request_id, "ok": True, "job": job_json(job)}
     except InvalidJobRequest as exc:
         return fail("invalid", str(exc))
+    except IdempotencyConflict as exc:
+        return fail("conflict", str(exc))
     except asyncio.TimeoutError:
         return fail("timeout", "storage did not answer in time")
     except Exception as exc:

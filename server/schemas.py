@@ -42,7 +42,16 @@ GENERATION_REQUEST = {
     "additionalProperties": False,
 }
 
-_validators = {id(schema): Draft202012Validator(schema) for schema in (ELEMENT_PATCH, GENERATION_REQUEST)}
+_validators: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    """Compiled once per schema object (schemas are module-level or generator constants)."""
+    found = _validators.get(id(schema))
+    if found is None or found[0] is not schema:
+        Draft202012Validator.check_schema(schema)
+        found = _validators[id(schema)] = (schema, Draft202012Validator(schema))
+    return found[1]
 
 
 class SchemaViolation(ValueError):
@@ -54,9 +63,29 @@ class SchemaViolation(ValueError):
         self.errors = errors
 
 
-def check(schema: dict[str, Any], value: Any) -> None:
-    """Raise ``SchemaViolation`` listing every way ``value`` breaks ``schema``."""
-    problems = sorted(_validators[id(schema)].iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
+def check(schema: dict[str, Any], value: Any, at: str = "") -> None:
+    """Raise ``SchemaViolation`` listing every way ``value`` breaks ``schema``; ``at``: the path of
+    ``value`` inside the request body (e.g. ``params``), prefixed to each problem's path."""
+    problems = sorted(_validator(schema).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
     if problems:
-        raise SchemaViolation([{"path": ".".join(str(p) for p in e.absolute_path), "message": e.message[:300]}
-                               for e in problems[:20]])
+        raise SchemaViolation([{"path": ".".join([at] * bool(at) + [str(p) for p in e.absolute_path]),
+                                "message": e.message[:300]} for e in problems[:20]])
+
+
+def contains_nul(value: Any) -> bool:
+    """A NUL character in any string or key of a JSON value (PostgreSQL text cannot store one).
+    Iterative: JSON may nest deeper than Python's recursion limit."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    return True
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False

@@ -81,8 +81,22 @@ ProgressFn = Callable[[float], None]
 @runtime_checkable
 class Generator(Protocol):
     name: str
+    # JSON Schema of the ``params`` object this generator accepts, checked when a job is requested (422),
+    # so bad params never become a failed job. ``generate`` still validates (jobs may predate a change).
+    params_schema: dict[str, Any]
 
     async def generate(self, request: GenerationRequest, progress: ProgressFn) -> GenerationOutput: ...
+
+
+def _size(description: str) -> dict[str, Any]:
+    return {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "description": description}
+
+
+# The params every generator understands: the pixel size of the element showing the image.
+SIZE_PARAMS: dict[str, Any] = {
+    "width": _size(f"element width in pixels (default {DEFAULT_SIZE})"),
+    "height": _size(f"element height in pixels (default {DEFAULT_SIZE})"),
+}
 
 
 def request_params(request: GenerationRequest) -> dict[str, Any]:

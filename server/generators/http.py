@@ -49,7 +49,7 @@ import httpx
 import orjson
 
 from ..logs import log
-from .base import (GenerationOutput, GenerationRequest, PermanentError, ProgressFn, RetryableError, int_param,
+from .base import (SIZE_PARAMS, GenerationOutput, GenerationRequest, PermanentError, ProgressFn, RetryableError, int_param,
                    output_size, request_params)
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -101,6 +101,12 @@ class HttpGenerator:
         if timeout <= 0 or poll_interval < 0 or max_wait <= 0 or max_bytes < 1:
             raise ValueError("timeout, max_wait and max_bytes must be positive, poll_interval >= 0")
         self.base_url = base_url.rstrip("/")
+        # Other params go to the service as they are; these two the server reads itself.
+        self.params_schema: dict[str, Any] = {"type": "object", "properties": {
+            **SIZE_PARAMS,
+            "max_bytes": {"type": "integer", "minimum": 1, "maximum": max_bytes,
+                          "description": "largest image accepted from the service (may only lower the default)"},
+        }}
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.max_wait = max_wait

@@ -28,8 +28,8 @@ import re
 from typing import Any
 from xml.sax.saxutils import escape
 
-from .base import (GenerationOutput, GenerationRequest, PermanentError, ProgressFn, number_param, output_size,
-                   request_params)
+from .base import (SIZE_PARAMS, GenerationOutput, GenerationRequest, PermanentError, ProgressFn, number_param,
+                   output_size, request_params)
 
 MAX_DURATION = 600.0
 MAX_TITLE_CHARS = 200
@@ -156,6 +156,18 @@ class PatternGenerator:
     """Renders a prompt-seeded SVG pattern in ``steps`` steps of ``step_delay`` seconds."""
 
     name = "pattern"
+    params_schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            **SIZE_PARAMS,
+            "palette": {"oneOf": [
+                {"enum": sorted(PALETTES)},
+                {"type": "array", "minItems": 1, "maxItems": 16, "items": {"type": "string", "pattern": f"^{_COLOUR.pattern}$"}},
+            ], "description": "a palette name or a list of #rgb/#rrggbb colours"},
+            "duration": {"type": "number", "minimum": 0, "maximum": MAX_DURATION,
+                         "description": "total seconds the generation takes"},
+        },
+    }
 
     def __init__(self, step_delay: float = 0.25, steps: int = 8) -> None:
         if steps < 1 or not step_delay >= 0:
