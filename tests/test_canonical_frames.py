@@ -18,10 +18,10 @@ import pytest
 import websockets
 from pycrdt import Doc, Map
 
-from crdt import codec
-from crdt.awareness import AwarenessEntry, encode_awareness_payload, parse_awareness
-from crdt.errors import MalformedFrame, ProtocolError
-from server.auth import mint_token
+from canvashub.crdt import codec
+from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload, parse_awareness
+from canvashub.crdt.errors import MalformedFrame, ProtocolError
+from canvashub.server.auth import mint_token
 
 from .frames import more_valid_frames, mutate, valid_frames
 from .wire import WireClient
