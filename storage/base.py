@@ -1,4 +1,11 @@
-"""Durable storage contract: data shapes and the async ``Store`` protocol every backend implements."""
+"""Durable storage contracts: data shapes and three async protocols, one per concern.
+
+``CanvasStore`` (update log and versioned snapshots), ``JobStore`` (durable background jobs
+with leases) and ``AssetStore`` (content-addressed binary outputs) each have their own
+contract suite in ``tests/``. One backend class may implement all three: ``Store`` names
+that union, which both ``SQLiteStore`` and ``PostgresStore`` are. Server parts ask for the
+narrowest protocol they use.
+"""
 
 from __future__ import annotations
 
@@ -129,14 +136,22 @@ def lease_expired_message(job: Job) -> str:
 
 
 @runtime_checkable
-class Store(Protocol):
-    """Async durable store for canvases: append-only update log + versioned snapshots."""
+class StoreLifecycle(Protocol):
+    """Opening, closing and health: shared by every storage protocol."""
 
     async def open(self) -> None:
         """Connect and apply pending migrations (recorded in ``schema_migrations``)."""
 
     async def close(self) -> None:
         """Release connections/threads."""
+
+    async def health(self) -> bool:
+        """True if the backend answers a trivial query."""
+
+
+@runtime_checkable
+class CanvasStore(StoreLifecycle, Protocol):
+    """Canvases: an append-only update log plus versioned snapshots (compare-and-swap on the version)."""
 
     async def append_updates(self, batch: list[tuple[str, bytes]]) -> list[int]:
         """Append (canvas_id, update) rows in one transaction; return assigned seqs in order."""
@@ -171,12 +186,13 @@ class Store(Protocol):
     async def delete_canvas(self, canvas_id: str) -> bool:
         """Remove canvas, log, versions and the canvas's jobs; True if the canvas existed."""
 
-    async def health(self) -> bool:
-        """True if the backend answers a trivial query."""
 
-    # -- jobs ---------------------------------------------------------------
-    # Every ``now`` defaults to the host's ``time.time()``; all job times are that clock's epoch
-    # seconds (never the database's clock), so callers that pass ``now`` control time completely.
+@runtime_checkable
+class JobStore(StoreLifecycle, Protocol):
+    """Durable background jobs ("generations"): queue, leases, retries, results applied once.
+
+    Every ``now`` defaults to the host's ``time.time()``; all job times are that clock's epoch
+    seconds (never the database's clock), so callers that pass ``now`` control time completely."""
 
     async def create_job(
         self,
@@ -285,10 +301,18 @@ class Store(Protocol):
         """Succeeded jobs whose result is not applied yet (claimed or not), oldest first (id ascending).
         Read-only; whoever applies results must take them with ``claim_results``."""
 
-    # -- assets -------------------------------------------------------------
+
+@runtime_checkable
+class AssetStore(StoreLifecycle, Protocol):
+    """Content-addressed binary outputs (e.g. generated images)."""
 
     async def put_asset(self, asset_id: str, content_type: str, data: bytes, now: float | None = None) -> None:
         """Store an asset; storing an existing id again is a no-op (the first content wins)."""
 
     async def get_asset(self, asset_id: str) -> Asset | None:
         """One asset, or None."""
+
+
+@runtime_checkable
+class Store(CanvasStore, JobStore, AssetStore, Protocol):
+    """All three: what the embedded SQLite backend and the Postgres backend each implement."""

@@ -19,7 +19,7 @@ import websockets
 from pycrdt import Doc, Map
 
 from canvashub.crdt import codec
-from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload, parse_awareness
+from canvashub.crdt.awareness import parse_awareness
 from canvashub.crdt.errors import MalformedFrame, ProtocolError
 from canvashub.server.auth import mint_token
 

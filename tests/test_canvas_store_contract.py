@@ -1,90 +1,19 @@
-"""Contract tests for the durable stores (SQLite and PostgreSQL), plus compaction races."""
+"""The ``CanvasStore`` contract, on SQLite and PostgreSQL: update log, snapshots and versions,
+migrations, and compaction races."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import sqlite3
 import uuid
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import pycrdt
-import pytest
 
 from canvashub.storage import migrations
-from canvashub.storage.base import CanvasInfo, LoadedCanvas, Store, VersionInfo
-from canvashub.storage.postgres import PostgresStore
-from canvashub.storage.sqlite import SQLiteStore
+from canvashub.storage.base import CanvasInfo, CanvasStore, LoadedCanvas, Store, VersionInfo
 from canvashub.server.compaction import CompactionConflict, CompactionResult, compact_canvas
 
-from .support import PG_DSN, postgres_schema
-
-WAIT = 30.0  # generous upper bound for any awaited storage operation
-
-
-@dataclasses.dataclass
-class Backend:
-    """One isolated namespace (SQLite file or Postgres schema) and how to open stores on it."""
-
-    kind: str
-    make: Callable[[], Store]
-    migration_rows: Callable[[], Any]  # async -> list[(version, applied_at)]
-    opened: list[Store] = dataclasses.field(default_factory=list)
-
-    async def open_store(self) -> Store:
-        store = self.make()
-        await asyncio.wait_for(store.open(), WAIT)
-        self.opened.append(store)
-        return store
-
-
-async def _sqlite_backend(tmp_path) -> AsyncIterator[Backend]:
-    path = tmp_path / "store.db"
-
-    async def rows():
-        conn = sqlite3.connect(path)
-        try:
-            return conn.execute("SELECT version, applied_at FROM schema_migrations ORDER BY version").fetchall()
-        finally:
-            conn.close()
-
-    yield Backend("sqlite", lambda: SQLiteStore(str(path)), rows)
-
-
-async def _postgres_backend() -> AsyncIterator[Backend]:
-    async with postgres_schema() as (admin, schema):
-
-        async def rows():
-            return [
-                (r["version"], r["applied_at"])
-                for r in await admin.fetch(f'SELECT version, applied_at FROM "{schema}".schema_migrations ORDER BY version')
-            ]
-
-        yield Backend(
-            "postgres",
-            lambda: PostgresStore(PG_DSN, pool_size=10, acquire_timeout=5.0, server_settings={"search_path": schema}),
-            rows,
-        )
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def backend(request, tmp_path) -> AsyncIterator[Backend]:
-    """An isolated namespace for the parametrized backend; every store opened on it is closed at teardown."""
-    gen = _sqlite_backend(tmp_path) if request.param == "sqlite" else _postgres_backend()
-    be = await gen.__anext__()
-    try:
-        yield be
-    finally:
-        for store in be.opened:
-            await asyncio.wait_for(store.close(), WAIT)
-        await gen.aclose()
-
-
-@pytest.fixture
-async def store(backend) -> Store:
-    """An opened store on a fresh namespace."""
-    return await backend.open_store()
-
+from .store_backends import WAIT, Backend, backend, store  # noqa: F401 (fixtures: every test runs on both backends)
 
 def _uid() -> str:
     return "c-" + uuid.uuid4().hex[:8]
@@ -93,9 +22,9 @@ def _uid() -> str:
 # --------------------------------------------------------------------------- contract
 
 
-async def test_is_a_store(store):
-    """Both backends satisfy the Store protocol and report healthy when open."""
-    assert isinstance(store, Store)
+async def test_is_a_canvas_store(store):
+    """Both backends satisfy the CanvasStore protocol (and the union, Store) and report healthy when open."""
+    assert isinstance(store, CanvasStore) and isinstance(store, Store)
     assert await store.health() is True
 
 

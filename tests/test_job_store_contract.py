@@ -1,4 +1,4 @@
-"""Contract tests for durable background jobs ("generations") and assets, on SQLite and on PostgreSQL.
+"""The ``JobStore`` contract (durable background jobs, "generations"), on SQLite and on PostgreSQL.
 
 Time is simulated: every call passes an explicit ``now`` (epoch seconds), so nothing sleeps.
 """
@@ -11,9 +11,9 @@ import dataclasses
 import pytest
 
 from canvashub.storage import migrations
-from canvashub.storage.base import JOB_STATUSES, Asset, Job
+from canvashub.storage.base import JOB_STATUSES, Job, JobStore
 
-from .test_storage_contract import WAIT, backend, store  # noqa: F401  (fixtures: every test runs on both backends)
+from .store_backends import WAIT, backend, store  # noqa: F401 (fixtures: every test runs on both backends)
 
 T = 1_700_000_000.0  # a fixed "now"
 LEASE = 30.0
@@ -28,6 +28,11 @@ async def _create(store, job_id: str, canvas: str = "canvas-a", *, key: str | No
 
 
 # --------------------------------------------------------------------------- create / get / list
+
+
+async def test_is_a_job_store(store):
+    """Both backends satisfy the JobStore protocol."""
+    assert isinstance(store, JobStore)
 
 
 async def test_create_and_get_round_trip(store):
@@ -540,30 +545,6 @@ async def test_jobs_changed_since_is_strictly_after_the_cursor(store):
     assert [(j.id, j.progress) for j in await store.jobs_changed_since(T + 4, 100)] == [("0001", 0.5)]
     await store.finish_job("0001", "w1", "succeeded", result={}, now=T + 6)
     assert [j.status for j in await store.jobs_changed_since(T + 5, 100)] == ["succeeded"]
-
-
-# --------------------------------------------------------------------------- assets
-
-
-async def test_assets_put_get_and_idempotent_put(store):
-    """put_asset stores bytes exactly; the same id again is a no-op (first content wins); unknown → None."""
-    data = bytes(range(256)) * 4096  # 1 MiB with NULs and every byte value
-    await store.put_asset("a1", "image/png", data, now=T)
-    asset = await store.get_asset("a1")
-    assert asset == Asset("a1", "image/png", data, T)
-    assert isinstance(asset.data, bytes) and isinstance(asset.created_at, float)
-    await store.put_asset("a1", "image/jpeg", b"other", now=T + 1)
-    assert await store.get_asset("a1") == asset
-    await store.put_asset("a2", "image/svg+xml", memoryview(b"<svg/>"), now=T + 2)
-    assert await store.get_asset("a2") == Asset("a2", "image/svg+xml", b"<svg/>", T + 2)
-    assert await store.get_asset("missing") is None
-
-
-async def test_concurrent_puts_of_one_asset(store):
-    """Concurrent puts of the same id neither fail nor duplicate."""
-    puts = [store.put_asset("same", "image/png", b"x" * 10, now=T) for _ in range(10)]
-    await asyncio.wait_for(asyncio.gather(*puts), WAIT)
-    assert (await store.get_asset("same")).data == b"x" * 10
 
 
 # --------------------------------------------------------------------------- canvas deletion, persistence
