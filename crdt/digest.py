@@ -30,6 +30,8 @@ client's updates in order, or was loaded from a ``get_update()``, has no gaps.
 
 from __future__ import annotations
 
+from typing import Any
+
 import hashlib
 
 from pycrdt import Doc
@@ -79,7 +81,7 @@ def _read_delete_set(reader: Reader) -> dict[int, list[tuple[int, int]]]:
     return normalised
 
 
-def decode_delete_set(doc: Doc) -> dict[int, list[tuple[int, int]]]:
+def decode_delete_set(doc: Doc[Any]) -> dict[int, list[tuple[int, int]]]:
     """The document's delete set as ``{client: [(clock, len), ...]}``, normalised.
 
     Read from ``doc.get_update(doc.get_state())``; raises ``ValueError`` if that
@@ -100,7 +102,7 @@ def decode_delete_set(doc: Doc) -> dict[int, list[tuple[int, int]]]:
     return delete_set
 
 
-def content_etag(doc: Doc) -> str:
+def content_etag(doc: Doc[Any]) -> str:
     """A strong ETag (quotes included) for the CRDT content of ``doc``.
 
     Equal for two documents with the same integrated structs and deletes however

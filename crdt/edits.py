@@ -47,8 +47,9 @@ _ELEMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MISSING = object()
 
 
-def _elements(doc: Doc) -> Map:
-    return doc.get(ELEMENTS_ROOT, type=Map)
+def _elements(doc: Doc[Any]) -> Map[Any]:
+    elements: Map[Any] = doc.get(ELEMENTS_ROOT, type=Map)
+    return elements
 
 
 def check_element_id(element_id: object) -> None:
@@ -101,7 +102,7 @@ def check_fields(fields: object) -> None:
             _check_json_value(value)
 
 
-def patch_element(doc: Doc, element_id: str, fields: dict) -> None:
+def patch_element(doc: Doc[Any], element_id: str, fields: dict[str, Any]) -> None:
     """Set (or, for a ``None`` value, delete) fields of one element, in one transaction.
 
     The element is created as an empty ``Y.Map`` if absent, so an empty
@@ -114,11 +115,13 @@ def patch_element(doc: Doc, element_id: str, fields: dict) -> None:
     check_element_id(element_id)
     check_fields(fields)
     elements = _elements(doc)
-    existing = elements[element_id] if element_id in elements else _MISSING
-    if existing is not _MISSING and not isinstance(existing, Map):
+    found: object = elements[element_id] if element_id in elements else _MISSING
+    if found is not _MISSING and not isinstance(found, Map):
         raise InvalidPayload(f"element {element_id!r} is not a map")
     with doc.transaction():
-        if existing is _MISSING:
+        if isinstance(found, Map):
+            existing: Map[Any] = found
+        else:
             elements[element_id] = Map()
             existing = elements[element_id]
         for key, value in fields.items():
@@ -161,12 +164,12 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _fill(element: Map, fields: Map) -> None:
+def _fill(element: Map[Any], fields: Map[Any]) -> None:
     for key in fields.keys():
         element[key] = _to_value(fields[key])
 
 
-def restore_to(doc: Doc, target: Doc) -> None:
+def restore_to(doc: Doc[Any], target: Doc[Any]) -> None:
     """Make ``doc``'s ``elements`` equal to ``target``'s (as ``to_py()`` sees them).
 
     Issues the minimal edits in one transaction on ``doc`` (none, and no update,

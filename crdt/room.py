@@ -10,9 +10,9 @@ broadcast set in the same step that answers its handshake (no gap).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, TypeVar
 
-from pycrdt import Doc, merge_updates
+from pycrdt import Doc, Subscription, merge_updates
 
 from . import codec
 from .awareness import AwarenessRegistry, encode_awareness_payload, parse_awareness, with_identity
@@ -42,9 +42,10 @@ class PartiallyApplied(InvalidPayload):
         super().__init__(reason)
         self.effects = effects
 MAX_REMOTE_AWARENESS_IDS = 100_000  # per other process
+T = TypeVar("T")
 
 
-def _yrs_call(what: str, fn, arg: bytes):
+def _yrs_call(what: str, fn: Callable[[bytes], T], arg: bytes) -> T:
     """Call into yrs with untrusted bytes; any failure becomes ``InvalidPayload``.
 
     yrs can panic on some mutated updates; pyo3's ``PanicException`` derives
@@ -60,7 +61,7 @@ def _yrs_call(what: str, fn, arg: bytes):
         raise InvalidPayload(f"{what} rejected by yrs: {type(exc).__name__}") from None
 
 
-def apply_update_safely(doc: Doc, update: bytes) -> None:
+def apply_update_safely(doc: Doc[Any], update: bytes) -> None:
     """Check an untrusted update's header, then apply it."""
     check_update(update)
     _yrs_call("update", doc.apply_update, update)
@@ -71,14 +72,14 @@ class RoomDocument:
 
     def __init__(
         self,
-        doc: Doc | None = None,
+        doc: Doc[Any] | None = None,
         *,
         max_awareness_state_bytes: int = 8192,
         max_awareness_ids_per_peer: int = 8,
     ) -> None:
         self._captured: list[bytes] = []  # updates yrs integrated in the current call (see ``doc``)
-        self._doc: Doc | None = None
-        self._subscription = None
+        self._doc: Doc[Any] | None = None
+        self._subscription: Subscription | None = None
         self.doc = doc if doc is not None else Doc()
         self.awareness = AwarenessRegistry(max_awareness_ids_per_peer)
         self.max_awareness_state_bytes = max_awareness_state_bytes
@@ -86,11 +87,11 @@ class RoomDocument:
         self.remote_seen: dict[int, float] = {}  # client id -> when another process last relayed its state
 
     @property
-    def doc(self) -> Doc:
+    def doc(self) -> Doc[Any]:
         return self._doc  # type: ignore[return-value]
 
     @doc.setter
-    def doc(self, doc: Doc) -> None:
+    def doc(self, doc: Doc[Any]) -> None:
         """Observe every transaction: what is relayed and stored is what yrs integrated, re-encoded by
         yrs, never the client's raw bytes. A malformed update can raise after integrating part of
         itself (yrs has no rollback); that part is then relayed and stored too, so the stored log
@@ -206,7 +207,7 @@ class RoomDocument:
         """Apply an untrusted update that did not come over a socket (HTTP import, a job, a peer node)."""
         return self._integrate(update)
 
-    def transact(self, edit: Callable[[Doc], None]) -> Effects:
+    def transact(self, edit: Callable[[Doc[Any]], None]) -> Effects:
         """Run ``edit(doc)`` in one transaction and return the update it made (if any) for relaying and storage.
 
         The update is captured by the document's observer; ``edit`` must not await

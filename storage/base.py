@@ -56,14 +56,14 @@ class Job:
     canvas_id: str
     generator: str
     prompt: str
-    params: dict  # JSON object
+    params: dict[str, Any]  # JSON object
     status: str  # one of JOB_STATUSES
     progress: float  # 0..1
     attempts: int  # times claimed
     max_attempts: int
     error_type: str | None
     error_message: str | None
-    result: dict | None  # JSON object, set on success
+    result: dict[str, Any] | None  # JSON object, set on success
     idempotency_key: str | None
     cancel_requested: bool
     created_at: float
@@ -200,7 +200,7 @@ class JobStore(StoreLifecycle, Protocol):
         canvas_id: str,
         generator: str,
         prompt: str,
-        params: dict,
+        params: dict[str, Any],
         idempotency_key: str | None,
         max_attempts: int,
         now: float | None = None,
@@ -254,7 +254,7 @@ class JobStore(StoreLifecycle, Protocol):
         job_id: str,
         worker_id: str,
         status: str,
-        result: dict | None = None,
+        result: dict[str, Any] | None = None,
         error_type: str | None = None,
         error_message: str | None = None,
         now: float | None = None,

@@ -23,7 +23,7 @@ class PostgresStore:
         self._connect_kwargs = connect_kwargs
         self._pool: asyncpg.Pool | None = None
 
-    def _acquire(self):
+    def _acquire(self) -> Any:  # asyncpg's PoolAcquireContext (asyncpg ships no type information)
         if self._pool is None:
             raise RuntimeError("PostgresStore is not open")
         return self._pool.acquire(timeout=self.acquire_timeout)
@@ -101,7 +101,7 @@ class PostgresStore:
         snapshot = bytes(snapshot)
         async with self._acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", canvas_id)
-            new_version = await conn.fetchval(
+            new_version: int | None = await conn.fetchval(
                 "UPDATE canvases SET snapshot = $1, version = version + 1, updated_at = now() "
                 "WHERE id = $2 AND version = $3 RETURNING version",
                 snapshot,
@@ -140,9 +140,10 @@ class PostgresStore:
 
     async def get_version(self, canvas_id: str, number: int) -> bytes | None:
         async with self._acquire() as conn:
-            return await conn.fetchval(
+            snapshot: bytes | None = await conn.fetchval(
                 "SELECT snapshot FROM canvas_versions WHERE canvas_id = $1 AND number = $2", canvas_id, number
             )
+        return snapshot
 
     async def list_canvases(self, after: str | None, limit: int) -> list[CanvasInfo]:
         async with self._acquire() as conn:
@@ -159,20 +160,24 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", canvas_id)
             # canvas_updates / canvas_versions go by ON DELETE CASCADE; jobs have no FK to canvases.
             await conn.execute("DELETE FROM jobs WHERE canvas_id = $1", canvas_id)
-            return await conn.fetchval("DELETE FROM canvases WHERE id = $1 RETURNING true", canvas_id) is not None
+            deleted = await conn.fetchval("DELETE FROM canvases WHERE id = $1 RETURNING true", canvas_id)
+        return deleted is not None
 
     async def health(self) -> bool:
         try:
             async with self._acquire() as conn:
-                return await conn.fetchval("SELECT 1") == 1
+                answer = await conn.fetchval("SELECT 1")
+            return bool(answer == 1)
         except Exception:
             return False
 
     # -- jobs -------------------------------------------------------------
+    @classmethod
+    def _job_or_none(cls, row: asyncpg.Record | None) -> Job | None:
+        return None if row is None else cls._job(row)
+
     @staticmethod
-    def _job(row: asyncpg.Record | None) -> Job | None:
-        if row is None:
-            return None
+    def _job(row: asyncpg.Record) -> Job:
         d = {name: row[name] for name in JOB_COLUMNS}
         d["params"] = json.loads(d["params"])
         d["result"] = None if d["result"] is None else json.loads(d["result"])
@@ -184,7 +189,7 @@ class PostgresStore:
         canvas_id: str,
         generator: str,
         prompt: str,
-        params: dict,
+        params: dict[str, Any],
         idempotency_key: str | None,
         max_attempts: int,
         now: float | None = None,
@@ -215,7 +220,7 @@ class PostgresStore:
 
     async def get_job(self, job_id: str) -> Job | None:
         async with self._acquire() as conn:
-            return self._job(await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id))
+            return self._job_or_none(await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id))
 
     async def _jobs(self, where: str, *args: Any) -> list[Job]:
         async with self._acquire() as conn:
@@ -239,7 +244,7 @@ class PostgresStore:
             while True:
                 # Each candidate query locks at most one row and skips rows other claimers hold; a row
                 # that changed since our snapshot is re-checked against the WHERE clause when locked.
-                expired = self._job(
+                expired = self._job_or_none(
                     await conn.fetchrow(
                         f"SELECT {_COLUMNS} FROM jobs WHERE status = 'running' AND lease_expires < $1 "
                         f"ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -260,7 +265,7 @@ class PostgresStore:
                         LEASE_EXPIRED, lease_expired_message(expired), now, expired.id,
                     )
                     continue
-                queued = self._job(
+                queued = self._job_or_none(
                     await conn.fetchrow(
                         f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' AND run_after <= $1 "
                         f"AND NOT cancel_requested ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -272,7 +277,7 @@ class PostgresStore:
                     return None
                 # The candidate not taken stays locked only until this transaction commits.
                 pick = min(candidates, key=lambda j: (j.run_after, j.id))
-                return self._job(
+                return self._job_or_none(
                     await conn.fetchrow(
                         f"UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires = $2, "
                         f"attempts = attempts + 1, progress = 0, started_at = COALESCE(started_at, $3), "
@@ -283,7 +288,7 @@ class PostgresStore:
 
     async def _update_job(self, sql: str, *args: Any) -> Job | None:
         async with self._acquire() as conn:
-            return self._job(await conn.fetchrow(f"{sql} RETURNING {_COLUMNS}", *args))
+            return self._job_or_none(await conn.fetchrow(f"{sql} RETURNING {_COLUMNS}", *args))
 
     async def heartbeat(
         self,
@@ -305,7 +310,7 @@ class PostgresStore:
         job_id: str,
         worker_id: str,
         status: str,
-        result: dict | None = None,
+        result: dict[str, Any] | None = None,
         error_type: str | None = None,
         error_message: str | None = None,
         now: float | None = None,
@@ -352,7 +357,7 @@ class PostgresStore:
             )
             if row is None:
                 row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
-        return self._job(row)
+        return self._job_or_none(row)
 
     async def claim_results(self, claimer: str, limit: int, lease_seconds: float,
                             now: float | None = None) -> list[Job]:

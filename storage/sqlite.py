@@ -7,7 +7,7 @@ import concurrent.futures
 import json
 import sqlite3
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from . import migrations
 from .base import (JOB_COLUMNS, LEASE_EXPIRED, Asset, CanvasInfo, Job, LoadedCanvas, VersionInfo, check_final_status,
@@ -108,6 +108,7 @@ class SQLiteStore:
             seqs = []
             for cid, data in rows:
                 cur = conn.execute("INSERT INTO canvas_updates (canvas_id, data) VALUES (?, ?)", (cid, data))
+                assert cur.lastrowid is not None  # an INSERT into a rowid table always sets it
                 seqs.append(cur.lastrowid)
             return seqs
 
@@ -214,7 +215,7 @@ class SQLiteStore:
 
     # -- jobs -------------------------------------------------------------
     @staticmethod
-    def _job(row: tuple) -> Job:
+    def _job(row: tuple[Any, ...]) -> Job:
         d = dict(zip(JOB_COLUMNS, row))
         d["params"] = json.loads(d["params"])
         d["result"] = None if d["result"] is None else json.loads(d["result"])
@@ -222,12 +223,18 @@ class SQLiteStore:
         d["result_applied"] = bool(d["result_applied"])
         return Job(**d)
 
-    def _jobs(self, conn: sqlite3.Connection, where: str, args: tuple) -> list[Job]:
+    def _jobs(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[Job]:
         return [self._job(r) for r in conn.execute(_SELECT_JOB + where, args).fetchall()]
 
     def _get_job(self, conn: sqlite3.Connection, job_id: str) -> Job | None:
         row = conn.execute(_SELECT_JOB + "WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else self._job(row)
+
+    def _must_get_job(self, conn: sqlite3.Connection, job_id: str) -> Job:
+        """A job this transaction has just written."""
+        job = self._get_job(conn, job_id)
+        assert job is not None
+        return job
 
     async def create_job(
         self,
@@ -235,7 +242,7 @@ class SQLiteStore:
         canvas_id: str,
         generator: str,
         prompt: str,
-        params: dict,
+        params: dict[str, Any],
         idempotency_key: str | None,
         max_attempts: int,
         now: float | None = None,
@@ -251,7 +258,7 @@ class SQLiteStore:
                 (job_id, canvas_id, generator, prompt, params_text, max_attempts, idempotency_key, now, now, now),
             )
             if cur.rowcount == 1:
-                return self._get_job(conn, job_id), True
+                return self._must_get_job(conn, job_id), True
             row = conn.execute(
                 _SELECT_JOB + "WHERE canvas_id = ? AND idempotency_key = ?", (canvas_id, idempotency_key)
             ).fetchone()
@@ -326,7 +333,7 @@ class SQLiteStore:
 
         return await self._run(lambda conn: self._tx(conn, body))
 
-    async def _update_job(self, job_id: str, sql: str, args: tuple) -> Job | None:
+    async def _update_job(self, job_id: str, sql: str, args: tuple[Any, ...]) -> Job | None:
         """Run one UPDATE (its last parameter is the job id); return the job if a row changed."""
 
         def body(conn: sqlite3.Connection) -> Job | None:
@@ -357,7 +364,7 @@ class SQLiteStore:
         job_id: str,
         worker_id: str,
         status: str,
-        result: dict | None = None,
+        result: dict[str, Any] | None = None,
         error_type: str | None = None,
         error_message: str | None = None,
         now: float | None = None,
