@@ -11,9 +11,9 @@ from typing import Any
 
 from pycrdt import Doc
 
-from crdt.update import decode_state_vector
-from server.compaction import replay
-from server.pubsub import MemoryBroker, MemoryPubSub
+from canvashub.crdt.update import decode_state_vector
+from canvashub.server.compaction import replay
+from canvashub.server.pubsub import MemoryBroker, MemoryPubSub
 
 from .support import wait_until
 from .test_durability import OUTAGE_SETTINGS, pg_proxy  # noqa: F401 - pg_proxy is a fixture
