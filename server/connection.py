@@ -143,6 +143,12 @@ class Connection:
             **extra,
         }
 
+    def storage_event(self, status: str, clock: dict[int, int], backlog: int, error: str | None) -> None:
+        """The canvas's storage state (``scope: canvas``): sent on joining and, until ``saved``, on changes."""
+        extra: dict[str, Any] = {"error": error} if error is not None else {}
+        self.send_event(self._save_event(status, scope="canvas", clock={str(k): v for k, v in clock.items()},
+                                         backlog=backlog, **extra))
+
     def save_succeeded(self, number: int, seq: int) -> None:
         self.changes_durable = number
         if self.events:
@@ -306,6 +312,7 @@ class WebSocketEndpoint:
                 conn.send_event(principal.describe())
                 for event in hub.snapshot_events(canvas_id):
                     conn.send_event(event)
+                room.report_storage(conn)  # what is durable: sync step 1's state vector does not say
             if principal.expires_at is not None:
                 conn.expiry = loop.call_later(max(0.0, principal.expires_at - time.time()), conn.expire)
             conn.writer = loop.create_task(conn.run_writer())

@@ -62,6 +62,7 @@ class Hub:
         self.pubsub = pubsub if pubsub is not None else MemoryPubSub()
         self.cluster = Cluster(self, self.pubsub)
         self.persister.on_committed = self.cluster.committed
+        self.persister.on_durable = self._stored
         self._background: set[asyncio.Task[None]] = set()
         self.shutting_down = False
         self._keepalive: asyncio.Task[None] | None = None
@@ -201,6 +202,11 @@ class Hub:
             self.jobs.watcher.forget(room.canvas_id)
         if self.compactor.logged_since.get(room.canvas_id):
             self.compactor.schedule(room.canvas_id)  # loads faster next time
+
+    def _stored(self, canvas_id: str, durable: bytes | None) -> None:
+        room = self.registry.rooms.get(canvas_id)
+        if room is not None:
+            room.storage_advanced(durable)
 
     def _compacted(self, canvas_id: str, version: int) -> None:
         room = self.registry.rooms.get(canvas_id)

@@ -47,6 +47,10 @@ class Pending:
     clocks: dict[int, int] | None  # state-vector entries this update advanced (opted-in writers only)
     published: int = 0  # this process's pub/sub sequence number of the update (0: not published)
     needed: Callable[[], bool] | None = None  # asked once at commit: False skips the row (see server/cluster.py)
+    # The room document's state vector right after this update applied: once it commits, with every
+    # earlier update of its canvas (commits follow submission order), that much is in storage.
+    # At most one queued item per canvas keeps one (see ``submit``); None advances nothing.
+    state: bytes | None = None
 
 
 class CanvasDeleted(Exception):
@@ -85,6 +89,10 @@ class Persister:
         # Told (canvas, highest published sequence number now durable) after each commit: the
         # cluster tells the other processes, which then need not store those updates themselves.
         self.on_committed: Callable[[str, int], None] | None = None
+        # Told (canvas, state vector now in storage, or None if this batch recorded none) after each
+        # commit that held updates of the canvas: the rooms' durable state (``save`` events' ``clock``).
+        self.on_durable: Callable[[str, bytes | None], None] | None = None
+        self._state_holder: dict[str, Pending] = {}  # per canvas: the queued item holding a state
 
     # -- producer side (synchronous: called from room code) -------------------------------
     @property
@@ -97,13 +105,22 @@ class Persister:
 
     def submit(self, canvas_id: str, update: bytes, writer: "Connection | None" = None,
                want_result: bool = False, clocks: dict[int, int] | None = None, *, published: int = 0,
-               needed: Callable[[], bool] | None = None) -> asyncio.Future[int] | None:
+               needed: Callable[[], bool] | None = None, state: bytes | None = None) -> asyncio.Future[int] | None:
         number = 0
         if writer is not None:
             writer.changes_submitted += 1
             number = writer.changes_submitted
         done = asyncio.get_running_loop().create_future() if want_result else None
-        self._queue.append(Pending(canvas_id, update, writer, number, done, clocks, published, needed))
+        item = Pending(canvas_id, update, writer, number, done, clocks, published, needed, state)
+        self._queue.append(item)
+        if state is not None:
+            # Only the newest queued state of a canvas can matter once its batch commits: drop the older
+            # one, so queued states cost O(canvases), not O(backlog). If a batch ends between the two,
+            # that batch advances nothing (the next one does): understated, never overstated.
+            previous = self._state_holder.get(canvas_id)
+            if previous is not None:
+                previous.state = None
+            self._state_holder[canvas_id] = item
         self.backlog_bytes += len(update)
         self._pending_per_canvas[canvas_id] = self._pending_per_canvas.get(canvas_id, 0) + 1
         self._idle.clear()
@@ -115,6 +132,10 @@ class Persister:
 
     def is_durable(self, canvas_id: str) -> bool:
         return canvas_id not in self._pending_per_canvas
+
+    def pending_updates(self, canvas_id: str) -> int:
+        """Updates of ``canvas_id`` queued or being written (not yet committed)."""
+        return self._pending_per_canvas.get(canvas_id, 0)
 
     async def wait_durable(self, canvas_id: str) -> None:
         """Return once every update of ``canvas_id`` submitted so far is committed (no timeout)."""
@@ -140,6 +161,7 @@ class Persister:
             else:
                 kept.append(item)
         self._queue = kept
+        self._state_holder.pop(canvas_id, None)
         self._release_waiters()
         return dropped
 
@@ -202,6 +224,8 @@ class Persister:
             size = 0
             while self._queue and len(batch) < self.max_updates and (not batch or size < self.max_batch_bytes):
                 item = self._queue.popleft()
+                if self._state_holder.get(item.canvas_id) is item:
+                    del self._state_holder[item.canvas_id]  # in flight now: keeps its state
                 size += len(item.update)
                 batch.append(item)
             if not batch:
@@ -262,8 +286,11 @@ class Persister:
         writers: dict["Connection", tuple[int, int]] = {}
         per_canvas: dict[str, int] = {}
         published: dict[str, int] = {}
+        durable: dict[str, bytes | None] = {}
         for item, seq in zip(batch, seqs):
             self._settle_one(item)
+            if item.state is not None or item.canvas_id not in durable:
+                durable[item.canvas_id] = item.state
             if seq:
                 per_canvas[item.canvas_id] = per_canvas.get(item.canvas_id, 0) + 1
             if item.published:
@@ -280,6 +307,9 @@ class Persister:
         if self.on_committed is not None:
             for canvas_id, number in published.items():
                 self.on_committed(canvas_id, number)
+        if self.on_durable is not None:
+            for canvas_id, state in durable.items():
+                self.on_durable(canvas_id, state)
         self._release_waiters()
         if self.compactor is not None:
             for canvas_id, count in per_canvas.items():

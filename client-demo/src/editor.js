@@ -22,7 +22,7 @@ import { createSelection } from './selection.js'
 import { createCamera } from './camera.js'
 import { CREATE_TOOLS, createBoard } from './board.js'
 import { createPresence } from './presence.js'
-import { attachEvents, onServerStateVector } from './events.js'
+import { attachEvents } from './events.js'
 import { createSaveStatus } from './savestatus.js'
 import { createConnection } from './connection.js'
 import { createGenerations } from './generations.js'
@@ -89,7 +89,6 @@ const start = async () => {
     ydoc, provider, events, el: $('save-status'), textEl: $('save-text'),
     isOffline: connection.isOffline, isBlocked: () => connection.blocked
   })
-  onServerStateVector(provider, saveStatus.onServerStateVector, Y.decodeStateVector)
   connection.onChange(() => saveStatus.render())
 
   // ---- canvas -----------------------------------------------------------------

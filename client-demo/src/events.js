@@ -33,20 +33,3 @@ export const attachEvents = (provider) => {
     emit
   }
 }
-
-/**
- * Call `fn(stateVector)` with the server's state vector whenever it sends its
- * sync step 1 (first thing on every connect): what the server already holds.
- * @param {import('y-websocket').WebsocketProvider} provider
- * @param {(sv: Map<number, number>) => void} fn
- */
-export const onServerStateVector = (provider, fn, decodeStateVector) => {
-  const original = provider.messageHandlers[0]
-  provider.messageHandlers[0] = (encoder, decoder, ...rest) => {
-    try {
-      const peek = decoding.clone(decoder)
-      if (decoding.readVarUint(peek) === 0) fn(decodeStateVector(decoding.readVarUint8Array(peek)))
-    } catch { /* malformed: the real handler will complain */ }
-    return original(encoder, decoder, ...rest)
-  }
-}

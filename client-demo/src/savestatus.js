@@ -1,16 +1,25 @@
 // "Saving… / Saved / Retrying… / Offline" from the server's `save` events.
 //
-// Which local changes are durable (docs/protocol.md, "save"):
+// Which local changes are durable (docs/protocol.md, "save"): only what a
+// `save` event says. The server's sync step 1 state vector says what its
+// memory holds — during a database outage that is more than its database.
 //  * every change this tab sends (any doc update whose origin is not the
 //    provider: our edits, undo/redo, what IndexedDB restored) is recorded as
 //    the Yjs clocks it reaches (Y.parseUpdateMeta);
-//  * a `saved` event covers them once its `clock[client] >= clock`;
-//  * what the server already holds when we (re)connect (its sync step 1 state
-//    vector) counts as saved too — e.g. changes a previous socket sent;
-//  * delete-only changes advance no clock: they count as saved once `through`
-//    reaches the number of frames sent on this socket (or, if the server never
-//    counts them because it already had them, once it reports nothing pending
-//    a moment later).
+//  * every `save` event's `clock` is durable: the socket's own changes, or
+//    (`scope: "canvas"`) everything the canvas has in storage. A change is
+//    saved once those clocks cover it (`durable` keeps the highest seen:
+//    durability does not expire);
+//  * after (re)connecting nothing is "saved" before the canvas's storage state
+//    (the `scope: "canvas"` event right after joining) arrived; while it is
+//    not `saved` the server sends it again after each commit of the canvas;
+//  * delete-only changes advance no clock: one made on this socket counts as
+//    saved once `through` reaches its frame number; deletions made before
+//    this socket travel in our sync step 2 (maybe the server's change #1, so
+//    our own frames are numbered from 2 then) and count once `through` ≥ 1, or
+//    — if the server already had them and counts nothing — once the canvas is
+//    `saved` with nothing of ours pending, a grace period after the last event
+//    (long enough for the server to report a change it did count).
 
 import * as Y from 'yjs'
 import { formatTime } from './util.js'
@@ -24,12 +33,15 @@ const DELETE_GRACE_MS = 1500
 export const createSaveStatus = ({ ydoc, provider, events, el, textEl, isOffline, isBlocked = () => null }) => {
   /** client id -> clock that must be durable */
   const required = new Map()
+  /** client id -> highest clock a save event reported durable */
+  const durable = new Map()
   /** delete-only changes: frame numbers on this socket (null = made while disconnected) */
   let deletes = []
   let framesSent = 0
   let through = 0
   let pending = 0
-  let serverState = 'ok' // ok | retrying | failed
+  let serverState = 'ok' // this socket's changes: ok | retrying | failed
+  let canvasState = 'unknown' // the canvas's storage state: unknown (not told yet) | saved | saving | retrying
   let lastError = ''
   let lastSavedAt = 0
   let synced = false
@@ -46,11 +58,12 @@ export const createSaveStatus = ({ ydoc, provider, events, el, textEl, isOffline
     // Between reconnect attempts the provider flips connecting/disconnected: once a connection
     // was lost (or the first attempts failed) we say "offline" until one succeeds again.
     if (!provider.wsconnected) return !hadConnection && provider.wsUnsuccessfulReconnects < 2 ? 'connecting' : 'offline'
-    if (!synced) return 'connecting'
+    if (!synced || canvasState === 'unknown') return 'connecting'
+    const mine = unsaved() || pending > 0
     if (refused && unsaved()) return 'refused'
-    if (serverState === 'retrying' && (unsaved() || pending > 0)) return 'retrying'
-    if (serverState === 'failed' && (unsaved() || pending > 0)) return 'failed'
-    if (unsaved() || pending > 0) return 'saving'
+    if (mine && (serverState === 'retrying' || canvasState === 'retrying')) return 'retrying'
+    if (mine && serverState === 'failed') return 'failed'
+    if (mine) return 'saving'
     return 'saved'
   }
 
@@ -75,17 +88,18 @@ export const createSaveStatus = ({ ydoc, provider, events, el, textEl, isOffline
     for (const fn of listeners) fn(s)
   }
 
-  const prune = (clock) => {
-    for (const [client, need] of required) if ((clock.get(client) ?? -1) >= need) required.delete(client)
-  }
+  const covered = (client, clock) => (durable.get(client) ?? -1) >= clock
 
   const armGrace = () => {
     clearTimeout(graceTimer)
     if (deletes.length === 0) return
     graceTimer = setTimeout(() => {
-      // The server reports nothing pending, and our delete frames were sent a while ago:
-      // it had those deletions already (nothing to count), so nothing is unsaved.
-      if (provider.wsconnected && synced && pending === 0 && serverState === 'ok') { deletes = []; render() }
+      // Nothing of the canvas is pending on the server and nothing of ours was counted since:
+      // the server had these deletions already (in storage, as the canvas is saved).
+      if (provider.wsconnected && synced && pending === 0 && serverState === 'ok' && canvasState === 'saved') {
+        deletes = []
+        render()
+      }
     }, DELETE_GRACE_MS)
   }
 
@@ -98,18 +112,23 @@ export const createSaveStatus = ({ ydoc, provider, events, el, textEl, isOffline
       deletes.push(onSocket ? framesSent : null)
       armGrace()
     }
-    for (const [client, clock] of to) if ((required.get(client) ?? -1) < clock) required.set(client, clock)
+    for (const [client, clock] of to) {
+      if (!covered(client, clock) && (required.get(client) ?? -1) < clock) required.set(client, clock)
+    }
     render()
   })
 
   provider.on('status', ({ status }) => {
     if (status === 'connected') {
-      framesSent = 0; through = 0; pending = 0; serverState = 'ok'; refused = ''
-      // delete-only changes made offline travel in our sync step 2: the server's change #1
+      // Whatever we hold that is not known durable travels in our sync step 2, which the server may
+      // count as this socket's change #1: our own frames are then numbered from 2 (never too low).
+      framesSent = unsaved() ? 1 : 0
+      through = 0; pending = 0; serverState = 'ok'; canvasState = 'unknown'; refused = ''
       deletes = deletes.length ? [1] : []
+      hadConnection = true
+    } else {
+      synced = false
     }
-    if (status === 'connected') hadConnection = true
-    if (status !== 'connected') synced = false
     render()
   })
   provider.on('sync', (s) => { synced = s; if (s) armGrace(); render() })
@@ -117,13 +136,18 @@ export const createSaveStatus = ({ ydoc, provider, events, el, textEl, isOffline
   events.on('save', (event) => {
     through = Number(event.through) || 0
     pending = Number(event.pending) || 0
-    const clock = new Map(Object.entries(event.clock || {}).map(([k, v]) => [Number(k), Number(v)]))
-    if (event.status === 'saved') {
+    for (const [k, v] of Object.entries(event.clock || {})) {
+      const client = Number(k)
+      const clock = Number(v)
+      if (!covered(client, clock)) durable.set(client, clock)
+    }
+    for (const [client, need] of required) if (covered(client, need)) required.delete(client)
+    deletes = deletes.filter((n) => n === null || n > through)
+    if (event.scope === 'canvas') {
+      canvasState = event.status === 'saved' || event.status === 'retrying' ? event.status : 'saving'
+      if (event.status === 'retrying') lastError = String(event.error || '')
+    } else if (event.status === 'saved') {
       serverState = 'ok'
-      lastSavedAt = Date.now()
-      prune(clock)
-      deletes = deletes.filter((n) => n !== null && n > through)
-      armGrace()
     } else if (event.status === 'retrying') {
       serverState = 'retrying'
       lastError = String(event.error || '')
@@ -131,12 +155,12 @@ export const createSaveStatus = ({ ydoc, provider, events, el, textEl, isOffline
       serverState = 'failed'
       lastError = String(event.reason || '')
     }
+    if (event.status === 'saved') lastSavedAt = Date.now()
+    armGrace()
     render()
   })
 
   events.on('denied', (event) => { refused = String(event.reason || 'not allowed'); render() })
-
-  const onServerStateVector = (sv) => { prune(sv); render() }
 
   window.addEventListener('online', render)
   window.addEventListener('offline', render)
@@ -145,7 +169,6 @@ export const createSaveStatus = ({ ydoc, provider, events, el, textEl, isOffline
   return {
     state,
     render,
-    onServerStateVector,
     get unsaved () { return unsaved() },
     onChange (fn) { listeners.add(fn); return () => listeners.delete(fn) }
   }
