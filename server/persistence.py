@@ -30,7 +30,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
-from storage.base import Store
+from canvashub.storage.base import Store
 
 from .logs import FailureLog, log
 from .metrics import Metrics

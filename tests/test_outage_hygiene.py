@@ -13,9 +13,9 @@ from typing import Any, Awaitable, Callable
 import httpx
 import pytest
 
-from server import logs
-from server.health import HealthMonitor
-from server.logs import FailureLog
+from canvashub.server import logs
+from canvashub.server.health import HealthMonitor
+from canvashub.server.logs import FailureLog
 
 from .wire import WireClient, key_updates
 
