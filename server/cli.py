@@ -185,6 +185,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         # canvashub logs its own structured lines instead.
         log_level="warning",
         access_log=False,
+        log_config=None,  # uvicorn's loggers reach the root logger: JSON lines (server/logs.py)
         timeout_graceful_shutdown=settings.shutdown_timeout,
         lifespan="on",
     )

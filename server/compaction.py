@@ -19,7 +19,7 @@ from pycrdt import Doc
 
 from canvashub.storage.base import LoadedCanvas, Store
 
-from .logs import log
+from .logs import FailureLog, log
 from .metrics import Metrics
 
 
@@ -101,6 +101,7 @@ class Compactor:
         self._limit = asyncio.Semaphore(concurrency)
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = False
+        self._failures = FailureLog("compaction")
 
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
@@ -155,8 +156,9 @@ class Compactor:
                     self.metrics.compaction_failures += 1
                     # The rows stay in the log; try again at the next threshold or tick.
                     self.logged_since[canvas_id] = self.logged_since.get(canvas_id, 0) + 1
-                    log(logging.WARNING, "compaction_failed", canvas=canvas_id, error=repr(exc))
+                    self._failures.failed(repr(exc), canvas=canvas_id)
                     return
+                self._failures.recovered(canvas=canvas_id)
                 ms = round((time.perf_counter() - started) * 1000, 1)
                 if result is None:
                     return

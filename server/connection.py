@@ -278,7 +278,7 @@ class WebSocketEndpoint:
         try:
             room = await hub.registry.acquire(canvas_id)
         except StoreUnavailable as exc:
-            log(logging.WARNING, "ws_load_failed", canvas=canvas_id, error=str(exc))
+            log(logging.DEBUG, "ws_load_failed", canvas=canvas_id, error=str(exc))  # see canvas_load_failed
             await reject(scope, send, 503, "unavailable", "canvas storage is unavailable, retry later")
             return
         conn = Connection(room, send, settings.send_queue_messages, settings.send_queue_bytes, hub.metrics,

@@ -307,14 +307,13 @@ class HttpApi:
     async def readyz(self, request: Request) -> Response:
         hub = self.hub
         persister = hub.persister
-        try:
-            healthy = await asyncio.wait_for(self.store.health(), 1.0)
-        except asyncio.TimeoutError:
-            healthy = False
+        probed_healthy, checked_ms_ago = hub.health.status()  # probed in the background (server/health.py)
         backlog_full = not persister.admit(0)
         storage = {
             "backend": hub.backend,
-            "healthy": healthy,
+            # A failing (or stalled) write is fresher evidence than the last probe.
+            "healthy": probed_healthy and not persister.retrying,
+            "checked_ms_ago": checked_ms_ago,
             "backlog_updates": persister.backlog_updates,
             "backlog_bytes": persister.backlog_bytes,
             "backlog_limit_bytes": persister.max_backlog_bytes,

@@ -19,8 +19,9 @@ from canvashub.storage.base import LoadedCanvas, Store
 from .auth import Authenticator
 from .cluster import Cluster
 from .compaction import Compactor, replay
+from .health import HealthMonitor
 from .limits import ConnectionCounter, OriginPolicy
-from .logs import log
+from .logs import FailureLog, log
 from .metrics import Metrics
 from .persistence import Persister
 from .pubsub import MemoryPubSub, PubSub
@@ -54,7 +55,7 @@ class Hub:
             store, self.metrics, interval=settings.commit_interval, max_updates=settings.commit_max_updates,
             max_backlog_bytes=settings.backlog_max_bytes, timeout=settings.store_timeout,
             retry_max_delay=settings.retry_max_delay, slow_seconds=settings.slow_query_seconds,
-            compactor=self.compactor,
+            slow_notice=settings.store_slow_notice, compactor=self.compactor,
         )
         self.registry = RoomRegistry(self._load_room, self._unload_room, settings.room_grace_seconds,
                                      settled=lambda room: self.persister.is_durable(room.canvas_id),
@@ -67,6 +68,8 @@ class Hub:
         self.shutting_down = False
         self._keepalive: asyncio.Task[None] | None = None
         self.jobs: "JobService | None" = None  # set by the composition root
+        self.health = HealthMonitor(store.health)  # what /readyz reports, without waiting on the store
+        self.load_failures = FailureLog("canvas_load")  # one line per outage, not one per refused socket
 
     def snapshot_events(self, canvas_id: str) -> list[dict]:
         """Events a socket that opted in gets right after joining (the canvas's active jobs)."""
@@ -74,6 +77,8 @@ class Hub:
 
     async def start(self) -> None:
         await asyncio.wait_for(self.store.open(), max(self.settings.store_timeout, 30.0))
+        await self.health.check()
+        self.health.start()
         await self.pubsub.start()  # never raises: an unreachable Redis is retried in the background
         self.persister.start()
         self.compactor.start()
@@ -98,13 +103,15 @@ class Hub:
 
     async def _cluster_loop(self) -> None:
         """Once a second: store relayed changes their sender never confirmed; expire silent presence."""
+        failures = FailureLog("cluster_maintenance", level=logging.ERROR)
         while True:
             await asyncio.sleep(1.0)
             try:
                 self.cluster.take_over_stale()
                 self.cluster.expire_presence()
+                failures.recovered()
             except Exception as exc:  # pragma: no cover - defensive: the loop must survive
-                log(logging.ERROR, "cluster_maintenance_failed", error=repr(exc))
+                failures.failed(repr(exc))
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -135,6 +142,7 @@ class Hub:
         flushed = await self.persister.flush(self.settings.shutdown_timeout)
         await self.persister.stop()
         await self.compactor.stop()
+        await self.health.stop()
         await self.pubsub.close()
         for task in list(self._background):
             task.cancel()
@@ -147,9 +155,12 @@ class Hub:
         try:
             loaded = await asyncio.wait_for(self.store.load(canvas_id), self.settings.store_timeout)
         except asyncio.TimeoutError:
+            self.load_failures.failed("timed out", canvas=canvas_id)
             raise StoreUnavailable(f"loading {canvas_id} timed out") from None
         except Exception as exc:
+            self.load_failures.failed(f"{type(exc).__name__}: {exc}", canvas=canvas_id)
             raise StoreUnavailable(f"loading {canvas_id} failed: {type(exc).__name__}: {exc}") from exc
+        self.load_failures.recovered(canvas=canvas_id)
         ms = (time.perf_counter() - started) * 1000
         if ms > self.settings.slow_query_seconds * 1000:
             log(logging.WARNING, "slow_query", op="load", canvas=canvas_id, ms=round(ms, 1))
@@ -169,6 +180,7 @@ class Hub:
             try:
                 await asyncio.wait_for(self.jobs.watcher.seed(canvas_id), self.settings.store_timeout)
             except Exception as exc:
+                self.load_failures.failed(f"loading jobs: {exc!r}", canvas=canvas_id)
                 raise StoreUnavailable(f"loading jobs of {canvas_id} failed: {exc!r}") from exc
         document = self.make_document()
         version, updated_at, size = 0, None, 0

@@ -42,7 +42,7 @@ from canvashub.crdt.errors import CanvasTooLarge
 from canvashub.storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, Store
 
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
-from .logs import log
+from .logs import FailureLog, log
 from .schemas import GENERATION_REQUEST, MAX_PARAMS_BYTES, SchemaViolation, check, contains_nul
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ class Worker:
         self._nudge = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self.changed: asyncio.Event | None = None  # set on every state change (the in-process watcher listens)
+        self._claim_failures = FailureLog("job_claim")
+        self._heartbeat_failures = FailureLog("job_heartbeat")
 
     def nudge(self) -> None:
         """A job was just queued: look now instead of at the next poll."""
@@ -124,8 +126,9 @@ class Worker:
             if len(self._running) < self.concurrency:
                 try:
                     job = await self.store.claim_job(self.worker_id, self.lease_seconds)
+                    self._claim_failures.recovered()
                 except Exception as exc:  # store down: try again later
-                    log(logging.WARNING, "job_claim_failed", error=repr(exc))
+                    self._claim_failures.failed(repr(exc))
             if job is not None:
                 task = asyncio.get_running_loop().create_task(self._run(job))
                 self._running.add(task)
@@ -195,8 +198,9 @@ class Worker:
                 progress["dirty"] = False
                 try:
                     current = await self.store.heartbeat(job.id, self.worker_id, self.lease_seconds, value)
+                    self._heartbeat_failures.recovered()
                 except Exception as exc:  # store hiccup: keep working, the lease still has time
-                    log(logging.WARNING, "job_heartbeat_failed", job=job.id, error=repr(exc))
+                    self._heartbeat_failures.failed(repr(exc), job=job.id)
                     continue
                 last_renew = now
                 if current is None:
@@ -270,6 +274,7 @@ class JobWatcher:
         self._cursor = time.time() - 1.0
         self._seen: dict[str, float] = {}  # job id -> updated_at already observed
         self._task: asyncio.Task[None] | None = None
+        self._failures = FailureLog("job_watch")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -300,10 +305,11 @@ class JobWatcher:
             try:
                 await self._poll()
                 await self._apply_results()
+                self._failures.recovered()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log(logging.WARNING, "job_watch_failed", error=repr(exc))
+                self._failures.failed(repr(exc))
             try:
                 await asyncio.wait_for(self.changed.wait(), self.poll_interval)
             except asyncio.TimeoutError:

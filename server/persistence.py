@@ -10,7 +10,10 @@ with status ``saved``; HTTP writers waiting on it are released.
 
 If the store fails, the same batch is retried with exponential backoff and full
 jitter until it commits; connections with pending updates get ``retrying``
-events. The backlog (queued + in flight) is capped in bytes: ``admit`` says no
+events. They get one as well when an attempt has not completed after
+``slow_notice`` seconds (a hanging database), without waiting for ``timeout``
+to abandon it, and so does a writer whose first pending change arrives while
+the writer is in that state. The backlog (queued + in flight) is capped in bytes: ``admit`` says no
 past the cap, and the caller refuses the write (close 1013 / HTTP 503) instead
 of dropping it. Batches commit in submission order, so a retry never reorders a
 canvas's log. A retried batch whose first attempt timed out may land twice;
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Callable
 
 from canvashub.storage.base import Store
 
-from .logs import log
+from .logs import FailureLog, log
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -60,7 +63,7 @@ class CanvasDeleted(Exception):
 class Persister:
     def __init__(self, store: Store, metrics: Metrics, *, interval: float, max_updates: int,
                  max_backlog_bytes: int, timeout: float, retry_max_delay: float, slow_seconds: float,
-                 compactor: "Compactor | None" = None) -> None:
+                 slow_notice: float = 1.0, compactor: "Compactor | None" = None) -> None:
         self.store = store
         self.metrics = metrics
         self.interval = interval
@@ -70,12 +73,17 @@ class Persister:
         self.timeout = timeout
         self.retry_max_delay = retry_max_delay
         self.slow_seconds = slow_seconds
+        self.slow_notice = slow_notice
         self.compactor = compactor
         self._queue: deque[Pending] = deque()
         self._inflight: list[Pending] = []
         self.backlog_bytes = 0
+        # True from a failed (or ``slow_notice``-late) attempt until the next commit: what /readyz
+        # reports and what a newly pending writer is told at once (``_retry_notice``).
         self.retrying = False
         self.last_error: str | None = None
+        self._retry_notice = (0, 0.0)  # (attempt, seconds until the next try) of the last retrying event
+        self._failures = FailureLog("append")
         self._pending_per_canvas: dict[str, int] = {}
         self._durable_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._wake: asyncio.Future[None] | None = None
@@ -121,6 +129,8 @@ class Persister:
             if previous is not None:
                 previous.state = None
             self._state_holder[canvas_id] = item
+        if self.retrying and writer is not None and number == writer.changes_durable + 1:
+            writer.save_retrying(*self._retry_notice, self.last_error)  # nothing of it pending before
         self.backlog_bytes += len(update)
         self._pending_per_canvas[canvas_id] = self._pending_per_canvas.get(canvas_id, 0) + 1
         self._idle.clear()
@@ -240,33 +250,36 @@ class Persister:
         keep = [item.needed is None or item.needed() for item in batch]
         rows = [(item.canvas_id, item.update) for item, kept in zip(batch, keep) if kept]
         attempt = 0
+        loop = asyncio.get_running_loop()
         while True:
             started = time.perf_counter()
+            # A hanging database: tell the writers after ``slow_notice``, not after ``timeout``.
+            slow = loop.call_later(self.slow_notice, self._attempt_slow, batch, attempt + 1)
             try:
                 stored = await asyncio.wait_for(self.store.append_updates(rows), self.timeout) if rows else []
+                break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any store failure: keep the batch, back off, retry
-                attempt += 1
-                self.metrics.append_failures += 1
-                self.retrying = True
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                delay = random.uniform(0, min(self.retry_max_delay, 0.05 * 2 ** attempt))
-                log(logging.WARNING, "append_retry", attempt=attempt, rows=len(rows), bytes=size,
-                    backlog_bytes=self.backlog_bytes, retry_in_ms=round(delay * 1000), error=self.last_error)
-                self._notify_retrying(batch, attempt, delay)
-                await asyncio.sleep(delay)
-                continue
-            break
+                error = f"{type(exc).__name__}: {exc}"[:300]
+            finally:
+                slow.cancel()
+            attempt += 1
+            self.metrics.append_failures += 1
+            delay = random.uniform(0, min(self.retry_max_delay, 0.05 * 2 ** attempt))
+            self._set_retrying(error, attempt, delay)
+            self._failures.failed(error, attempt=attempt, rows=len(rows), bytes=size,
+                                  backlog_bytes=self.backlog_bytes, retry_in_ms=round(delay * 1000))
+            self._notify_retrying(batch)
+            await asyncio.sleep(delay)
         ms = (time.perf_counter() - started) * 1000
         self.metrics.batches_committed += 1
         self.metrics.updates_committed += len(rows)
         self.metrics.bytes_committed += size
         self.metrics.commit_seconds += ms / 1000
-        if self.retrying:
-            log(logging.INFO, "store_recovered", attempts=attempt + 1)
-            self.retrying = False
-            self.last_error = None
+        self._failures.recovered(attempts=attempt + 1, backlog_bytes=self.backlog_bytes)
+        self.retrying = False
+        self.last_error = None
         canvases = len({cid for cid, _ in rows})
         slow = ms > self.slow_seconds * 1000
         log(logging.WARNING if slow else logging.INFO, "batch_committed", rows=len(rows), bytes=size,
@@ -321,11 +334,23 @@ class Persister:
                 if not future.done():
                     future.set_result(None)
 
-    def _notify_retrying(self, batch: list[Pending], attempt: int, delay: float) -> None:
+    def _set_retrying(self, error: str, attempt: int, delay: float) -> None:
+        self.retrying = True
+        self.last_error = error
+        self._retry_notice = (attempt, delay)
+
+    def _attempt_slow(self, batch: list[Pending], attempt: int) -> None:
+        """Attempt ``attempt`` is still running after ``slow_notice``: it is abandoned (and retried)
+        at ``timeout`` at the latest."""
+        self._set_retrying(f"commit not complete after {float(self.slow_notice)} s", attempt,
+                           max(self.timeout - self.slow_notice, 0.0))
+        self._notify_retrying(batch)
+
+    def _notify_retrying(self, batch: list[Pending]) -> None:
         writers = {item.writer for item in batch if item.writer is not None}
         writers.update(item.writer for item in self._queue if item.writer is not None)
         for writer in writers:
-            writer.save_retrying(attempt, delay, self.last_error)
+            writer.save_retrying(*self._retry_notice, self.last_error)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

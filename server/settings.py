@@ -43,6 +43,7 @@ class Settings:
     db_pool_size: int = _opt(10, "CANVASHUB_DB_POOL_SIZE", "PostgreSQL connections per process (processes x this must fit max_connections)")
     db_acquire_timeout: float = _opt(5.0, "CANVASHUB_DB_ACQUIRE_TIMEOUT", "seconds to wait for a pooled connection (and to connect)")
     store_timeout: float = _opt(10.0, "CANVASHUB_STORE_TIMEOUT", "seconds before one storage call is abandoned (and retried, for appends)")
+    store_slow_notice: float = _opt(1.0, "CANVASHUB_STORE_SLOW_NOTICE", "seconds an append may take before its writers get a `retrying` save event (it goes on until the store timeout)")
     commit_interval: float = _opt(0.01, "CANVASHUB_COMMIT_INTERVAL", "group commit: seconds to gather updates before one append round-trip")
     commit_max_updates: int = _opt(512, "CANVASHUB_COMMIT_MAX_UPDATES", "group commit: a batch this large is written at once")
     backlog_max_bytes: int = _opt(64 * 1024 * 1024, "CANVASHUB_BACKLOG_MAX_BYTES", "updates not yet durable, per process; past it new writes are refused (close 1013)")
@@ -84,6 +85,11 @@ class Settings:
     max_document_bytes: int = _opt(64 * 1024 * 1024, "CANVASHUB_MAX_DOCUMENT_BYTES", "encoded size a canvas may grow to; a write past it is refused (close 4413, HTTP 413)")
     preauth_timeout: float = _opt(10.0, "CANVASHUB_PREAUTH_TIMEOUT", "seconds a new TCP connection has to send its request headers (and token)")
     max_json_body_bytes: int = _opt(1024 * 1024, "CANVASHUB_MAX_JSON_BODY_BYTES", "largest JSON request body (413 above)")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.store_slow_notice < float("inf"):
+            raise ValueError(f"CANVASHUB_STORE_SLOW_NOTICE: expected a number of seconds > 0, "
+                             f"got {self.store_slow_notice!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> "Settings":

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import shutil
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import pytest
 
+from .proxy import TcpProxy
 from .support import (PG_DSN, LiveServer, ProcessServer, StorageBackend, postgres_schema, start_process_server,
                       start_server, with_search_path)
 
@@ -70,3 +71,17 @@ async def postgres_backend() -> AsyncIterator[StorageBackend]:
     """A fresh Postgres schema (for tests that only make sense on Postgres, e.g. outages)."""
     async for backend in _postgres_backend():
         yield backend
+
+
+@pytest.fixture
+async def pg_proxy(postgres_backend) -> Any:
+    """The Postgres schema behind a TCP proxy the test can cut or stall: (proxy, DSN through it, backend)."""
+    host_port = PG_DSN.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    proxied = PG_DSN.replace(host_port, f"127.0.0.1:{proxy.port}")
+    try:
+        yield proxy, with_search_path(proxied, postgres_backend.schema), postgres_backend
+    finally:
+        await proxy.close()

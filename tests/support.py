@@ -126,7 +126,7 @@ class ProcessServer(ServerAddress):
 
 async def start_process_server(env: dict[str, str] | None = None, *args: str,
                                log_path: str | None = None) -> ProcessServer:
-    """``canvashub serve`` on a free port; its stderr (the log) goes to ``log_path`` if given."""
+    """``canvashub serve`` on a free port; its stdout and stderr (the log) go to ``log_path`` if given."""
     import sys
 
     import httpx
@@ -136,7 +136,7 @@ async def start_process_server(env: dict[str, str] | None = None, *args: str,
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "canvashub.server", "serve", "--host", "127.0.0.1", "--port", str(port), *args,
-            env={**os.environ, **(env or {})}, stderr=log_file,
+            env={**os.environ, **(env or {})}, stdout=log_file, stderr=log_file,
         )
     finally:
         if log_file is not None:

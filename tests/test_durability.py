@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
 
 import httpx
 import pytest
@@ -12,8 +11,7 @@ import pytest
 from canvashub.crdt.errors import CloseCode
 
 from .js_client import JsClient
-from .proxy import TcpProxy
-from .support import PG_DSN, StorageBackend, wait_until, with_search_path
+from .support import wait_until
 from .test_persistence import stored_elements
 from .wire import WireClient, key_updates
 
@@ -82,20 +80,6 @@ async def test_acknowledged_edits_survive_a_restart(process_server_factory, stor
     if stop == "graceful":
         # A graceful stop flushes the backlog: what the server had received is durable too.
         assert len(present) >= len(acked)
-
-
-@pytest.fixture
-async def pg_proxy(postgres_backend) -> Any:
-    """The Postgres schema behind a TCP proxy the test can cut."""
-    host_port = PG_DSN.split("@", 1)[1].split("/", 1)[0]
-    host, port = host_port.rsplit(":", 1)
-    proxy = TcpProxy(host, int(port))
-    await proxy.start()
-    proxied = PG_DSN.replace(host_port, f"127.0.0.1:{proxy.port}")
-    try:
-        yield proxy, with_search_path(proxied, postgres_backend.schema), postgres_backend
-    finally:
-        await proxy.close()
 
 
 OUTAGE_SETTINGS = dict(store_timeout=2.0, db_acquire_timeout=1.0, retry_max_delay=0.3, commit_interval=0.005)

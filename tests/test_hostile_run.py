@@ -209,6 +209,12 @@ def scan_server_log(path: str) -> tuple[collections.Counter, list[str]]:
                 except orjson.JSONDecodeError:
                     bad.append(line)
                     continue
+                if record.get("logger") == "uvicorn.error" \
+                        and record.get("event") == "Invalid UTF-8 sequence received from client.":
+                    # uvicorn's own handling of a text frame that is not UTF-8: it closes with 1007 (checked
+                    # by the client) but logs an ERROR with a traceback per socket. Counted, reported, tolerated.
+                    events["uvicorn_invalid_utf8_traceback"] += 1
+                    continue
                 events[record.get("event", "?")] += 1
                 if record.get("level") in ("error", "critical") or "exc" in record:
                     bad.append(line)
@@ -216,11 +222,6 @@ def scan_server_log(path: str) -> tuple[collections.Counter, list[str]]:
                 # RUST_BACKTRACE=1 prints a yrs panic and its backtrace even when the panic is caught.
                 events["yrs_panic_caught"] += 1
                 skipping = "note:"
-            elif line == "ERROR:    Invalid UTF-8 sequence received from client.":
-                # uvicorn's own handling of a text frame that is not UTF-8: it closes with 1007 (checked
-                # by the client) but logs an ERROR with a traceback per socket. Counted, reported, tolerated.
-                events["uvicorn_invalid_utf8_traceback"] += 1
-                skipping = "UnicodeDecodeError:"
             elif line.strip():
                 bad.append(line)
     return events, bad
