@@ -64,6 +64,7 @@ class Hub:
         self.cluster = Cluster(self, self.pubsub)
         self.persister.on_committed = self.cluster.committed
         self.persister.on_durable = self._stored
+        self.persister.on_retrying = lambda canvas_id: self._stored(canvas_id, None)
         self._background: set[asyncio.Task[None]] = set()
         self.shutting_down = False
         self._keepalive: asyncio.Task[None] | None = None

@@ -100,6 +100,9 @@ class Persister:
         # Told (canvas, state vector now in storage, or None if this batch recorded none) after each
         # commit that held updates of the canvas: the rooms' durable state (``save`` events' ``clock``).
         self.on_durable: Callable[[str, bytes | None], None] | None = None
+        # Told each canvas with pending updates when writing them fails or stalls: sockets watching the
+        # canvas's storage state (not only this batch's writers) then hear ``retrying`` too.
+        self.on_retrying: Callable[[str], None] | None = None
         self._state_holder: dict[str, Pending] = {}  # per canvas: the queued item holding a state
 
     # -- producer side (synchronous: called from room code) -------------------------------
@@ -351,6 +354,9 @@ class Persister:
         writers.update(item.writer for item in self._queue if item.writer is not None)
         for writer in writers:
             writer.save_retrying(*self._retry_notice, self.last_error)
+        if self.on_retrying is not None:
+            for canvas_id in {item.canvas_id for item in batch} | {item.canvas_id for item in self._queue}:
+                self.on_retrying(canvas_id)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

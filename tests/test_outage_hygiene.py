@@ -224,3 +224,33 @@ async def test_writer_hears_retrying_within_a_second_of_a_hanging_commit(server_
     assert server.hub.persister.retrying is False and server.hub.persister.last_error is None
     await client.close()
     await other.close()
+
+
+async def test_a_socket_told_saving_hears_retrying_when_the_commit_stalls(server_factory, pg_proxy):
+    """A socket that joined while the canvas's changes were still being written (``saving``) is told
+    ``retrying`` about a second after the commit stalls, although none of the pending changes is its own."""
+    proxy, dsn, _ = pg_proxy
+    server = await server_factory(database_url=dsn, **HANG_SETTINGS)
+    writer = await WireClient.connect(server, "watched")
+    _, updates = key_updates(2)
+    await writer.send_update(updates[0])
+    await writer.wait_save(where=lambda e: e["through"] == 1)
+    proxy.stalled = True
+    try:
+        await writer.send_update(updates[1])
+        watcher = await WireClient.connect(server, "watched")
+
+        def canvas_events() -> list[dict[str, Any]]:
+            return [e for e in watcher.events if e.get("type") == "save" and e.get("scope") == "canvas"]
+
+        first = (await watcher.wait(canvas_events, 5, "the canvas's storage state"))[0]
+        assert first["status"] in ("saving", "retrying") and first["backlog"] >= 1
+        await watcher.wait(lambda: any(e["status"] == "retrying" for e in canvas_events()), 2.5,
+                           "retrying for the watcher")
+    finally:
+        proxy.stalled = False
+        proxy.cut()
+        proxy.restore()
+    await watcher.wait(lambda: canvas_events()[-1]["status"] == "saved", 15, "saved for the watcher")
+    await writer.close()
+    await watcher.close()

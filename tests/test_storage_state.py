@@ -16,7 +16,7 @@ from canvashub.server.compaction import replay
 from canvashub.server.pubsub import MemoryBroker, MemoryPubSub
 
 from .support import wait_until
-from .test_durability import OUTAGE_SETTINGS, pg_proxy  # noqa: F401 - pg_proxy is a fixture
+from .test_durability import OUTAGE_SETTINGS
 from .test_persistence import stored_elements
 from .wire import WireClient, key_updates
 
@@ -33,7 +33,7 @@ async def first_storage_event(client: WireClient) -> dict[str, Any]:
     return storage_events(client)[0]
 
 
-async def test_socket_joining_during_outage_is_not_told_memory_is_saved(server_factory, pg_proxy):  # noqa: F811
+async def test_socket_joining_during_outage_is_not_told_memory_is_saved(server_factory, pg_proxy):
     """A socket that joins while the database is down and the canvas holds unwritten changes is told
     `retrying` at once, with a clock that stops at the last commit; once the database is back a
     `saved` event covers the rest."""
@@ -107,7 +107,7 @@ async def test_initial_event_with_nothing_pending_is_the_stored_state(server_fac
     await reloaded.close()
 
 
-async def test_changes_relayed_from_another_process_are_not_claimed(server_factory, pg_proxy):  # noqa: F811
+async def test_changes_relayed_from_another_process_are_not_claimed(server_factory, pg_proxy):
     """Process A cannot write (its database link is cut); its client's changes reach process B through
     pub/sub. A socket joining on B is told `saving` with a clock without them until B has stored them
     itself (takeover after 3 s without A's confirmation), then `saved`."""
