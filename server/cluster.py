@@ -188,8 +188,6 @@ class Cluster:
         """Store relayed changes whose senders never confirmed them (crashed, or cut off from us)."""
         before = time.monotonic() - PEER_COMMIT_TIMEOUT
         for room in list(self.hub.registry.rooms.values()):
-            if room.taking_over:
-                room.forget_taken_over(before - 60.0)
             if room.unconfirmed:
                 taken = room.take_over(conditional=False, older_than=before)
                 if taken:

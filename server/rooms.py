@@ -234,17 +234,15 @@ class Room:
             del self.unconfirmed[key]
             if conditional:
                 self.taking_over[key] = arrived
-                needed = (lambda key=key: key in self.taking_over)
+                # Asked once, when its batch is formed: written unless its sender confirmed it by then.
+                # The key is dropped as it is asked, never by age: a long outage must not make a
+                # change nobody stored look confirmed.
+                needed = (lambda key=key: self.taking_over.pop(key, None) is not None)
             else:
                 needed = None
             self.persister.submit(self.canvas_id, update, None, needed=needed)
             taken += 1
         return taken
-
-    def forget_taken_over(self, before: float) -> None:
-        """Keys queued conditionally long ago were written (or confirmed) by now: forget them."""
-        for key in [k for k, arrived in self.taking_over.items() if arrived < before]:
-            del self.taking_over[key]
 
     def _changed(self, size: int) -> None:
         self._etag = None

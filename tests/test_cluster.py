@@ -147,3 +147,25 @@ async def test_http_writes_and_deletes_reach_every_process(server_factory, stora
         await on_b.wait(lambda: on_b.elements().get("e1") == {"fill": "red"}, 5, "http edit on b")
         assert (await http.delete("/api/canvases/h")).status_code == 204
     assert await on_b.wait_closed(5) == 4404
+
+
+async def test_a_change_taken_over_conditionally_is_written_however_late_its_batch(server_factory, monkeypatch):
+    """A relayed change queued for storage here "unless its sender confirms it" is still written when its
+    batch forms long after (a long outage), as long as the sender never confirmed it: no age limit."""
+    from canvashub.server import cluster as cluster_module
+
+    server = await server_factory(commit_interval=30.0)  # queued changes wait: the "outage"
+    client = await WireClient.connect(server, "late")
+    await client.barrier()
+    room = server.hub.registry.rooms["late"]
+    _, updates = key_updates(1, "peer")
+    room.document.apply_update(updates[0])
+    room.unconfirmed[("other-node", 1)] = (updates[0], time.monotonic())
+    room.take_over(conditional=True)
+    monkeypatch.setattr(cluster_module, "PEER_COMMIT_TIMEOUT", -3600.0)  # as if an hour had passed
+    server.hub.cluster.take_over_stale()
+    assert await server.hub.persister.flush(10)
+    stored = await server.hub.store.load("late")
+    doc = replay(stored, "late", strict=True)
+    assert doc.get("elements", type=Map).to_py() == {"peer0": 0}
+    await client.close()
