@@ -1,7 +1,8 @@
 """Protocol errors carry the WebSocket close code that ends the offending connection.
 
-The server converts a ``ProtocolError`` into a close in exactly one place
-(``server/connection.py``); nothing else in the room is affected.
+Only the protocol's own refusals live here (malformed frames, invalid payloads, policy, size);
+server policy (backlog, canvas size cap, auth, deletion) and its close codes are the server's
+(``server/errors.py``, which also maps these to HTTP answers).
 """
 
 from __future__ import annotations
@@ -10,20 +11,12 @@ from enum import IntEnum
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes canvashub uses (RFC 6455 §7.4.1 plus 4xxx app codes)."""
+    """The RFC 6455 §7.4.1 close codes a refused frame ends its connection with."""
 
-    NORMAL = 1000
-    GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
-    UNSUPPORTED_DATA = 1003
     INVALID_PAYLOAD = 1007
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013
-    UNAUTHORIZED = 4401  # the access token expired while connected (4400-4499: the stock provider does not reconnect)
-    CANVAS_DELETED = 4404
-    CANVAS_TOO_LARGE = 4413  # a write would grow the canvas past its size cap
 
 
 class ProtocolError(Exception):
@@ -60,15 +53,3 @@ class FrameTooBig(ProtocolError):
     """The frame exceeds the configured size cap."""
 
     code = CloseCode.MESSAGE_TOO_BIG
-
-
-class Overloaded(ProtocolError):
-    """The server cannot take this write now (e.g. the storage backlog is full); retry later."""
-
-    code = CloseCode.TRY_AGAIN_LATER
-
-
-class CanvasTooLarge(ProtocolError):
-    """The write would grow the canvas beyond its configured size cap."""
-
-    code = CloseCode.CANVAS_TOO_LARGE

@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 
 import jwt
 
+from .errors import Forbidden, Unauthorized
+
 ROLES = ("viewer", "editor", "owner")
 RANK = {role: i for i, role in enumerate(ROLES)}
 ACTIONS = ("read", "edit", "delete", "restore", "generate")
@@ -30,19 +32,6 @@ MIN_SECRET_BYTES = 32
 CANVAS_CLAIM = re.compile(r"[A-Za-z0-9_*-]{1,64}")
 TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 SUBPROTOCOL = "canvashub"  # offered beside the token; the server selects it when present
-
-
-class AuthError(Exception):
-    """Refused: ``status`` 401 (no valid token) or 403 (valid token, not allowed)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-    @property
-    def error_type(self) -> str:
-        return "unauthorized" if self.status == 401 else "forbidden"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,11 +119,11 @@ class Authenticator:
         return frozenset(action for action, least in self.action_roles.items() if RANK[role] >= RANK[least])
 
     def authenticate(self, token: str | None) -> Principal:
-        """The caller behind ``token``; raises ``AuthError(401)`` if it is missing or not valid now."""
+        """The caller behind ``token``; raises ``Unauthorized`` if it is missing or not valid now."""
         if self.open:
             return OPEN
         if not token:
-            raise AuthError(401, "an access token is required")
+            raise Unauthorized("an access token is required")
         try:
             header = jwt.get_unverified_header(token)
             algorithm = header.get("alg")
@@ -143,33 +132,33 @@ class Authenticator:
             elif algorithm in self.public_algorithms:
                 key, algorithms = self.public_key, self.public_algorithms
             else:
-                raise AuthError(401, f"tokens signed with {algorithm!r} are not accepted")
+                raise Unauthorized(f"tokens signed with {algorithm!r} are not accepted")
             claims = jwt.decode(token, key, algorithms=algorithms, leeway=self.leeway,
                                 options={"require": ["exp", "sub", "role", "canvas"]})
         except jwt.ExpiredSignatureError:
-            raise AuthError(401, "the access token has expired") from None
+            raise Unauthorized("the access token has expired") from None
         except jwt.InvalidTokenError as exc:
-            raise AuthError(401, f"invalid access token: {exc}") from None
+            raise Unauthorized(f"invalid access token: {exc}") from None
         role, canvas, sub, name = claims["role"], claims["canvas"], claims["sub"], claims.get("name")
         if not isinstance(role, str) or role not in RANK:
-            raise AuthError(401, f"invalid access token: role must be one of {', '.join(ROLES)}")
+            raise Unauthorized(f"invalid access token: role must be one of {', '.join(ROLES)}")
         if not isinstance(canvas, str) or not CANVAS_CLAIM.fullmatch(canvas):
-            raise AuthError(401, "invalid access token: canvas must be a canvas id or a pattern with *")
+            raise Unauthorized("invalid access token: canvas must be a canvas id or a pattern with *")
         if not isinstance(sub, str) or not sub or len(sub) > 200 or (name is not None and
                                                                       (not isinstance(name, str) or len(name) > 200)):
-            raise AuthError(401, "invalid access token: sub and name must be strings of at most 200 characters")
+            raise Unauthorized("invalid access token: sub and name must be strings of at most 200 characters")
         return Principal(role=role, canvas=canvas, user_id=sub, name=name, expires_at=float(claims["exp"]),
                          permissions=self.permissions_of(role), authenticated=True)
 
     def authorize(self, principal: Principal, canvas_id: str | None, action: str) -> None:
-        """Raise ``AuthError(403)`` unless ``principal`` may do ``action`` on ``canvas_id`` (None: on every canvas)."""
+        """Raise ``Forbidden`` unless ``principal`` may do ``action`` on ``canvas_id`` (None: on every canvas)."""
         if canvas_id is None:
             if principal.canvas != "*":
-                raise AuthError(403, "this token is not valid for every canvas")
+                raise Forbidden("this token is not valid for every canvas")
         elif not principal.covers(canvas_id):
-            raise AuthError(403, f"this token is not valid for canvas {canvas_id!r}")
+            raise Forbidden(f"this token is not valid for canvas {canvas_id!r}")
         if not principal.can(action):
-            raise AuthError(403, f"role {principal.role!r} may not {action} "
+            raise Forbidden(f"role {principal.role!r} may not {action} "
                                  f"(needs {self.action_roles[action]!r})")
 
 

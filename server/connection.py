@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import orjson
 
 from canvashub.crdt.codec import EMPTY_UPDATE, EventRequest, encode_auth_denied, encode_event, parse_frame
-from canvashub.crdt.errors import CanvasTooLarge, CloseCode, Overloaded, PolicyViolation, ProtocolError
+from canvashub.crdt.errors import PolicyViolation, ProtocolError
 
-from .auth import OPEN, AuthError, Principal, websocket_token
+from .auth import OPEN, Principal, websocket_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
 from .limits import TokenBucket, client_ip, header, limit_exceeded
 from .logs import log
 from .metrics import Metrics
 
-from .hub import StoreUnavailable
+from .errors import (AccessDenied, CanvasTooLarge, CloseCode, Forbidden, InvalidRequest, ServerError, ShuttingDown,
+                     StoreUnavailable, answer_for, error_body)
 from .jobs import answer_request
 
 if TYPE_CHECKING:
@@ -241,30 +242,30 @@ class WebSocketEndpoint:
         if first["type"] != "websocket.connect":
             return
         if not is_valid_canvas_id(canvas_id):
-            await reject(scope, send, 400, "invalid", f"canvas id must be {CANVAS_ID_RULE}")
+            await reject(scope, send, InvalidRequest(f"canvas id must be {CANVAS_ID_RULE}"))
             return
         ip = client_ip(scope)
         origin = header(scope, b"origin")
         if not hub.origins.allows(origin, header(scope, b"host")):
             limit_exceeded("origin", ip=ip, canvas=canvas_id, origin=origin[:200] if origin else None)
-            await reject(scope, send, 403, "forbidden", "this Origin may not open WebSockets here")
+            await reject(scope, send, Forbidden("this Origin may not open WebSockets here"))
             return
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
         token, subprotocol = websocket_token(query, scope.get("subprotocols") or ())
         try:
             principal = hub.auth.authenticate(token)
             hub.auth.authorize(principal, canvas_id, "read")
-        except AuthError as exc:
-            log(logging.WARNING, "ws_auth_refused", canvas=canvas_id, ip=ip, status=exc.status, reason=exc.message)
-            await reject(scope, send, exc.status, exc.error_type, exc.message)
+        except AccessDenied as exc:
+            log(logging.WARNING, "ws_auth_refused", canvas=canvas_id, ip=ip, status=status_of(exc), reason=exc.message)
+            await reject(scope, send, exc)
             return
         if hub.shutting_down:
-            await reject(scope, send, 503, "unavailable", "server is shutting down")
+            await reject(scope, send, ShuttingDown("server is shutting down"))
             return
         if not hub.ip_connections.acquire(ip):
             limit_exceeded("connections_per_ip", ip=ip, canvas=canvas_id, maximum=hub.ip_connections.limit)
-            await reject(scope, send, 403, "forbidden",
-                         f"too many connections from this address (limit {hub.ip_connections.limit})")
+            await reject(scope, send,
+                         Forbidden(f"too many connections from this address (limit {hub.ip_connections.limit})"))
             return
         try:
             await self._serve(scope, receive, send, canvas_id, principal, subprotocol, ip, query)
@@ -279,7 +280,7 @@ class WebSocketEndpoint:
             room = await hub.registry.acquire(canvas_id)
         except StoreUnavailable as exc:
             log(logging.DEBUG, "ws_load_failed", canvas=canvas_id, error=str(exc))  # see canvas_load_failed
-            await reject(scope, send, 503, "unavailable", "canvas storage is unavailable, retry later")
+            await reject(scope, send, StoreUnavailable("canvas storage is unavailable, retry later"))
             return
         conn = Connection(room, send, settings.send_queue_messages, settings.send_queue_bytes, hub.metrics,
                           events=wants_events(query), principal=principal, announce=settings.viewer_awareness)
@@ -376,13 +377,13 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
                     request_from_client(conn, message.payload, len(data))
                 else:
                     room.receive(conn, message, len(data))
-            except (Overloaded, CanvasTooLarge) as exc:
+            except ServerError as exc:  # a write refused by policy (backlog full, canvas too large)
                 if isinstance(exc, CanvasTooLarge):
                     limit_exceeded("canvas_size", ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
-                conn.save_failed(exc.reason)  # the client keeps the change (and resends it on reconnect)
-                refuse(conn, exc.code, exc.reason, flush=True)
+                conn.save_failed(exc.message)  # the client keeps the change (and resends it on reconnect)
+                refuse(conn, close_code_of(exc), exc.message, flush=True)
             except ProtocolError as exc:
-                refuse(conn, exc.code, exc.reason)
+                refuse(conn, close_code_of(exc), exc.reason)
             elapsed = clock() - started
             metrics.frames_received += 1
             metrics.bytes_received += len(data)
@@ -427,6 +428,20 @@ def request_from_client(conn: Connection, payload: bytes, size: int) -> None:
     task.add_done_callback(conn.tasks.discard)
 
 
+def close_code_of(exc: ProtocolError | ServerError) -> int:
+    """The error table's close code for ``exc``."""
+    answer = answer_for(exc)
+    assert answer is not None
+    return answer.close_code
+
+
+def status_of(exc: ServerError) -> int:
+    """The error table's HTTP status for ``exc``."""
+    answer = answer_for(exc)
+    assert answer is not None
+    return answer.status
+
+
 def refuse(conn: Connection, code: int, reason: str, *, flush: bool = False) -> None:
     """The one place a protocol error becomes a close: leave the room, then close this socket only."""
     log(logging.WARNING, "ws_protocol_error", canvas=conn.canvas_id, conn=conn.id, code=int(code), reason=reason)
@@ -439,13 +454,16 @@ def wants_events(query: list[tuple[str, str]]) -> bool:
     return any(value in ("1", "true") for key, value in query if key == "events")
 
 
-async def reject(scope: dict[str, Any], send: Send, status: int, error_type: str, message: str) -> None:
-    """Refuse an upgrade with an HTTP status and a JSON error (or 403 if the server can't)."""
+async def reject(scope: dict[str, Any], send: Send, error: ServerError) -> None:
+    """Refuse an upgrade with the error table's HTTP status and JSON error (or a 1008 close if the ASGI
+    server cannot answer an upgrade with a response)."""
+    answer = answer_for(error)
+    assert answer is not None
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = orjson.dumps({"error": {"type": error_type, "message": message}})
+        body = orjson.dumps({"error": error_body(error, answer)})
         await send({
             "type": "websocket.http.response.start",
-            "status": status,
+            "status": answer.status,
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
         })
         await send({"type": "websocket.http.response.body", "body": body})

@@ -23,17 +23,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from canvashub.crdt.edits import check_element_id, check_fields, patch_element, restore_to
-from canvashub.crdt.errors import CanvasTooLarge, Overloaded, ProtocolError
+from canvashub.crdt.errors import ProtocolError
 from canvashub.crdt.room import RoomDocument
 
-from .auth import AuthError, bearer_token
+from .auth import bearer_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
 from .limits import limit_exceeded
 from .compaction import replay
-from .hub import PreconditionFailed, StoreUnavailable, binary_etag, etag_matches
-from .jobs import JOB_ID, IdempotencyConflict, InvalidJobRequest, job_json
+from .errors import (Answer, CanvasTooLarge, Conflict, Forbidden, InvalidRequest, MethodNotAllowed, NotAcceptable,
+                     NotFound, Overloaded, ServerError, ShuttingDown, StorageTimeout, StoreUnavailable, TooLarge,
+                     UnprocessableBody, answer_for, error_body)
+from .hub import binary_etag, etag_matches
+from .jobs import JOB_ID, job_json
 from .schemas import ELEMENT_PATCH, SchemaViolation, check, contains_nul
-from .persistence import CanvasDeleted
 from canvashub.storage.base import LoadedCanvas
 
 if TYPE_CHECKING:
@@ -43,17 +45,6 @@ MAX_PAGE = 100
 DEFAULT_PAGE = 50
 ASSET_ID = re.compile(r"[0-9a-f]{32}")
 MAX_VERSION = 2**31 - 1  # version numbers are 32-bit INTEGER columns in storage
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None,
-                 errors: list[dict[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-        self.headers = headers
-        self.errors = errors
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -74,14 +65,31 @@ def route(path: str, **endpoints: Endpoint) -> Route:
 async def http_exception_response(request: Request, exc: Exception) -> Response:
     """Starlette's routing errors (no route: 404; wrong method: 405) in the API's JSON error shape."""
     assert isinstance(exc, HTTPException)
-    error_type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid")
-    message = {404: f"no such resource: {request.url.path}",
-               405: f"{request.method} is not allowed here"}.get(exc.status_code, str(exc.detail))
-    return error_response(exc.status_code, error_type, message, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    error: ServerError
+    if exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed here", headers=headers)
+    elif exc.status_code == 404:
+        error = NotFound(f"no such resource: {request.url.path}", headers=headers)
+    else:
+        error = InvalidRequest(str(exc.detail), headers=headers)
+    answer = answer_for(error)
+    assert answer is not None
+    return error_response_for(error, answer)
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response_for(exc: BaseException, answer: Answer) -> Response:
+    """The response for an error with a row in the error table (server/errors.py)."""
+    headers = dict(getattr(exc, "headers", None) or {})
+    if answer.retry_after:
+        headers.setdefault("Retry-After", "1")
+    if answer.status == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="canvashub"')
+    return json_response({"error": error_body(exc, answer)}, answer.status, headers or None)
 
 
 def error_response(status: int, error_type: str, message: str, headers: dict[str, str] | None = None,
@@ -99,7 +107,7 @@ def document_json(doc: Doc) -> dict[str, Any]:
         elements = doc.get("elements", type=Map)
         return {"elements": js_numbers(elements.to_py() or {})}
     except Exception as exc:  # e.g. a client made "elements" something other than a map
-        raise ApiError(409, "conflict", f"canvas cannot be exported as JSON: {exc}") from None
+        raise Conflict(f"canvas cannot be exported as JSON: {exc}") from None
 
 
 MAX_SAFE_INTEGER = 2**53  # JavaScript's Number.MAX_SAFE_INTEGER + 1: every integer up to it is exact
@@ -167,7 +175,7 @@ def export_type(request: Request) -> str:
     """JSON or binary, as the request's ``Accept`` prefers; 406 if it accepts neither."""
     chosen = negotiate(request.headers.get("accept"), EXPORT_TYPES)
     if chosen is None:
-        raise ApiError(406, "not_acceptable", f"this resource is available as {' or '.join(EXPORT_TYPES)}")
+        raise NotAcceptable(f"this resource is available as {' or '.join(EXPORT_TYPES)}")
     return chosen
 
 
@@ -182,21 +190,21 @@ def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]]
     def decorate(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         @functools.wraps(fn)
         async def wrapped(self: "HttpApi", request: Request) -> Response:
-            if has_nul(request):
-                return error_response(400, "invalid", NUL_MESSAGE)
-            canvas_id = request.path_params.get("canvas_id")
-            job_id = request.path_params.get("job_id")
-            if job_id is not None and not JOB_ID.fullmatch(job_id):
-                return error_response(404, "not_found", f"generation {job_id!r} does not exist")
-            if canvas_id is not None and not is_valid_canvas_id(canvas_id):
-                return error_response(400, "invalid", f"canvas id must be {CANVAS_ID_RULE}")
-            if request.method not in ("GET", "HEAD") and not self.hub.origins.allows(
-                    request.headers.get("origin"), request.headers.get("host")):
-                # Browsers send Origin on cross-site writes: without this, any page could write to an
-                # open-mode server its visitor can reach (simple requests need no CORS preflight).
-                limit_exceeded("origin", ip=request.client.host if request.client else None, canvas=canvas_id)
-                return error_response(403, "forbidden", "this Origin may not write here")
             try:
+                if has_nul(request):
+                    raise InvalidRequest(NUL_MESSAGE)
+                canvas_id = request.path_params.get("canvas_id")
+                job_id = request.path_params.get("job_id")
+                if job_id is not None and not JOB_ID.fullmatch(job_id):
+                    raise NotFound(f"generation {job_id!r} does not exist")
+                if canvas_id is not None and not is_valid_canvas_id(canvas_id):
+                    raise InvalidRequest(f"canvas id must be {CANVAS_ID_RULE}")
+                if request.method not in ("GET", "HEAD") and not self.hub.origins.allows(
+                        request.headers.get("origin"), request.headers.get("host")):
+                    # Browsers send Origin on cross-site writes: without this, any page could write to an
+                    # open-mode server its visitor can reach (simple requests need no CORS preflight).
+                    limit_exceeded("origin", ip=request.client.host if request.client else None, canvas=canvas_id)
+                    raise Forbidden("this Origin may not write here")
                 if action is not None:
                     auth = self.hub.auth
                     principal = auth.authenticate(bearer_token(request.headers.get("authorization")))
@@ -204,27 +212,13 @@ def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]]
                     if job_id is None:  # job routes check the job's canvas once they know it
                         auth.authorize(principal, canvas_id, action)
                 return await fn(self, request)
-            except AuthError as exc:
-                headers = {"WWW-Authenticate": 'Bearer realm="canvashub"'} if exc.status == 401 else None
-                return error_response(exc.status, exc.error_type, exc.message, headers)
-            except ApiError as exc:
-                return error_response(exc.status, exc.error_type, exc.message, exc.headers, exc.errors)
-            except PreconditionFailed as exc:
-                return error_response(412, "conflict", "If-Match does not match the current ETag",
-                                      {"ETag": exc.current_etag})
-            except Overloaded as exc:
-                return error_response(503, "unavailable", exc.reason, {"Retry-After": "1"})
-            except CanvasTooLarge as exc:
-                limit_exceeded("canvas_size", canvas=canvas_id)
-                return error_response(413, "too_large", exc.reason)
-            except ProtocolError as exc:
-                return error_response(400, "invalid", exc.reason)
-            except StoreUnavailable as exc:
-                return error_response(503, "unavailable", str(exc), {"Retry-After": "1"})
-            except CanvasDeleted:
-                return error_response(409, "conflict", "the canvas was deleted while the change was pending")
-            except asyncio.TimeoutError:
-                return error_response(504, "timeout", "storage did not answer in time")
+            except Exception as exc:
+                answer = answer_for(exc)
+                if answer is None:
+                    raise  # a bug: Starlette answers 500 and logs it
+                if isinstance(exc, CanvasTooLarge):
+                    limit_exceeded("canvas_size", canvas=request.path_params.get("canvas_id"))
+                return error_response_for(exc, answer)
 
         return wrapped
 
@@ -247,14 +241,14 @@ async def read_json(request: Request, limit: int, schema: dict[str, Any] | None 
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid", f"body is not JSON: {exc}") from None
+        raise InvalidRequest(f"body is not JSON: {exc}") from None
     if b"\\u0000" in raw and contains_nul(body):  # JSON can only carry NUL escaped
-        raise ApiError(400, "invalid", NUL_MESSAGE)
+        raise InvalidRequest(NUL_MESSAGE)
     if schema is not None:
         try:
             check(schema, body)
         except SchemaViolation as exc:
-            raise ApiError(422, "invalid", str(exc), errors=exc.errors) from None
+            raise UnprocessableBody(str(exc), errors=exc.errors) from None
     return body
 
 
@@ -263,9 +257,9 @@ def page_args(request: Request) -> tuple[int, str | None]:
     try:
         limit = int(raw)
     except ValueError:
-        raise ApiError(400, "invalid", "limit must be an integer") from None
+        raise InvalidRequest("limit must be an integer") from None
     if not 1 <= limit <= MAX_PAGE:
-        raise ApiError(400, "invalid", f"limit must be between 1 and {MAX_PAGE}")
+        raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}")
     return limit, request.query_params.get("cursor") or None
 
 
@@ -273,12 +267,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) more than ``limit`` bytes without buffering them."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
+        raise TooLarge(f"body exceeds {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
+            raise TooLarge(f"body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -298,7 +292,10 @@ class HttpApi:
 
     async def _bounded(self, call: Awaitable[Any]) -> Any:
         """A storage call that gives up (504 ``timeout``) after ``store_timeout``."""
-        return await asyncio.wait_for(call, self.hub.settings.store_timeout)
+        try:
+            return await asyncio.wait_for(call, self.hub.settings.store_timeout)
+        except asyncio.TimeoutError:
+            raise StorageTimeout("storage did not answer in time") from None
 
     # -- operations ------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
@@ -350,7 +347,7 @@ class HttpApi:
         export_type(request)  # 406 before any work
         found = await self.hub.read_document(canvas_id)
         if found is None:
-            raise ApiError(404, "not_found", f"canvas {canvas_id!r} does not exist")
+            raise NotFound(f"canvas {canvas_id!r} does not exist")
         doc, etag, version, updated_at = found
         binary = export_type(request) == BINARY_TYPE
         # Two representations, two strong ETags (RFC 9110 §8.8.3); either one is a valid If-Match for writes.
@@ -368,7 +365,7 @@ class HttpApi:
         canvas_id = request.path_params["canvas_id"]
         update = await read_body(request, self.hub.settings.max_frame_bytes)
         if not update:
-            raise ApiError(400, "invalid", "body must be a binary Yjs (v1) update")
+            raise InvalidRequest("body must be a binary Yjs (v1) update")
         return await self._write(request, canvas_id, len(update), lambda document: document.apply_update(update))
 
     @handler("edit")
@@ -378,12 +375,12 @@ class HttpApi:
         try:
             check_element_id(element_id)
         except ProtocolError as exc:
-            raise ApiError(400, "invalid", exc.reason) from None
+            raise InvalidRequest(exc.reason) from None
         fields = await read_json(request, self.hub.settings.max_json_body_bytes, ELEMENT_PATCH)
         try:
             check_fields(fields)
         except ProtocolError as exc:
-            raise ApiError(422, "invalid", exc.reason, errors=[{"path": "", "message": exc.reason}]) from None
+            raise UnprocessableBody(exc.reason, errors=[{"path": "", "message": exc.reason}]) from None
         size = len(orjson.dumps(fields))
         return await self._write(request, canvas_id, size,
                                  lambda document: document.transact(lambda doc: patch_element(doc, element_id, fields)))
@@ -392,7 +389,7 @@ class HttpApi:
     async def delete_canvas(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         if not await self.hub.delete_canvas(canvas_id):
-            raise ApiError(404, "not_found", f"canvas {canvas_id!r} does not exist")
+            raise NotFound(f"canvas {canvas_id!r} does not exist")
         return Response(status_code=204)
 
     # -- history ---------------------------------------------------------------------------
@@ -403,23 +400,23 @@ class HttpApi:
         try:
             before = None if cursor is None else int(cursor)
         except ValueError:
-            raise ApiError(400, "invalid", "cursor must be a version number") from None
+            raise InvalidRequest("cursor must be a version number") from None
         if before is not None and not 0 <= before <= MAX_VERSION:
-            raise ApiError(400, "invalid", "cursor must be a version number")
+            raise InvalidRequest("cursor must be a version number")
         rows = await self._bounded(self.store.list_versions(canvas_id, before, limit + 1))
         if not rows and cursor is None and await self.hub.read_document(canvas_id) is None:
-            raise ApiError(404, "not_found", f"canvas {canvas_id!r} does not exist")
+            raise NotFound(f"canvas {canvas_id!r} does not exist")
         return page_response("versions", rows, limit,
                              lambda r: {"number": r.number, "created_at": iso(r.created_at), "size": r.size},
                              lambda r: str(r.number))
 
     async def _version(self, canvas_id: str, number: int) -> tuple[Any, Doc, bytes]:
         if not 1 <= number < MAX_VERSION:  # number + 1 below must fit too
-            raise ApiError(404, "not_found", f"canvas {canvas_id!r} has no version {number}")
+            raise NotFound(f"canvas {canvas_id!r} has no version {number}")
         infos = await self._bounded(self.store.list_versions(canvas_id, number + 1, 1))
         snapshot = await self._bounded(self.store.get_version(canvas_id, number))
         if not infos or infos[0].number != number or snapshot is None:
-            raise ApiError(404, "not_found", f"canvas {canvas_id!r} has no version {number}")
+            raise NotFound(f"canvas {canvas_id!r} has no version {number}")
         doc = replay(LoadedCanvas(snapshot, number, [], None), canvas_id, strict=False)
         return infos[0], doc, snapshot
 
@@ -450,7 +447,7 @@ class HttpApi:
         if not hub.persister.admit(size):
             raise Overloaded("storage backlog full: write refused, retry later")
         if hub.shutting_down:
-            raise ApiError(503, "unavailable", "server is shutting down", {"Retry-After": "1"})
+            raise ShuttingDown("server is shutting down")
         etag, done = await hub.write(canvas_id, change, request.headers.get("if-match"), size)
         headers = {"ETag": etag}
         if done is None:
@@ -467,19 +464,14 @@ class HttpApi:
     def jobs(self):
         jobs = self.hub.jobs
         if jobs is None:  # pragma: no cover - the composition root always sets it
-            raise ApiError(503, "unavailable", "generations are not enabled")
+            raise StoreUnavailable("generations are not enabled")
         return jobs
 
     @handler("generate")
     async def create_generation(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         body = await read_json(request, self.hub.settings.max_json_body_bytes)
-        try:
-            job, created = await self._bounded(self.jobs.create(canvas_id, body))
-        except InvalidJobRequest as exc:
-            raise ApiError(422, "invalid", str(exc), errors=exc.errors) from None
-        except IdempotencyConflict as exc:
-            raise ApiError(409, "conflict", str(exc)) from None
+        job, created = await self._bounded(self.jobs.create(canvas_id, body))
         return json_response({"job": job_json(job), "created": created}, 202,
                              {"Location": f"/api/generations/{job.id}"})
 
@@ -489,7 +481,7 @@ class HttpApi:
         limit, cursor = page_args(request)
         jobs = await self._bounded(self.store.list_jobs(canvas_id, cursor, limit + 1))
         if not jobs and cursor is None and await self.hub.read_document(canvas_id) is None:
-            raise ApiError(404, "not_found", f"canvas {canvas_id!r} does not exist")
+            raise NotFound(f"canvas {canvas_id!r} does not exist")
         return page_response("generations", jobs, limit, job_json, lambda j: j.id)
 
     async def _job(self, request: Request, action: str) -> Any:
@@ -497,7 +489,7 @@ class HttpApi:
         job_id = request.path_params["job_id"]
         job = await self._bounded(self.store.get_job(job_id))
         if job is None:
-            raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
+            raise NotFound(f"generation {job_id!r} does not exist")
         self.hub.auth.authorize(request.state.principal, job.canvas_id, action)
         return job
 
@@ -510,14 +502,14 @@ class HttpApi:
         job_id = (await self._job(request, "generate")).id
         job = await self._bounded(self.jobs.cancel(job_id))
         if job is None:
-            raise ApiError(404, "not_found", f"generation {job_id!r} does not exist")
+            raise NotFound(f"generation {job_id!r} does not exist")
         return json_response(job_json(job))
 
     @handler(None)
     async def get_asset(self, request: Request) -> Response:
         asset_id = request.path_params["asset_id"]
         if not ASSET_ID.fullmatch(asset_id):
-            raise ApiError(404, "not_found", "no such asset")
+            raise NotFound("no such asset")
         etag = f'"{asset_id}"'  # content-addressed: the id is a digest of the bytes
         headers = {
             "ETag": etag,
@@ -530,5 +522,5 @@ class HttpApi:
             return Response(status_code=304, headers=headers)
         asset = await self._bounded(self.store.get_asset(asset_id))
         if asset is None:
-            raise ApiError(404, "not_found", "no such asset")
+            raise NotFound("no such asset")
         return Response(asset.data, media_type=asset.content_type, headers=headers)

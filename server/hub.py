@@ -12,13 +12,13 @@ from pycrdt import Doc
 
 from canvashub.crdt.codec import KEEPALIVE_FRAME
 from canvashub.crdt.digest import content_etag
-from canvashub.crdt.errors import CloseCode
 from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
 from canvashub.storage.base import LoadedCanvas, Store
 
 from .auth import Authenticator
 from .cluster import Cluster
 from .compaction import Compactor, replay
+from .errors import CloseCode, PreconditionFailed, StoreUnavailable
 from .health import HealthMonitor
 from .limits import ConnectionCounter, OriginPolicy
 from .logs import FailureLog, log
@@ -30,10 +30,6 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .jobs import JobService
-
-
-class StoreUnavailable(Exception):
-    """The store could not answer in time (or at all)."""
 
 
 class Hub:
@@ -319,12 +315,6 @@ class Hub:
             "storage_backlog_updates": self.persister.backlog_updates,
             "storage_backlog_bytes": self.persister.backlog_bytes,
         }
-
-
-class PreconditionFailed(Exception):
-    def __init__(self, current_etag: str) -> None:
-        super().__init__(current_etag)
-        self.current_etag = current_etag
 
 
 def binary_etag(etag: str) -> str:

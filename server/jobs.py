@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from canvashub.crdt.edits import patch_element
-from canvashub.crdt.errors import CanvasTooLarge
 from canvashub.storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, Store
 
+from .errors import CanvasTooLarge, Conflict, ServerError, UnprocessableBody, answer_for
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
 from .logs import FailureLog, log
 from .schemas import GENERATION_REQUEST, MAX_PARAMS_BYTES, SchemaViolation, check, contains_nul
@@ -431,13 +431,14 @@ def generation_event(job: Job, extra: dict[str, Any] | None = None) -> dict[str,
 JOB_ID = re.compile(r"[0-9a-f]{1,64}")  # what ``new_job_id`` makes (and any shorter hex id)
 
 
-class InvalidJobRequest(ValueError):
+class InvalidJobRequest(UnprocessableBody):
+    """A generation request of the wrong shape, or with params its generator would refuse."""
+
     def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.errors = errors or []
+        super().__init__(message, errors=errors or [])
 
 
-class IdempotencyConflict(ValueError):
+class IdempotencyConflict(Conflict):
     """The idempotency key was used for a request with another generator, prompt or params."""
 
 
@@ -548,10 +549,9 @@ async def answer_request(service: JobService | None, canvas_id: str, request: An
                 if job is None:
                     return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
             return {"type": "response", "request_id": request_id, "ok": True, "job": job_json(job)}
-    except InvalidJobRequest as exc:
-        return fail("invalid", str(exc))
-    except IdempotencyConflict as exc:
-        return fail("conflict", str(exc))
+    except ServerError as exc:  # invalid request, idempotency conflict: as the error table names them
+        answer = answer_for(exc)
+        return fail(answer.error_type if answer is not None else "invalid", exc.message)
     except asyncio.TimeoutError:
         return fail("timeout", "storage did not answer in time")
     except Exception as exc:

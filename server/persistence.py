@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable
 
 from canvashub.storage.base import Store
 
+from .errors import CanvasDeleted
 from .logs import FailureLog, log
 from .metrics import Metrics
 
@@ -54,10 +55,6 @@ class Pending:
     # earlier update of its canvas (commits follow submission order), that much is in storage.
     # At most one queued item per canvas keeps one (see ``submit``); None advances nothing.
     state: bytes | None = None
-
-
-class CanvasDeleted(Exception):
-    """The canvas was deleted while this update waited to be written."""
 
 
 class Persister:
@@ -167,7 +164,7 @@ class Persister:
                 dropped += 1
                 self._settle_one(item)
                 if item.done is not None and not item.done.done():
-                    item.done.set_exception(CanvasDeleted(canvas_id))
+                    item.done.set_exception(CanvasDeleted("the canvas was deleted while the change was pending"))
                     item.done.exception()
                 if item.writer is not None:
                     item.writer.save_failed("canvas deleted")

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Awaitable, Callable, NamedTuple
 
 from canvashub.crdt.codec import EMPTY_UPDATE, WRITE_MESSAGES, AwarenessFrame, Message
 from canvashub.crdt.digest import content_etag
-from canvashub.crdt.errors import CanvasTooLarge, Overloaded
 from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
 from canvashub.crdt.update import decode_state_vector
 
+from .errors import CanvasTooLarge, Overloaded
 from .logs import log
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import signal
 import httpx
 import pytest
 
-from canvashub.crdt.errors import CloseCode
+from canvashub.server.errors import CloseCode
 
 from .js_client import JsClient
 from .support import wait_until

@@ -10,7 +10,7 @@ import pytest
 from pycrdt import Doc
 
 from canvashub.crdt import codec
-from canvashub.crdt.errors import CloseCode
+from canvashub.server.errors import CloseCode
 from canvashub.server.compaction import replay
 
 from .support import StorageBackend, wait_until

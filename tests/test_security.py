@@ -16,7 +16,8 @@ import websockets
 
 from canvashub.crdt import codec
 from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload
-from canvashub.server.auth import AuthError, Authenticator, mint_token, parse_ttl, websocket_token
+from canvashub.server.auth import Authenticator, mint_token, parse_ttl, websocket_token
+from canvashub.server.errors import AccessDenied, Unauthorized, answer_for
 
 from .js_client import JsClient
 from .support import wait_until
@@ -154,9 +155,9 @@ def test_public_key_tokens_and_algorithm_confusion(tmp_path):
                                else ec.generate_private_key(ec.SECP256R1()), canvas="*", role="owner", user="k",
                                algorithm=algorithm)
             for bad in (confused, unsigned, other):
-                with pytest.raises(AuthError) as refused:
+                with pytest.raises(Unauthorized) as refused:
                     auth.authenticate(bad)
-                assert refused.value.status == 401
+                assert answer_for(refused.value).status == 401
 
 
 def hs256_by_hand(claims: dict, key: bytes) -> str:
@@ -180,7 +181,7 @@ def test_token_claims_are_checked():
                    {"sub": "a", "role": "owner", "canvas": ["*"], "exp": now + 60},
                    {"sub": "a", "role": "owner", "canvas": "a/b", "exp": now + 60},
                    {"sub": "a", "role": "owner", "canvas": "*"}):  # no expiry
-        with pytest.raises(AuthError):
+        with pytest.raises(AccessDenied):
             auth.authenticate(jwt.encode(claims, SECRET, algorithm="HS256"))
     with pytest.raises(ValueError):
         Authenticator(secret="too-short")
