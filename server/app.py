@@ -76,7 +76,8 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     hub.jobs = JobService(hub, store, generators, workers=settings.job_workers,
                           lease_seconds=settings.job_lease_seconds, poll_interval=settings.job_poll_interval,
                           watch_interval=settings.job_watch_interval, max_attempts=settings.job_max_attempts,
-                          retry_base=settings.job_retry_base, retry_max=settings.job_retry_max)
+                          retry_base=settings.job_retry_base, retry_max=settings.job_retry_max,
+                          store_timeout=settings.store_timeout)
     api = HttpApi(hub)
 
     @contextlib.asynccontextmanager

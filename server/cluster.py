@@ -35,17 +35,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Callable, Mapping, Protocol
 
 from canvashub.crdt.codec import EMPTY_UPDATE, AwarenessFrame, Reader, encode_awareness, parse_frame, write_var_uint
+from canvashub.crdt.room import RoomDocument
 from canvashub.crdt.update import check_state_vector
 
 from .logs import log
+from .peer import Peer
 from .pubsub import PubSub
 
-if TYPE_CHECKING:
-    from .hub import Hub
-    from .rooms import Room
+
+class ClusterRoom(Protocol):
+    """What the cluster needs of a loaded canvas (server/rooms.py's ``Room``)."""
+
+    canvas_id: str
+    document: RoomDocument
+    connections: Mapping[Peer, None]
+    unconfirmed: Mapping[tuple[str, int], tuple[bytes, float]]
+
+    def apply_peer_update(self, node: str, number: int, update: bytes, now: float) -> None: ...
+
+    def apply_peer_awareness(self, node: str, payload: bytes, now: float) -> None: ...
+
+    def peer_confirmed(self, node: str, number: int) -> None: ...
+
+    def take_over(self, conditional: bool, older_than: float | None = None) -> int: ...
+
+    def expire_peer_presence(self, before: float) -> None: ...
 
 UPDATE, AWARENESS, SYNC, SYNC_REPLY, DELETED, DURABLE = b"u", b"a", b"s", b"t", b"x", b"d"
 PEER_COMMIT_TIMEOUT = 3.0  # a relayed change its sender has not confirmed durable by then is stored here
@@ -60,9 +77,14 @@ def varuint(value: int) -> bytes:
 
 
 class Cluster:
-    def __init__(self, hub: "Hub", pubsub: PubSub) -> None:
-        self.hub = hub
+    """``rooms``: the loaded canvases by id (a live mapping); ``is_loading``: is a load of this id under way.
+    ``on_deleted`` is told when another process deleted a canvas (the hub closes its sockets)."""
+
+    def __init__(self, pubsub: PubSub, rooms: Mapping[str, ClusterRoom], is_loading: Callable[[str], bool]) -> None:
         self.pubsub = pubsub
+        self.rooms = rooms
+        self.is_loading = is_loading
+        self.on_deleted: Callable[[str], None] = lambda canvas_id: None
         self._early: dict[str, list[tuple[str, bytes]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.received = 0
@@ -90,7 +112,7 @@ class Cluster:
             await self.pubsub.subscribe(self.channel(canvas_id),
                                         lambda sender, payload: self._on_message(canvas_id, sender, payload))
 
-    def loaded(self, room: "Room") -> None:
+    def loaded(self, room: ClusterRoom) -> None:
         """The room is registered: apply what arrived during the load, then ask the others what we lack."""
         for sender, payload in self._early.pop(room.canvas_id, ()):
             self._on_message(room.canvas_id, sender, payload)
@@ -99,8 +121,7 @@ class Cluster:
     async def released(self, canvas_id: str) -> None:
         """The room was unloaded or deleted here: stop listening unless it is back (or loading) meanwhile."""
         async with self._lock(canvas_id):
-            registry = self.hub.registry
-            if canvas_id in registry.rooms or registry.is_loading(canvas_id):
+            if canvas_id in self.rooms or self.is_loading(canvas_id):
                 return
             self._early.pop(canvas_id, None)
             await self.pubsub.unsubscribe(self.channel(canvas_id))
@@ -124,24 +145,24 @@ class Cluster:
 
     def resync(self) -> None:
         """After a pub/sub outage: state vector exchange for every canvas this process holds."""
-        rooms = list(self.hub.registry.rooms.values())
+        rooms = list(self.rooms.values())
         for room in rooms:
             self._announce(room)
         log(logging.INFO, "cluster_resync", canvases=len(rooms))
 
-    def _announce(self, room: "Room") -> None:
+    def _announce(self, room: ClusterRoom) -> None:
         """Our state vector (the others answer with what we lack and their own vectors) and our presence."""
         self.pubsub.publish(self.channel(room.canvas_id), SYNC + room.document.doc.get_state())
         self._publish_presence(room)
 
-    def _publish_presence(self, room: "Room") -> None:
+    def _publish_presence(self, room: ClusterRoom) -> None:
         presence = room.document.local_presence(room.connections)
         if presence is not None:
             self.pubsub.publish(self.channel(room.canvas_id), AWARENESS + encode_awareness(presence))
 
     # -- inbound ----------------------------------------------------------------------------
     def _on_message(self, canvas_id: str, sender: str, payload: bytes) -> None:
-        room = self.hub.registry.rooms.get(canvas_id)
+        room = self.rooms.get(canvas_id)
         if room is None:
             early = self._early.get(canvas_id)
             if early is not None and len(early) < EARLY_BUFFER:
@@ -172,7 +193,7 @@ class Cluster:
                     self.pubsub.publish(channel, SYNC_REPLY + room.document.doc.get_state())
                     self._publish_presence(room)
             elif kind == DELETED:
-                self.hub.drop_deleted(canvas_id)
+                self.on_deleted(canvas_id)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - a bad message must not stop the reader (yrs panics too)
@@ -187,7 +208,7 @@ class Cluster:
     def take_over_stale(self) -> None:
         """Store relayed changes whose senders never confirmed them (crashed, or cut off from us)."""
         before = time.monotonic() - PEER_COMMIT_TIMEOUT
-        for room in list(self.hub.registry.rooms.values()):
+        for room in list(self.rooms.values()):
             if room.unconfirmed:
                 taken = room.take_over(conditional=False, older_than=before)
                 if taken:
@@ -197,11 +218,9 @@ class Cluster:
     def expire_presence(self) -> None:
         """Presence relayed from processes that went silent (crashed, cut off) is removed."""
         before = time.monotonic() - PRESENCE_TIMEOUT
-        for room in list(self.hub.registry.rooms.values()):
-            for frame in room.document.expire_remote(before):
-                for conn in room.connections:
-                    conn.enqueue(frame)
+        for room in list(self.rooms.values()):
+            room.expire_peer_presence(before)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, object]:
         return {**self.pubsub.status(), "messages_received": self.received, "messages_rejected": self.rejected,
                 "updates_taken_over": self.taken_over}

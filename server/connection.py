@@ -29,6 +29,7 @@ from .auth import OPEN, Principal, websocket_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
 from .limits import TokenBucket, client_ip, header, limit_exceeded
 from .logs import log
+from .savestatus import SaveStatus
 from .metrics import Metrics
 
 from .errors import (AccessDenied, CanvasTooLarge, CloseCode, Forbidden, InvalidRequest, ServerError, ShuttingDown,
@@ -50,7 +51,7 @@ class Connection:
 
     __slots__ = ("id", "room", "canvas_id", "metrics", "_send", "_queue", "_queued_bytes", "_max_messages",
                  "_max_bytes", "_waiter", "closing", "close_code", "_close_reason", "idle", "writer",
-                 "events", "changes_submitted", "changes_durable", "durable_clock",
+                 "events", "save",
                  "hub_jobs", "requests_in_flight", "tasks", "principal", "may_write", "may_announce",
                  "denied_told", "ip", "message_bucket", "byte_bucket", "expiry")
 
@@ -71,11 +72,8 @@ class Connection:
         self._close_reason = ""
         self.idle = True  # nothing sent since the last keepalive tick
         self.writer: asyncio.Task[None] | None = None
-        # Save status (see docs/protocol.md, "Events"): counts of this socket's changes.
         self.events = events  # opted in with ?events=1: receives [100, json] event frames
-        self.changes_submitted = 0
-        self.changes_durable = 0
-        self.durable_clock: dict[int, int] = {}
+        self.save = SaveStatus(self.send_event)  # this socket's changes: which are durable (docs/protocol.md)
         self.hub_jobs = None  # the JobService answering event requests (set by the endpoint)
         self.requests_in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -127,42 +125,6 @@ class Connection:
     def send_event(self, payload: dict[str, Any]) -> None:
         if self.events:
             self.enqueue(encode_event(orjson.dumps(payload)))
-
-    def merge_durable_clock(self, clocks: dict[int, int]) -> None:
-        durable = self.durable_clock
-        for client, clock in clocks.items():
-            if clock > durable.get(client, 0):
-                durable[client] = clock
-
-    def _save_event(self, status: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "type": "save",
-            "status": status,
-            "through": self.changes_durable,
-            "pending": self.changes_submitted - self.changes_durable,
-            "clock": {str(k): v for k, v in self.durable_clock.items()},
-            **extra,
-        }
-
-    def storage_event(self, status: str, clock: dict[int, int], backlog: int, error: str | None) -> None:
-        """The canvas's storage state (``scope: canvas``): sent on joining and, until ``saved``, on changes."""
-        extra: dict[str, Any] = {"error": error} if error is not None else {}
-        self.send_event(self._save_event(status, scope="canvas", clock={str(k): v for k, v in clock.items()},
-                                         backlog=backlog, **extra))
-
-    def save_succeeded(self, number: int, seq: int) -> None:
-        self.changes_durable = number
-        if self.events:
-            self.send_event(self._save_event("saved", seq=seq))
-
-    def save_retrying(self, attempt: int, delay: float, error: str | None) -> None:
-        if self.events:
-            self.send_event(self._save_event("retrying", attempt=attempt, retry_in_ms=round(delay * 1000),
-                                             error=error))
-
-    def save_failed(self, reason: str) -> None:
-        if self.events:
-            self.send_event(self._save_event("failed", reason=reason))
 
     def _overflow(self) -> None:
         """The client stopped reading: drop it now so the room's memory stays flat.
@@ -380,7 +342,7 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
             except ServerError as exc:  # a write refused by policy (backlog full, canvas too large)
                 if isinstance(exc, CanvasTooLarge):
                     limit_exceeded("canvas_size", ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
-                conn.save_failed(exc.message)  # the client keeps the change (and resends it on reconnect)
+                conn.save.failed(exc.message)  # the client keeps the change (and resends it on reconnect)
                 refuse(conn, close_code_of(exc), exc.message, flush=True)
             except ProtocolError as exc:
                 refuse(conn, close_code_of(exc), exc.reason)

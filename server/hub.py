@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pycrdt import Doc
 
@@ -57,7 +57,8 @@ class Hub:
                                      settled=lambda room: self.persister.is_durable(room.canvas_id),
                                      loaded=self._room_loaded, unloaded=self._room_dropped)
         self.pubsub = pubsub if pubsub is not None else MemoryPubSub()
-        self.cluster = Cluster(self, self.pubsub)
+        self.cluster = Cluster(self.pubsub, self.registry.rooms, self.registry.is_loading)
+        self.cluster.on_deleted = self.drop_deleted
         self.persister.on_committed = self.cluster.committed
         self.persister.on_durable = self._stored
         self.persister.on_retrying = lambda canvas_id: self._stored(canvas_id, None)
@@ -67,6 +68,16 @@ class Hub:
         self.jobs: "JobService | None" = None  # set by the composition root
         self.health = HealthMonitor(store.health)  # what /readyz reports, without waiting on the store
         self.load_failures = FailureLog("canvas_load")  # one line per outage, not one per refused socket
+
+    def is_loaded(self, canvas_id: str) -> bool:
+        return canvas_id in self.registry.rooms
+
+    def send_event(self, canvas_id: str, event: dict[str, Any]) -> None:
+        """A canvashub event to every socket on the canvas that opted in."""
+        room = self.registry.rooms.get(canvas_id)
+        if room is not None:
+            for conn in room.connections:
+                conn.send_event(event)
 
     def snapshot_events(self, canvas_id: str) -> list[dict]:
         """Events a socket that opted in gets right after joining (the canvas's active jobs)."""

@@ -33,20 +33,19 @@ import random
 import re
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 import orjson
 
 from canvashub.crdt.edits import patch_element
-from canvashub.storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, Store
+from canvashub.crdt.room import Effects, RoomDocument
+from canvashub.storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, JobStore, Store
 
 from .errors import CanvasTooLarge, Conflict, ServerError, UnprocessableBody, answer_for
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
 from .logs import FailureLog, log
 from .schemas import GENERATION_REQUEST, MAX_PARAMS_BYTES, SchemaViolation, check, contains_nul
 
-if TYPE_CHECKING:
-    from .hub import Hub
 
 PROGRESS_EVENT_INTERVAL = 0.2  # at most 5 progress events per second per job
 CHANGE_MARGIN = 2.0  # seconds the job watcher re-reads behind its cursor
@@ -256,16 +255,29 @@ class Worker:
         await self._finish(job, "succeeded", result=result)
 
 
+class LiveCanvases(Protocol):
+    """What the job watcher needs of the canvases this process holds (the hub provides it)."""
+
+    def is_loaded(self, canvas_id: str) -> bool: ...
+
+    def send_event(self, canvas_id: str, event: dict[str, Any]) -> None:
+        """Send a canvashub event to every socket on the canvas that opted in."""
+
+    async def write(self, canvas_id: str, change: Callable[[RoomDocument], Effects], if_match: str | None = None,
+                    size: int = 0) -> tuple[str, asyncio.Future[int] | None]:
+        """Apply a server-side change to the canvas (loading it if needed): its ETag and commit future."""
+
+
 class JobWatcher:
     """Follows job changes in the store; notifies loaded canvases; applies results into canvases."""
 
-    def __init__(self, hub: "Hub", store: Store, poll_interval: float, result_lease: float | None = None) -> None:
-        self.hub = hub
+    def __init__(self, canvases: LiveCanvases, store: JobStore, poll_interval: float, store_timeout: float) -> None:
+        self.canvases = canvases
         self.store = store
         self.poll_interval = poll_interval
         # A result's claim must outlast loading the canvas, writing the element and waiting for it to be
         # durable (each bounded by about one store timeout) and marking it applied.
-        self.result_lease = result_lease or max(MIN_RESULT_LEASE, 3 * hub.settings.store_timeout)
+        self.result_lease = max(MIN_RESULT_LEASE, 3 * store_timeout)
         self.claimer_id = f"{os.uname().nodename}:{os.getpid()}:watcher:{secrets.token_hex(4)}"
         self._applied_here: dict[str, float] = {}  # job id -> when this process applied its result (monotonic)
         self.changed = asyncio.Event()
@@ -335,8 +347,7 @@ class JobWatcher:
             self._seen = {k: v for k, v in self._seen.items() if v >= horizon}
 
     def observe(self, job: Job) -> None:
-        rooms = self.hub.registry.rooms
-        if job.canvas_id not in rooms:
+        if not self.canvases.is_loaded(job.canvas_id):
             return
         known = self.active.setdefault(job.canvas_id, {})
         previous = known.get(job.id)
@@ -370,12 +381,7 @@ class JobWatcher:
             self._sent.pop(job.id, None)
         else:
             self._sent[job.id] = (status, job.progress, now)
-        room = self.hub.registry.rooms.get(job.canvas_id)
-        if room is None:
-            return
-        event = generation_event(job, extra)
-        for conn in room.connections:
-            conn.send_event(event)
+        self.canvases.send_event(job.canvas_id, generation_event(job, extra))
 
     def _applied(self, job_id: str) -> None:
         """Remember that this process applied (or refused) the result, before it is marked applied."""
@@ -392,7 +398,7 @@ class JobWatcher:
             element = dict(result.get("element") or {})
             element_id = result.get("element_id") or element_id_for(job.id)
             try:
-                _, done = await self.hub.write(
+                _, done = await self.canvases.write(
                     job.canvas_id,
                     lambda document: document.transact(lambda doc: patch_element(doc, element_id, element)),
                     size=len(orjson.dumps(element)),
@@ -445,13 +451,13 @@ class IdempotencyConflict(Conflict):
 class JobService:
     """What the server exposes: create, look up, list and cancel jobs; runs the watcher (and workers)."""
 
-    def __init__(self, hub: "Hub", store: Store, generators: dict[str, Generator], *, workers: int,
+    def __init__(self, canvases: LiveCanvases, store: Store, generators: dict[str, Generator], *, workers: int,
                  lease_seconds: float, poll_interval: float, watch_interval: float, max_attempts: int,
-                 retry_base: float, retry_max: float) -> None:
+                 retry_base: float, retry_max: float, store_timeout: float) -> None:
         self.store = store
         self.generators = generators
         self.max_attempts = max_attempts
-        self.watcher = JobWatcher(hub, store, watch_interval)
+        self.watcher = JobWatcher(canvases, store, watch_interval, store_timeout)
         self.worker: Worker | None = None
         if workers > 0:
             self.worker = Worker(store, generators, concurrency=workers, lease_seconds=lease_seconds,

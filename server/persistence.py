@@ -35,17 +35,17 @@ from canvashub.storage.base import Store
 from .errors import CanvasDeleted
 from .logs import FailureLog, log
 from .metrics import Metrics
+from .savestatus import SaveStatus
 
 if TYPE_CHECKING:
     from .compaction import Compactor
-    from .connection import Connection
 
 
 @dataclasses.dataclass(slots=True)
 class Pending:
     canvas_id: str
     update: bytes
-    writer: "Connection | None"  # the socket to acknowledge, if the update came from one
+    writer: SaveStatus | None  # the socket to acknowledge, if the update came from one
     number: int  # the writer's change number (1-based); 0 if no writer
     done: asyncio.Future[int] | None  # resolved with the log seq (HTTP writers wait on it)
     clocks: dict[int, int] | None  # state-vector entries this update advanced (opted-in writers only)
@@ -111,13 +111,12 @@ class Persister:
         """May a write of ``size`` bytes be accepted now? False past the backlog cap."""
         return self.backlog_bytes + size <= self.max_backlog_bytes
 
-    def submit(self, canvas_id: str, update: bytes, writer: "Connection | None" = None,
+    def submit(self, canvas_id: str, update: bytes, writer: SaveStatus | None = None,
                want_result: bool = False, clocks: dict[int, int] | None = None, *, published: int = 0,
                needed: Callable[[], bool] | None = None, state: bytes | None = None) -> asyncio.Future[int] | None:
         number = 0
         if writer is not None:
-            writer.changes_submitted += 1
-            number = writer.changes_submitted
+            number = writer.submit()
         done = asyncio.get_running_loop().create_future() if want_result else None
         item = Pending(canvas_id, update, writer, number, done, clocks, published, needed, state)
         self._queue.append(item)
@@ -129,8 +128,8 @@ class Persister:
             if previous is not None:
                 previous.state = None
             self._state_holder[canvas_id] = item
-        if self.retrying and writer is not None and number == writer.changes_durable + 1:
-            writer.save_retrying(*self._retry_notice, self.last_error)  # nothing of it pending before
+        if self.retrying and writer is not None and number == writer.durable + 1:
+            writer.retrying(*self._retry_notice, self.last_error)  # nothing of it pending before
         self.backlog_bytes += len(update)
         self._pending_per_canvas[canvas_id] = self._pending_per_canvas.get(canvas_id, 0) + 1
         self._idle.clear()
@@ -167,7 +166,7 @@ class Persister:
                     item.done.set_exception(CanvasDeleted("the canvas was deleted while the change was pending"))
                     item.done.exception()
                 if item.writer is not None:
-                    item.writer.save_failed("canvas deleted")
+                    item.writer.failed("canvas deleted")
             else:
                 kept.append(item)
         self._queue = kept
@@ -296,7 +295,7 @@ class Persister:
             del self._pending_per_canvas[item.canvas_id]
 
     def _acknowledge(self, batch: list[Pending], seqs: list[int]) -> None:
-        writers: dict["Connection", tuple[int, int]] = {}
+        writers: dict[SaveStatus, tuple[int, int]] = {}
         per_canvas: dict[str, int] = {}
         published: dict[str, int] = {}
         durable: dict[str, bytes | None] = {}
@@ -314,9 +313,9 @@ class Persister:
             if writer is not None:
                 writers[writer] = (item.number, seq)
                 if item.clocks:
-                    writer.merge_durable_clock(item.clocks)
+                    writer.merge_clock(item.clocks)
         for writer, (number, seq) in writers.items():
-            writer.save_succeeded(number, seq)
+            writer.succeeded(number, seq)
         if self.on_committed is not None:
             for canvas_id, number in published.items():
                 self.on_committed(canvas_id, number)
@@ -350,7 +349,7 @@ class Persister:
         writers = {item.writer for item in batch if item.writer is not None}
         writers.update(item.writer for item in self._queue if item.writer is not None)
         for writer in writers:
-            writer.save_retrying(*self._retry_notice, self.last_error)
+            writer.retrying(*self._retry_notice, self.last_error)
         if self.on_retrying is not None:
             for canvas_id in {item.canvas_id for item in batch} | {item.canvas_id for item in self._queue}:
                 self.on_retrying(canvas_id)

@@ -19,10 +19,11 @@ from canvashub.crdt.update import decode_state_vector
 
 from .errors import CanvasTooLarge, Overloaded
 from .logs import log
+from .peer import Peer
+from .savestatus import SaveStatus
 
 if TYPE_CHECKING:
     from .cluster import Cluster
-    from .connection import Connection
     from .persistence import Persister
 
 
@@ -36,7 +37,7 @@ class Room:
         self.canvas_id = canvas_id
         self.document = document
         self.persister = persister
-        self.connections: dict["Connection", None] = {}  # insertion-ordered set
+        self.connections: dict[Peer, None] = {}  # insertion-ordered set
         self.holders = 0  # connections between acquire() and release()
         self._unload_timer: asyncio.TimerHandle | None = None
         self.version = version  # the stored snapshot's version, as last seen by this process
@@ -58,7 +59,7 @@ class Room:
         # The state vector known to be in storage (``clock`` of storage-state save events): what was
         # loaded, then what the persister reports after each commit (see ``storage_state``).
         self.durable_state: bytes = document.doc.get_state()
-        self.storage_watchers: set["Connection"] = set()  # told each storage change until told "saved"
+        self.storage_watchers: set[Peer] = set()  # told each storage change until told "saved"
 
     @property
     def exists(self) -> bool:
@@ -72,7 +73,7 @@ class Room:
             self._etag = content_etag(self.document.doc)
         return self._etag
 
-    def join(self, conn: "Connection") -> None:
+    def join(self, conn: Peer) -> None:
         self.connections[conn] = None
         for frame in self.document.join(conn):
             conn.enqueue(frame)
@@ -89,7 +90,7 @@ class Room:
                 return
         raise CanvasTooLarge(f"canvas size limit of {self.max_bytes} bytes reached: change refused")
 
-    def receive(self, conn: "Connection", message: Message, size: int) -> None:
+    def receive(self, conn: Peer, message: Message, size: int) -> None:
         """Apply a client's parsed message (``size``: its frame's length), relay it, queue it for storage;
         raises ``ProtocolError`` to close ``conn``. Every decision here is made from the parsed message,
         never from the frame's bytes (docs/security.md, "Canonical frames")."""
@@ -116,7 +117,7 @@ class Room:
             raise
         self._fan_out(conn, effects, before)
 
-    def _fan_out(self, conn: "Connection", effects: Effects, before: bytes | None) -> None:
+    def _fan_out(self, conn: Peer, effects: Effects, before: bytes | None) -> None:
         for reply in effects.reply:
             conn.enqueue(reply)
         self._relay(effects.broadcast, skip=conn)
@@ -129,7 +130,7 @@ class Room:
             if before is not None:
                 state = self.document.doc.get_state()  # recorded with the update too: one call
                 clocks = advanced_clocks(before, state)
-            self._store(update, conn, clocks, state=state)
+            self._store(update, conn.save, clocks, state=state)
         if effects.awareness_refused:
             log(logging.WARNING, "awareness_refused", canvas=self.canvas_id, conn=conn.id,
                 entries=effects.awareness_refused)
@@ -141,13 +142,13 @@ class Room:
         self._relay(effects.broadcast)
         return self._store(effects.update, want_result=True)
 
-    def _relay(self, frames: list[bytes], skip: "Connection | None" = None) -> None:
+    def _relay(self, frames: list[bytes], skip: Peer | None = None) -> None:
         for out in frames:
             for conn in self.connections:
                 if conn is not skip:
                     conn.enqueue(out)
 
-    def _store(self, update: bytes, writer: "Connection | None" = None, clocks: dict[int, int] | None = None,
+    def _store(self, update: bytes, writer: SaveStatus | None = None, clocks: dict[int, int] | None = None,
                want_result: bool = False, state: bytes | None = None) -> "asyncio.Future[int] | None":
         """A change made on this process: published to the other processes, then queued for storage
         behind any relayed change it may depend on that its sender has not confirmed durable.
@@ -181,6 +182,10 @@ class Room:
     def apply_peer_awareness(self, node: str, payload: bytes, now: float) -> None:
         self._relay(self.document.remote_awareness(node, payload, now).broadcast)
 
+    def expire_peer_presence(self, before: float) -> None:
+        """Presence other processes relayed and did not renew since ``before`` is removed here."""
+        self._relay(self.document.expire_remote(before))
+
     def peer_confirmed(self, node: str, number: int) -> None:
         """``node`` has stored its changes up to ``number``."""
         for key in [k for k in self.unconfirmed if k[0] == node and 0 < k[1] <= number]:
@@ -204,11 +209,11 @@ class Room:
             return StorageState(RETRYING, clock, backlog, self.persister.last_error)
         return StorageState(SAVING, clock, backlog, None)
 
-    def report_storage(self, conn: "Connection", state: "StorageState | None" = None) -> None:
+    def report_storage(self, conn: Peer, state: "StorageState | None" = None) -> None:
         """Tell ``conn`` the storage state; until it is ``saved``, tell it again after each change."""
         if state is None:
             state = self.storage_state()
-        conn.storage_event(state.status, state.clock, state.backlog, state.error)
+        conn.save.canvas_state(state.status, state.clock, state.backlog, state.error)
         if state.status == SAVED:
             self.storage_watchers.discard(conn)
         else:
@@ -249,7 +254,7 @@ class Room:
         self.updated_at = time.time()
         self.size_estimate += size
 
-    def leave(self, conn: "Connection") -> None:
+    def leave(self, conn: Peer) -> None:
         self.storage_watchers.discard(conn)
         if self.connections.pop(conn, False) is False:
             return
