@@ -19,7 +19,7 @@ from storage.base import LoadedCanvas, Store
 from .auth import Authenticator
 from .cluster import Cluster
 from .compaction import Compactor, replay
-from .limits import ConnectionCounter, OriginPolicy
+from .limits import ConnectionCounter, OriginPolicy, offences
 from .logs import log
 from .metrics import Metrics
 from .persistence import Persister
@@ -80,6 +80,7 @@ class Hub:
             self.jobs.start()
         self._keepalive = asyncio.get_running_loop().create_task(self._keepalive_loop())
         self._spawn(self._cluster_loop())
+        self._spawn(self._offence_summaries())
         # Everything allocated so far lives as long as the process: keep it out of the cyclic GC's
         # full collections, which otherwise pause the loop for tens of ms under heavy traffic.
         gc.freeze()
@@ -94,6 +95,12 @@ class Hub:
                 if conn.idle:
                     conn.enqueue(KEEPALIVE_FRAME)
                 conn.idle = True
+
+    async def _offence_summaries(self) -> None:
+        """Write the counts of suppressed hostile-connection lines even when no new offence comes."""
+        while True:
+            await asyncio.sleep(offences.period)
+            offences.flush_due()
 
     async def _cluster_loop(self) -> None:
         """Once a second: store relayed changes their sender never confirmed; expire silent presence."""
@@ -138,6 +145,7 @@ class Hub:
         for task in list(self._background):
             task.cancel()
         await self.store.close()
+        offences.flush()
         log(logging.INFO, "hub_closed", backlog_flushed=flushed)
 
     # -- rooms ---------------------------------------------------------------------------
