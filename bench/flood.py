@@ -1,6 +1,6 @@
 """Connection flood: an honest room's update latency alone, then while hostile sockets come and go.
 
-    .venv/bin/python bench/flood.py [--sockets 2000] [--concurrency 20] [--repeat 3]
+    .venv/bin/python bench/flood.py [--sockets 2000] [--concurrency 20] [--rate 0] [--repeat 3]
         [--clients 3] [--interval 0.005] [--baseline 5] [--hostile-canvases 1]
         [--tree LABEL=DIR ...] [--env NAME=VALUE ...]
 
@@ -68,9 +68,14 @@ async def hostile_main(args: argparse.Namespace) -> None:
     outcomes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     indices = iter(range(args.sockets))
 
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
     async def worker() -> None:
         for i in indices:
             kind, upgrade = plan[i]
+            if args.rate:  # open loop: socket i starts at i / rate, or as soon as a slot frees up
+                await asyncio.sleep(started + i / args.rate - loop.time())  # pacing, not waiting on a condition
             outcome = await raw_ws.attack("127.0.0.1", args.hostile_port, upgrade, wires[i])
             outcomes[kind][str(outcome)] += 1
 
@@ -196,7 +201,7 @@ async def measure(args: argparse.Namespace, port: int, server_pid: int, log_path
     hostile = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--hostile-port", str(port), "--sockets", str(args.sockets),
         "--concurrency", str(args.concurrency), "--hostile-canvases", str(args.hostile_canvases),
-        "--seed", str(args.seed), "--max-frame-bytes", str(args.max_frame_bytes),
+        "--seed", str(args.seed), "--max-frame-bytes", str(args.max_frame_bytes), "--rate", str(args.rate),
         stdout=subprocess.PIPE, cwd=str(ROOT))
     if args.honest_nice:  # the hostile process inherited this process's priority: back to the default
         os.setpriority(os.PRIO_PROCESS, hostile.pid, 0)
@@ -313,6 +318,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sockets", type=int, default=2000, help="hostile sockets per flood")
     parser.add_argument("--concurrency", type=int, default=20, help="hostile sockets open at once")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="hostile sockets started per second, at most --concurrency open (0: a new one as soon "
+                             "as one ends, as fast as the server lets them: the offered load then grows when the "
+                             "server gets cheaper)")
     parser.add_argument("--hostile-canvases", type=int, default=1, help="canvases the hostile sockets spread over")
     parser.add_argument("--clients", type=int, default=3, help="honest clients in the measured room")
     parser.add_argument("--interval", type=float, default=0.005, help="seconds between two honest updates")
@@ -352,7 +361,7 @@ def main() -> None:
                      if w in run})
                 runs.append(run)
     print(json.dumps({
-        "bench": "flood", "sockets": args.sockets, "concurrency": args.concurrency,
+        "bench": "flood", "sockets": args.sockets, "concurrency": args.concurrency, "rate": args.rate,
         "hostile_canvases": args.hostile_canvases, "honest_clients": args.clients,
         "honest_interval_s": args.interval, "join_interval_s": args.join_interval, "server_env": dict(args.env),
         "processes": placement,

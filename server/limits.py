@@ -106,9 +106,9 @@ def client_ip(scope: dict[str, Any]) -> str:
 class OffenceLog:
     """Logs what hostile or broken clients do without letting a flood of them fill the log.
 
-    A flood of short-lived sockets would otherwise cost one JSON line (formatting,
-    redaction, a write) per socket: measured as the largest share of canvashub's
-    own time per hostile socket (docs/benchmarks.md, "Connection floods"). The
+    A flood of short-lived sockets would otherwise write one JSON line per socket
+    (formatting, redaction and a synchronous write on the event loop; 230 KB per
+    2,000 sockets, docs/benchmarks.md, "Connection floods"). The
     first offence of each (event, address, detail) in a period is logged in full;
     the others are counted and written as one ``offences_suppressed`` line when
     the period ends (at the next offence or ``flush_due``). ``detail`` is what an
