@@ -243,7 +243,7 @@ def run_tree(args: argparse.Namespace, label: str, tree: Path, repeat: int, work
     env.pop("PYTHONPATH", None)
     with open(log_path, "wb") as server_log:
         # ``-m server`` from the tree's root imports that tree's code (the cwd comes first on sys.path)
-        proc = spawn([sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        proc = spawn([sys.executable, "-m", "canvashub.server", "serve", "--host", "127.0.0.1", "--port", str(port)],
                      stdout=server_log, stderr=subprocess.STDOUT, env=env, cwd=str(tree),
                      preexec_fn=(lambda: os.sched_setaffinity(0, args.server_cpus)) if args.server_cpus else None)
     try:

@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from pycrdt import Doc, Map  # noqa: E402
 
-from server.compaction import compact_canvas, replay  # noqa: E402
-from storage.postgres import PostgresStore  # noqa: E402
-from storage.sqlite import SQLiteStore  # noqa: E402
+from canvashub.server.compaction import compact_canvas, replay  # noqa: E402
+from canvashub.storage.postgres import PostgresStore  # noqa: E402
+from canvashub.storage.sqlite import SQLiteStore  # noqa: E402
 
 CANVAS = "bench-storage-load"
 DEFAULT_DSN = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

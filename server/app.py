@@ -16,9 +16,9 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from storage.base import Store
-from storage.postgres import PostgresStore
-from storage.sqlite import SQLiteStore
+from canvashub.storage.base import Store
+from canvashub.storage.postgres import PostgresStore
+from canvashub.storage.sqlite import SQLiteStore
 
 from . import logs
 from .auth import Authenticator
@@ -130,5 +130,5 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
 
 
 def create_app_from_env() -> Starlette:
-    """Factory for ``uvicorn --factory server.app:create_app_from_env``."""
+    """Factory for ``uvicorn --factory canvashub.server.app:create_app_from_env``."""
     return create_app(Settings.from_env(os.environ))

@@ -37,8 +37,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from crdt.codec import EMPTY_UPDATE, AwarenessFrame, Reader, encode_awareness, parse_frame, write_var_uint
-from crdt.update import check_state_vector
+from canvashub.crdt.codec import EMPTY_UPDATE, AwarenessFrame, Reader, encode_awareness, parse_frame, write_var_uint
+from canvashub.crdt.update import check_state_vector
 
 from .logs import log
 from .pubsub import PubSub

@@ -17,7 +17,7 @@ from typing import Callable
 
 from pycrdt import Doc
 
-from storage.base import LoadedCanvas, Store
+from canvashub.storage.base import LoadedCanvas, Store
 
 from .logs import log
 from .metrics import Metrics

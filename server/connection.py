@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 
-from crdt.codec import MSG_EVENT, Reader, encode_auth_denied, encode_event
-from crdt.errors import CanvasTooLarge, CloseCode, Overloaded, PolicyViolation, ProtocolError
+from canvashub.crdt.codec import MSG_EVENT, Reader, encode_auth_denied, encode_event
+from canvashub.crdt.errors import CanvasTooLarge, CloseCode, Overloaded, PolicyViolation, ProtocolError
 
 from .auth import OPEN, AuthError, Principal, websocket_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id

@@ -20,9 +20,9 @@ from pycrdt import Doc, Map
 from starlette.requests import Request
 from starlette.responses import Response
 
-from crdt.edits import check_element_id, check_fields, patch_element, restore_to
-from crdt.errors import CanvasTooLarge, Overloaded, ProtocolError
-from crdt.room import RoomDocument
+from canvashub.crdt.edits import check_element_id, check_fields, patch_element, restore_to
+from canvashub.crdt.errors import CanvasTooLarge, Overloaded, ProtocolError
+from canvashub.crdt.room import RoomDocument
 
 from .auth import AuthError, bearer_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
@@ -32,7 +32,7 @@ from .hub import PreconditionFailed, StoreUnavailable, etag_matches
 from .jobs import InvalidJobRequest, job_json
 from .schemas import ELEMENT_PATCH, SchemaViolation, check
 from .persistence import CanvasDeleted
-from storage.base import LoadedCanvas
+from canvashub.storage.base import LoadedCanvas
 
 if TYPE_CHECKING:
     from .hub import Hub

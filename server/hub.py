@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Callable
 
 from pycrdt import Doc
 
-from crdt.codec import KEEPALIVE_FRAME
-from crdt.digest import content_etag
-from crdt.errors import CloseCode
-from crdt.room import Effects, PartiallyApplied, RoomDocument
-from storage.base import LoadedCanvas, Store
+from canvashub.crdt.codec import KEEPALIVE_FRAME
+from canvashub.crdt.digest import content_etag
+from canvashub.crdt.errors import CloseCode
+from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
+from canvashub.storage.base import LoadedCanvas, Store
 
 from .auth import Authenticator
 from .cluster import Cluster

@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from crdt.edits import patch_element
-from crdt.errors import CanvasTooLarge
-from storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, Store
+from canvashub.crdt.edits import patch_element
+from canvashub.crdt.errors import CanvasTooLarge
+from canvashub.storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, Store
 
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
 from .logs import log

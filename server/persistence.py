@@ -27,7 +27,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
-from storage.base import Store
+from canvashub.storage.base import Store
 
 from .logs import log
 from .metrics import Metrics

@@ -12,11 +12,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from crdt.codec import EMPTY_UPDATE, MSG_AWARENESS, is_update_frame
-from crdt.digest import content_etag
-from crdt.errors import CanvasTooLarge, Overloaded
-from crdt.room import Effects, PartiallyApplied, RoomDocument
-from crdt.update import decode_state_vector
+from canvashub.crdt.codec import EMPTY_UPDATE, MSG_AWARENESS, is_update_frame
+from canvashub.crdt.digest import content_etag
+from canvashub.crdt.errors import CanvasTooLarge, Overloaded
+from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
+from canvashub.crdt.update import decode_state_vector
 
 from .logs import log
 

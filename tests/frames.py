@@ -7,8 +7,8 @@ import random
 import orjson
 from pycrdt import Doc, Map, Text
 
-from crdt import codec
-from crdt.awareness import AwarenessEntry, encode_awareness_payload
+from canvashub.crdt import codec
+from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload
 
 
 def valid_frames(rng: random.Random, count: int) -> list[bytes]:

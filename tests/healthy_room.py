@@ -12,7 +12,7 @@ import time
 import websockets
 from pycrdt import Doc, Map
 
-from crdt import codec
+from canvashub.crdt import codec
 
 HEALTHY_INTERVAL = 0.005  # one update per 5 ms (~200/s)
 

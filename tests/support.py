@@ -12,9 +12,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 import websockets
 
-from server.app import create_app
-from server.cli import DrainingServer, uvicorn_config
-from server.settings import Settings
+from canvashub.server.app import create_app
+from canvashub.server.cli import DrainingServer, uvicorn_config
+from canvashub.server.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -135,7 +135,7 @@ async def start_process_server(env: dict[str, str] | None = None, *args: str,
     log_file = open(log_path, "ab") if log_path else None
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port), *args,
+            sys.executable, "-m", "canvashub.server", "serve", "--host", "127.0.0.1", "--port", str(port), *args,
             env={**os.environ, **(env or {})}, stderr=log_file,
         )
     finally:
@@ -208,8 +208,8 @@ class StorageBackend:
 
     def make_store(self):
         """A second store on the same data, for checking what the server wrote."""
-        from storage.postgres import PostgresStore
-        from storage.sqlite import SQLiteStore
+        from canvashub.storage.postgres import PostgresStore
+        from canvashub.storage.sqlite import SQLiteStore
 
         if self.database_url:
             return PostgresStore(self.database_url, pool_size=2, acquire_timeout=5.0)

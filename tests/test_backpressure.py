@@ -9,8 +9,8 @@ import httpx
 import orjson
 import websockets
 
-from crdt import codec
-from crdt.awareness import AwarenessEntry, encode_awareness_payload
+from canvashub.crdt import codec
+from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload
 
 from .support import wait_until
 

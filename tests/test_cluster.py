@@ -12,11 +12,11 @@ import httpx
 import orjson
 from pycrdt import Map
 
-from crdt import codec
-from crdt.awareness import AwarenessEntry, encode_awareness_payload
-from crdt.update import decode_state_vector
-from server.compaction import replay
-from server.pubsub import MemoryBroker, MemoryPubSub
+from canvashub.crdt import codec
+from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload
+from canvashub.crdt.update import decode_state_vector
+from canvashub.server.compaction import replay
+from canvashub.server.pubsub import MemoryBroker, MemoryPubSub
 
 from .wire import WireClient, key_updates
 

@@ -9,10 +9,10 @@ import orjson
 import pytest
 from pycrdt import Doc, Map
 
-from crdt import codec
-from crdt.awareness import AwarenessEntry, encode_awareness_payload
-from crdt.errors import CloseCode, FrameTooBig, InvalidPayload, MalformedFrame, PolicyViolation, ProtocolError
-from crdt.room import RoomDocument
+from canvashub.crdt import codec
+from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload
+from canvashub.crdt.errors import CloseCode, FrameTooBig, InvalidPayload, MalformedFrame, PolicyViolation, ProtocolError
+from canvashub.crdt.room import RoomDocument
 
 from .frames import mutate, random_frame, valid_frames
 

@@ -12,10 +12,10 @@ import pycrdt
 import pytest
 from pycrdt import Doc, Map, Text
 
-from crdt.digest import content_etag, decode_delete_set
-from crdt.edits import patch_element, restore_to
-from crdt.errors import InvalidPayload
-from crdt.update import decode_state_vector
+from canvashub.crdt.digest import content_etag, decode_delete_set
+from canvashub.crdt.edits import patch_element, restore_to
+from canvashub.crdt.errors import InvalidPayload
+from canvashub.crdt.update import decode_state_vector
 
 
 def elements(doc: Doc) -> Map:

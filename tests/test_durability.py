@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from crdt.errors import CloseCode
+from canvashub.crdt.errors import CloseCode
 
 from .js_client import JsClient
 from .proxy import TcpProxy

@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from server.limits import OffenceLog
+from canvashub.server.limits import OffenceLog
 
 from . import raw_ws
 from .healthy_room import HealthyRoom

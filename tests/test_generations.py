@@ -174,7 +174,7 @@ async def worker_factory():
     started: list[asyncio.subprocess.Process] = []
 
     async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "server", "worker", "--job-workers", "1",
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "canvashub.server", "worker", "--job-workers", "1",
                                                     env={**os.environ, **env})
         started.append(proc)
         return proc
@@ -235,7 +235,7 @@ async def test_http_generator_that_always_fails_ends_failed(server_factory, stor
 async def test_requests_over_the_events_channel(server_factory):
     """An opted-in socket can start, read and cancel generations with [100, json] requests and gets
     a response per request_id; malformed requests get an error response, not a close."""
-    from crdt.codec import encode_event
+    from canvashub.crdt.codec import encode_event
     import orjson
 
     server = await server_factory(**FAST, job_workers=0)

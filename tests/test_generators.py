@@ -9,11 +9,11 @@ from typing import AsyncIterator
 
 import pytest
 
-from server.generators import Generator, build_generators
-from server.generators.base import (GenerationError, GenerationOutput, GenerationRequest, PermanentError,
+from canvashub.server.generators import Generator, build_generators
+from canvashub.server.generators.base import (GenerationError, GenerationOutput, GenerationRequest, PermanentError,
                                     RetryableError)
-from server.generators.http import HttpGenerator
-from server.generators.pattern import PatternGenerator
+from canvashub.server.generators.http import HttpGenerator
+from canvashub.server.generators.pattern import PatternGenerator
 
 from .fake_generation_service import FakeGenerationService, make_png
 

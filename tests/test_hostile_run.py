@@ -35,13 +35,13 @@ import orjson
 import pytest
 from pycrdt import Doc, Map
 
-from crdt import codec
-from crdt.awareness import AwarenessEntry, encode_awareness_payload
-from crdt.errors import InvalidPayload
-from crdt.room import apply_update_safely
-from crdt.update import check_update
-from server.compaction import replay
-from storage.sqlite import SQLiteStore
+from canvashub.crdt import codec
+from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload
+from canvashub.crdt.errors import InvalidPayload
+from canvashub.crdt.room import apply_update_safely
+from canvashub.crdt.update import check_update
+from canvashub.server.compaction import replay
+from canvashub.storage.sqlite import SQLiteStore
 
 from . import raw_ws
 from .healthy_room import HealthyRoom, percentile

@@ -8,7 +8,7 @@ import random
 import websockets
 from pycrdt import Doc, Map
 
-from crdt import codec
+from canvashub.crdt import codec
 
 from .frames import mutate, random_frame, valid_frames
 from .support import wait_until

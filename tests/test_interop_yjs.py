@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pycrdt import Map, Text
 
-from crdt.errors import CloseCode
+from canvashub.crdt.errors import CloseCode
 
 from .js_client import JsClient, decode_state_vector, require_node
 from .support import LiveServer, wait_until

@@ -10,8 +10,8 @@ import dataclasses
 
 import pytest
 
-from storage import migrations
-from storage.base import JOB_STATUSES, Asset, Job
+from canvashub.storage import migrations
+from canvashub.storage.base import JOB_STATUSES, Asset, Job
 
 from .test_storage_contract import WAIT, backend, store  # noqa: F401  (fixtures: every test runs on both backends)
 

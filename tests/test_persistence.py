@@ -9,9 +9,9 @@ import httpx
 import pytest
 from pycrdt import Doc
 
-from crdt import codec
-from crdt.errors import CloseCode
-from server.compaction import replay
+from canvashub.crdt import codec
+from canvashub.crdt.errors import CloseCode
+from canvashub.server.compaction import replay
 
 from .support import StorageBackend, wait_until
 from .wire import WireClient, elements_of, key_updates

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from server.pubsub import MemoryBroker, MemoryPubSub, PubSub, RedisPubSub, make_pubsub
+from canvashub.server.pubsub import MemoryBroker, MemoryPubSub, PubSub, RedisPubSub, make_pubsub
 
 from .proxy import TcpProxy
 from .support import skip_or_fail, wait_until

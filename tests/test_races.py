@@ -6,9 +6,9 @@ import asyncio
 
 from pycrdt import Doc, Map
 
-from server.hub import Hub
-from server.settings import Settings
-from storage.sqlite import SQLiteStore
+from canvashub.server.hub import Hub
+from canvashub.server.settings import Settings
+from canvashub.storage.sqlite import SQLiteStore
 
 
 def key_update(key: str, value: float, client_id: int) -> bytes:

@@ -7,7 +7,7 @@ import asyncio
 import websockets
 from pycrdt import Doc, Map
 
-from crdt import codec
+from canvashub.crdt import codec
 
 from .support import wait_until
 from .test_smoke import make_update

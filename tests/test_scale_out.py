@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from storage.postgres import PostgresStore
+from canvashub.storage.postgres import PostgresStore
 
 from .js_client import JsClient
 from .proxy import LoadBalancer
@@ -169,8 +169,8 @@ async def test_killed_process_clients_move_on_and_acknowledged_edits_survive(pro
         store = PostgresStore(postgres_backend.database_url, pool_size=1, acquire_timeout=5)
         await store.open()
         try:
-            from crdt.update import decode_state_vector
-            from server.compaction import replay
+            from canvashub.crdt.update import decode_state_vector
+            from canvashub.server.compaction import replay
 
             loaded = await store.load("crash")
             stored_sv = decode_state_vector(replay(loaded, "crash", strict=True).get_state())

@@ -14,9 +14,9 @@ import orjson
 import pytest
 import websockets
 
-from crdt import codec
-from crdt.awareness import AwarenessEntry, encode_awareness_payload
-from server.auth import AuthError, Authenticator, mint_token, parse_ttl, websocket_token
+from canvashub.crdt import codec
+from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload
+from canvashub.server.auth import AuthError, Authenticator, mint_token, parse_ttl, websocket_token
 
 from .js_client import JsClient
 from .support import wait_until
@@ -118,13 +118,13 @@ async def test_open_mode_warns_loudly_and_lets_everyone_edit(server_factory, cap
 
 def test_cli_mints_tokens_the_server_accepts():
     env = {**os.environ, "CANVASHUB_AUTH_SECRET": SECRET}
-    out = subprocess.run([sys.executable, "-m", "server", "token", "--canvas", "c1", "--role", "editor",
+    out = subprocess.run([sys.executable, "-m", "canvashub.server", "token", "--canvas", "c1", "--role", "editor",
                           "--user", "ann", "--name", "Ann", "--ttl", "1h"], env=env, capture_output=True, text=True,
                          check=True)
     principal = Authenticator(secret=SECRET).authenticate(out.stdout.strip())
     assert (principal.user_id, principal.name, principal.role, principal.canvas) == ("ann", "Ann", "editor", "c1")
     assert 3500 < principal.expires_at - time.time() <= 3600
-    short = subprocess.run([sys.executable, "-m", "server", "token", "--canvas", "c1", "--role", "editor",
+    short = subprocess.run([sys.executable, "-m", "canvashub.server", "token", "--canvas", "c1", "--role", "editor",
                             "--user", "ann"], env={**os.environ, "CANVASHUB_AUTH_SECRET": "short"},
                            capture_output=True, text=True)
     assert short.returncode == 2 and "at least 32 bytes" in short.stderr
@@ -327,7 +327,7 @@ async def test_cross_site_writes_are_refused_even_in_open_mode(server_factory):
 def test_redaction_keeps_uvicorn_access_log_arguments_usable():
     import logging
 
-    from server.logs import RedactFilter
+    from canvashub.server.logs import RedactFilter
 
     record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
                                ("127.0.0.1:5", "GET", "/api/canvases/a?token=eyJhbGciOi.eyJzdWIi.c2ln", "1.1", 200),

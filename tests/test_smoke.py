@@ -9,7 +9,7 @@ import pytest
 import websockets
 from pycrdt import Doc, Map
 
-from crdt import codec
+from canvashub.crdt import codec
 
 
 def make_update(key: str, value) -> bytes:

@@ -11,11 +11,11 @@ from typing import Any, AsyncIterator, Callable
 import pycrdt
 import pytest
 
-from storage import migrations
-from storage.base import CanvasInfo, LoadedCanvas, Store, VersionInfo
-from storage.postgres import PostgresStore
-from storage.sqlite import SQLiteStore
-from server.compaction import CompactionConflict, CompactionResult, compact_canvas
+from canvashub.storage import migrations
+from canvashub.storage.base import CanvasInfo, LoadedCanvas, Store, VersionInfo
+from canvashub.storage.postgres import PostgresStore
+from canvashub.storage.sqlite import SQLiteStore
+from canvashub.server.compaction import CompactionConflict, CompactionResult, compact_canvas
 
 from .support import PG_DSN, postgres_schema
 

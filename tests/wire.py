@@ -10,9 +10,9 @@ import orjson
 import websockets
 from pycrdt import Doc, Map
 
-from crdt import codec
-from crdt.awareness import parse_awareness
-from crdt.codec import MSG_EVENT, Reader
+from canvashub.crdt import codec
+from canvashub.crdt.awareness import parse_awareness
+from canvashub.crdt.codec import MSG_EVENT, Reader
 
 
 class WireClient:

@@ -259,7 +259,7 @@ async def test_viewer_token_is_read_only(server_factory, browser):
     """With tokens required, a viewer sees everything live but cannot change it: the UI is read-only,
     and a change forced through the page's own Yjs document is refused by the server, never reaching
     the editor or storage."""
-    from server.auth import mint_token
+    from canvashub.server.auth import mint_token
 
     secret = "e2e-secret-" + "s" * 32
     server = await server_factory(auth_secret=secret)
