@@ -69,6 +69,8 @@ OPEN = Principal(role="editor", canvas="*")  # open mode: an editor allowed ever
 
 
 def canvas_matches(pattern: str, canvas_id: str) -> bool:
+    if pattern == "*":  # open mode and all-canvas tokens: no regex per upgrade
+        return True
     if "*" not in pattern:
         return pattern == canvas_id
     regex = ".*".join(re.escape(part) for part in pattern.split("*"))

@@ -27,7 +27,7 @@ from canvashub.crdt.errors import PolicyViolation, ProtocolError
 
 from .auth import OPEN, Principal, websocket_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
-from .limits import TokenBucket, client_ip, header, limit_exceeded
+from .limits import TokenBucket, client_ip, header, limit_exceeded, offences
 from .logs import log
 from .savestatus import SaveStatus
 from .metrics import Metrics
@@ -149,15 +149,16 @@ class Connection:
         self.close_code = code
         self.metrics.closes_by_code[int(code)] += 1
         self._close_reason = reason
+        waiter = self._waiter
+        parked = waiter is not None and not waiter.done()  # the writer waits for frames, not on the client
         if not flush:
             self._queue.clear()
             self._queued_bytes = 0
-            if self.writer is not None:
+            if self.writer is not None and not parked:
                 self.writer.cancel()  # it may be blocked on a client that stopped reading
                 self.writer = asyncio.get_running_loop().create_task(self._send_close())
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if parked:
+            waiter.set_result(None)  # the writer sends what is left, then the close frame
 
     async def run_writer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -218,7 +219,8 @@ class WebSocketEndpoint:
             principal = hub.auth.authenticate(token)
             hub.auth.authorize(principal, canvas_id, "read")
         except AccessDenied as exc:
-            log(logging.WARNING, "ws_auth_refused", canvas=canvas_id, ip=ip, status=status_of(exc), reason=exc.message)
+            offences.record(logging.WARNING, "ws_auth_refused", ip, status_of(exc), canvas=canvas_id,
+                            status=status_of(exc), reason=exc.message)
             await reject(scope, send, exc)
             return
         if hub.shutting_down:
@@ -406,7 +408,8 @@ def status_of(exc: ServerError) -> int:
 
 def refuse(conn: Connection, code: int, reason: str, *, flush: bool = False) -> None:
     """The one place a protocol error becomes a close: leave the room, then close this socket only."""
-    log(logging.WARNING, "ws_protocol_error", canvas=conn.canvas_id, conn=conn.id, code=int(code), reason=reason)
+    offences.record(logging.WARNING, "ws_protocol_error", conn.ip, int(code), canvas=conn.canvas_id, conn=conn.id,
+                    code=int(code), reason=reason)
     conn.room.leave(conn)
     conn.close(code, reason[:120], flush=flush)  # close reasons are capped at 123 bytes
 

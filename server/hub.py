@@ -20,7 +20,7 @@ from .cluster import Cluster
 from .compaction import Compactor, replay
 from .errors import CloseCode, PreconditionFailed, StoreUnavailable
 from .health import HealthMonitor
-from .limits import ConnectionCounter, OriginPolicy
+from .limits import ConnectionCounter, OriginPolicy, offences
 from .logs import FailureLog, log
 from .metrics import Metrics
 from .persistence import Persister
@@ -94,6 +94,7 @@ class Hub:
             self.jobs.start()
         self._keepalive = asyncio.get_running_loop().create_task(self._keepalive_loop())
         self._spawn(self._cluster_loop())
+        self._spawn(self._offence_summaries())
         # Everything allocated so far lives as long as the process: keep it out of the cyclic GC's
         # full collections, which otherwise pause the loop for tens of ms under heavy traffic.
         gc.freeze()
@@ -108,6 +109,12 @@ class Hub:
                 if conn.idle:
                     conn.enqueue(KEEPALIVE_FRAME)
                 conn.idle = True
+
+    async def _offence_summaries(self) -> None:
+        """Write the counts of suppressed hostile-connection lines even when no new offence comes."""
+        while True:
+            await asyncio.sleep(offences.period)
+            offences.flush_due()
 
     async def _cluster_loop(self) -> None:
         """Once a second: store relayed changes their sender never confirmed; expire silent presence."""
@@ -155,6 +162,7 @@ class Hub:
         for task in list(self._background):
             task.cancel()
         await self.store.close()
+        offences.flush()
         log(logging.INFO, "hub_closed", backlog_flushed=flushed)
 
     # -- rooms ---------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """Limits that keep one client from hurting the others: rates, connection counts, origins, slow upgrades.
 
-Every refusal is logged once as a structured ``limit_exceeded`` line naming the
-limit; close codes and HTTP statuses are listed in docs/security.md.
+Every refusal is logged as a structured ``limit_exceeded`` line naming the limit
+(through ``offences``: a flood of refusals from one address is summarised, not
+logged line by line); close codes and HTTP statuses are listed in docs/security.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -100,8 +103,61 @@ def client_ip(scope: dict[str, Any]) -> str:
     return client[0] if client else "unknown"
 
 
+class OffenceLog:
+    """Logs what hostile or broken clients do without letting a flood of them fill the log.
+
+    A flood of short-lived sockets would otherwise write one JSON line per socket
+    (formatting, redaction and a synchronous write on the event loop; 230 KB per
+    2,000 sockets, docs/benchmarks.md, "Connection floods"). The
+    first offence of each (event, address, detail) in a period is logged in full;
+    the others are counted and written as one ``offences_suppressed`` line when
+    the period ends (at the next offence or ``flush_due``). ``detail`` is what an
+    operator tells offences apart by: the limit, the close code, the HTTP status.
+    Past ``max_keys`` distinct keys in one period, new ones are only counted.
+    """
+
+    def __init__(self, period: float = 10.0, max_keys: int = 1000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self.max_keys = max_keys
+        self._clock = clock
+        self._started = clock()
+        self._logged: set[tuple[str, str, str]] = set()
+        self._suppressed: Counter[tuple[str, str, str]] = Counter()
+
+    def record(self, level: int, event: str, ip: str | None, detail: object, **fields: Any) -> None:
+        if self._clock() - self._started >= self.period:
+            self.flush()
+        key = (event, ip or "unknown", str(detail))
+        if key in self._logged or len(self._logged) >= self.max_keys:
+            self._suppressed[key] += 1
+            return
+        self._logged.add(key)
+        log(level, event, ip=ip, **fields)
+
+    def flush_due(self) -> None:
+        """Called periodically, so a flood's summary is written even if nothing follows it."""
+        if self._clock() - self._started >= self.period:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._suppressed:
+            counts = [{"event": event, "ip": ip, "detail": detail, "count": count}
+                      for (event, ip, detail), count in self._suppressed.most_common()]
+            log(logging.WARNING, "offences_suppressed", seconds=round(self._clock() - self._started, 1),
+                total=sum(self._suppressed.values()), counts=counts)
+        self._started = self._clock()
+        self._logged.clear()
+        self._suppressed.clear()
+
+
+# One per process: every hostile-connection event (limits, protocol errors, refused upgrades) goes here.
+offences = OffenceLog()
+
+
 def limit_exceeded(limit: str, **fields: Any) -> None:
-    log(logging.WARNING, "limit_exceeded", limit=limit, **fields)
+    ip = fields.pop("ip", None)
+    offences.record(logging.WARNING, "limit_exceeded", ip, limit, limit=limit, **fields)
 
 
 def preauth_protocol(base: type, timeout: float, on_timeout: Callable[[], None] | None = None) -> type:

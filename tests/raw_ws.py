@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import random
 import struct
 
 OP_TEXT = 0x1
@@ -85,6 +86,41 @@ def wire_frame(frame: bytes | str) -> bytes:
     if isinstance(frame, TextPayload):
         return client_frame(bytes(frame), OP_TEXT)
     return client_frame(frame, OP_BINARY)
+
+
+# A connection flood's offenders (bench/flood.py, tests/test_flood.py): what each socket sends after the
+# server's sync step 1, and the outcomes that are right for it.
+REFUSED_CODES = {1002, 1003, 1007, 1008, 1009}
+FLOOD_KINDS: dict[str, set[int | str]] = {
+    "bad_varint": {1002},  # a varint longer than 10 bytes where the update length goes
+    "unknown_type": {1002},
+    "length_past_end": {1002},
+    "garbage": REFUSED_CODES | {SURVIVED},  # random bytes: a few happen to be valid
+    "text_frame": {1003},
+    "oversize": {1009},  # a header claiming one byte over the frame cap; no payload follows
+    "client_close": {1000},  # the client closes first; the server echoes 1000
+}
+
+
+def flood_wire(kind: str, rng: random.Random, max_frame_bytes: int) -> bytes:
+    """The bytes a flood socket of ``kind`` (see ``FLOOD_KINDS``) sends."""
+    if kind == "bad_varint":
+        return wire_frame(b"\x00\x02" + b"\xff" * 12)
+    if kind == "unknown_type":
+        return wire_frame(bytes((rng.randrange(4, 100), 0)))
+    if kind == "length_past_end":
+        return wire_frame(b"\x00\x02\x20" + b"\x01" * 10)
+    if kind == "garbage":
+        from .frames import random_frame
+
+        return wire_frame(random_frame(rng))
+    if kind == "text_frame":
+        return wire_frame("not a y-websocket frame")
+    if kind == "oversize":
+        return struct.pack("!BBQ", 0x80 | OP_BINARY, 0x80 | 127, max_frame_bytes + 1) + _MASK
+    if kind == "client_close":
+        return close_frame(1000)
+    raise ValueError(kind)
 
 
 class _AttackProtocol(asyncio.Protocol):
