@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/flood.py [--sockets 2000] [--concurrency 20] [--rate 0] [--repeat 3]
         [--clients 3] [--interval 0.005] [--baseline 5] [--hostile-canvases 1]
-        [--tree LABEL=DIR ...] [--env NAME=VALUE ...]
+        [--tree LABEL=DIR ...] [--variant LABEL=NAME=VALUE[,NAME=VALUE] ...] [--env NAME=VALUE ...]
 
 Three processes share the machine's cores:
 
-- the server: ``python -m server serve`` (what ``canvashub serve`` runs) from each ``--tree``
-  (default: this checkout), with its defaults: embedded SQLite in a temporary directory, durable
+- the server: ``python -m canvashub.server serve`` (what ``canvashub serve`` runs), for each ``--tree``
+  with that checkout's own .venv (default: this checkout), and for each ``--variant`` this checkout
+  with extra settings; with its defaults: embedded SQLite in a temporary directory, durable
   storage, log level ``info``, every limit at its default (``--env`` adds settings). Its log goes
   to a file whose growth per window is reported;
 - this process: the honest room (``--clients`` websockets clients taking turns to send a real
@@ -235,15 +236,19 @@ async def measure(args: argparse.Namespace, port: int, server_pid: int, log_path
     return result
 
 
-def run_tree(args: argparse.Namespace, label: str, tree: Path, repeat: int, workdir: Path) -> dict:
+def run_tree(args: argparse.Namespace, label: str, tree: Path, repeat: int, workdir: Path,
+             variant_env: dict[str, str] | None = None) -> dict:
     port = free_port()
     data_dir = workdir / f"data-{label}-{repeat}"
     log_path = workdir / f"server-{label}-{repeat}.log"
-    env = {**os.environ, "DATABASE_URL": "", "CANVASHUB_DATA_DIR": str(data_dir), **dict(args.env)}
+    env = {**os.environ, "DATABASE_URL": "", "CANVASHUB_DATA_DIR": str(data_dir), **dict(args.env), **(variant_env or {})}
     env.pop("PYTHONPATH", None)
+    # canvashub is installed editable into each checkout's own .venv (make): that venv's Python runs that
+    # checkout's code; this checkout's interpreter runs this one.
+    python = tree / ".venv" / "bin" / "python"
     with open(log_path, "wb") as server_log:
-        # ``-m server`` from the tree's root imports that tree's code (the cwd comes first on sys.path)
-        proc = spawn([sys.executable, "-m", "canvashub.server", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        proc = spawn([str(python) if python.exists() else sys.executable, "-m", "canvashub.server", "serve",
+                      "--host", "127.0.0.1", "--port", str(port)],
                      stdout=server_log, stderr=subprocess.STDOUT, env=env, cwd=str(tree),
                      preexec_fn=(lambda: os.sched_setaffinity(0, args.server_cpus)) if args.server_cpus else None)
     try:
@@ -332,6 +337,8 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
                         help="a canvashub checkout to run the server from (repeatable; default: this one)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="server setting")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=NAME=VALUE[,NAME=VALUE]",
+                        help="also run this checkout with these settings, interleaved with the trees")
     two = (os.cpu_count() or 1) >= 2
     parser.add_argument("--server-cpus", type=cpu_list, default={0} if two else set(), metavar="LIST",
                         help="CPUs the server is pinned to (default 0; empty: not pinned)")
@@ -348,14 +355,19 @@ def main() -> None:
     if args.hostile_port is not None:
         asyncio.run(hostile_main(args))
         return
-    trees = [tuple(item.split("=", 1)) for item in args.tree] or [("current", str(ROOT))]
+    trees = [tuple(item.split("=", 1)) for item in args.tree] or ([] if args.variant else [("current", str(ROOT))])
+    # --variant LABEL=NAME=VALUE[,NAME=VALUE]: this checkout with extra settings, interleaved like trees.
+    variants: list[tuple[str, str, dict[str, str]]] = [(label, tree, {}) for label, tree in trees]
+    for item in args.variant:
+        label, _, settings = item.partition("=")
+        variants.append((label, str(ROOT), dict(pair.split("=", 1) for pair in settings.split(",") if pair)))
     placement = place_processes(args)
     runs = []
     with tempfile.TemporaryDirectory(prefix="flood-") as workdir:
         for repeat in range(args.repeat):
-            for label, tree in trees:
+            for label, tree, variant_env in variants:
                 log(f"flood: {label} repeat {repeat}")
-                run = run_tree(args, label, Path(tree).resolve(), repeat, Path(workdir))
+                run = run_tree(args, label, Path(tree).resolve(), repeat, Path(workdir), variant_env)
                 log(json.dumps({k: run.get(k) for k in ("tree", "p99_ratio", "error")}),
                     {w: {k: run[w][k] for k in ("p50_ms", "p99_ms", "server_cpu_pct")} for w in ("baseline", "flood")
                      if w in run})
@@ -366,7 +378,8 @@ def main() -> None:
         "honest_interval_s": args.interval, "join_interval_s": args.join_interval, "server_env": dict(args.env),
         "processes": placement,
         "load_avg_1m": round(os.getloadavg()[0], 2),
-        "trees": dict(trees), "runs": runs, "summary": summarize(runs)}))
+        "trees": {label: {"dir": tree, "env": env} for label, tree, env in variants}, "runs": runs,
+        "summary": summarize(runs)}))
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from .logs import log
 from .savestatus import SaveStatus
 from .metrics import Metrics
 
-from .errors import (AccessDenied, CanvasTooLarge, CloseCode, Forbidden, InvalidRequest, ServerError, ShuttingDown,
-                     StoreUnavailable, answer_for, error_body)
+from .errors import (AccessDenied, CanvasTooLarge, CloseCode, Forbidden, InvalidRequest, Overloaded, ServerError,
+                     ShuttingDown, StoreUnavailable, answer_for, error_body)
 from .jobs import answer_request
 
 if TYPE_CHECKING:
@@ -204,10 +204,16 @@ class WebSocketEndpoint:
         first = await receive()
         if first["type"] != "websocket.connect":
             return
+        ip = client_ip(scope)
+        # Every upgrade from one address takes its turn first, valid or not: a flood of short-lived
+        # sockets is paced to a bounded handshake rate instead of starving established rooms.
+        if not await hub.upgrades.admit(ip):
+            limit_exceeded("upgrade_rate_per_ip", ip=ip, canvas=canvas_id, rate=hub.upgrades.rate)
+            await reject(scope, send, Overloaded("too many new connections from this address, retry later"))
+            return
         if not is_valid_canvas_id(canvas_id):
             await reject(scope, send, InvalidRequest(f"canvas id must be {CANVAS_ID_RULE}"))
             return
-        ip = client_ip(scope)
         origin = header(scope, b"origin")
         if not hub.origins.allows(origin, header(scope, b"host")):
             limit_exceeded("origin", ip=ip, canvas=canvas_id, origin=origin[:200] if origin else None)

@@ -20,7 +20,7 @@ from .cluster import Cluster
 from .compaction import Compactor, replay
 from .errors import CloseCode, PreconditionFailed, StoreUnavailable
 from .health import HealthMonitor
-from .limits import ConnectionCounter, OriginPolicy, offences
+from .limits import ConnectionCounter, OriginPolicy, UpgradePacer, offences
 from .logs import FailureLog, log
 from .metrics import Metrics
 from .persistence import Persister
@@ -39,6 +39,7 @@ class Hub:
         self.auth = auth if auth is not None else Authenticator()
         self.origins = OriginPolicy(settings.allowed_origins)
         self.ip_connections = ConnectionCounter(settings.max_connections_per_ip)
+        self.upgrades = UpgradePacer(settings.upgrade_rate_per_ip, settings.upgrade_burst_per_ip)
         self.store = store
         self.backend = backend
         self.metrics = Metrics()

@@ -8,6 +8,7 @@ logged line by line); close codes and HTTP statuses are listed in docs/security.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import Counter
@@ -60,6 +61,46 @@ class ConnectionCounter:
             self.counts.pop(key, None)
         else:
             self.counts[key] = count
+
+
+class UpgradePacer:
+    """New WebSockets per client IP are paced, not refused: at most ``rate`` upgrades per second after a
+    burst of ``burst``; one over that waits its turn (at most ``max_wait`` seconds, else it is refused).
+
+    A flood of short-lived sockets from one address then costs the event loop ``rate`` handshakes per
+    second, whatever the attacker's concurrency, so established rooms keep their latency
+    (docs/security.md, "Connection floods"). Honest users behind the same address (NAT) are delayed
+    in a burst, never locked out. ``rate`` 0 turns pacing off.
+    """
+
+    def __init__(self, rate: float, burst: int, max_wait: float = 10.0) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.max_wait = max_wait
+        self._next: dict[str, float] = {}  # per IP: when its next upgrade may start (a virtual queue)
+
+    async def admit(self, ip: str) -> bool:
+        """Wait for ``ip``'s turn; False if that would take longer than ``max_wait`` (refuse: 1013)."""
+        if self.rate <= 0:
+            return True
+        if ":" in ip:  # IPv6: one host usually holds a whole /64
+            try:
+                ip = str(ipaddress.ip_network(f"{ip}/64", strict=False))
+            except ValueError:
+                pass
+        now = time.monotonic()
+        interval = 1.0 / self.rate
+        # The bucket as a "virtual finish time": up to ``burst`` upgrades may start at once, then one per interval.
+        start = max(self._next.get(ip, 0.0), now - (self.burst - 1) * interval)
+        delay = start - now
+        if delay > self.max_wait:
+            return False
+        self._next[ip] = start + interval
+        if len(self._next) > 10_000:  # forget addresses whose turn is long past
+            self._next = {key: when for key, when in self._next.items() if when > now}
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
 
 
 class OriginPolicy:

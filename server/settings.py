@@ -80,6 +80,8 @@ class Settings:
     rate_messages_burst: int = _opt(2000, "CANVASHUB_RATE_MESSAGES_BURST", "frames a connection may send at once before the rate applies")
     rate_bytes_per_second: int = _opt(4 * 1024 * 1024, "CANVASHUB_RATE_BYTES_PER_SECOND", "sustained bytes per second per connection (close 1008 above; 0: off)")
     rate_bytes_burst: int = _opt(16 * 1024 * 1024, "CANVASHUB_RATE_BYTES_BURST", "bytes a connection may send at once (at least the frame cap)")
+    upgrade_rate_per_ip: float = _opt(100.0, "CANVASHUB_UPGRADE_RATE_PER_IP", "new WebSockets per second per client IP after the burst; more wait their turn (up to 10 s, then 503), never refused outright (0: off)")
+    upgrade_burst_per_ip: int = _opt(200, "CANVASHUB_UPGRADE_BURST_PER_IP", "new WebSockets one client IP may open at once before pacing applies")
     max_connections_per_ip: int = _opt(0, "CANVASHUB_MAX_CONNECTIONS_PER_IP", "open WebSockets per client IP (403 at upgrade above; 0: off)")
     max_connections_per_canvas: int = _opt(1000, "CANVASHUB_MAX_CONNECTIONS_PER_CANVAS", "open WebSockets per canvas on this process (close 1013 above; 0: off)")
     max_document_bytes: int = _opt(64 * 1024 * 1024, "CANVASHUB_MAX_DOCUMENT_BYTES", "encoded size a canvas may grow to; a write past it is refused (close 4413, HTTP 413)")

@@ -65,13 +65,13 @@ def test_offence_log_writes_the_first_line_per_key_then_one_summary():
         logger.setLevel(level)
 
 
-async def flood(port: int, canvas_id: str) -> collections.Counter:
-    """``FLOOD_SOCKETS`` hostile sockets, ``FLOOD_CONCURRENCY`` at a time: outcome counts by (kind, outcome)."""
+async def flood(port: int, canvas_id: str, sockets: int = FLOOD_SOCKETS) -> collections.Counter:
+    """``sockets`` hostile sockets, ``FLOOD_CONCURRENCY`` at a time: outcome counts by (kind, outcome)."""
     rng = random.Random(12)
     kinds = list(raw_ws.FLOOD_KINDS)
     upgrade = raw_ws.upgrade_request(port, canvas_id)
     wires = [(kinds[i % len(kinds)], raw_ws.flood_wire(kinds[i % len(kinds)], rng, FRAME_CAP))
-             for i in range(FLOOD_SOCKETS)]
+             for i in range(sockets)]
     outcomes: collections.Counter = collections.Counter()
     pending = iter(wires)
 
@@ -118,3 +118,22 @@ async def test_honest_clients_behind_the_same_address_keep_joining_during_a_floo
     assert samples, "the honest room carried no update during the flood"
     await room.run(samples, count=len(samples) + 10)  # and still does afterwards
     await room.close()
+
+
+async def test_upgrades_from_one_address_are_paced_not_refused(server_factory):
+    """Past its burst, an address's new sockets are admitted at the configured rate: a flood of them takes
+    at least (count - burst) / rate seconds, every one is still served, and an honest join from the same
+    address waits its turn and succeeds."""
+    rate, burst, count = 20.0, 5, 45
+    server = await server_factory(upgrade_rate_per_ip=rate, upgrade_burst_per_ip=burst, max_frame_bytes=FRAME_CAP)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcomes = await flood(server.port, "paced", sockets=count)
+    elapsed = loop.time() - started
+    assert sum(outcomes.values()) == count
+    wrong = {key: n for key, n in outcomes.items() if key[1] not in raw_ws.FLOOD_KINDS[key[0]]}
+    assert not wrong, wrong
+    assert elapsed >= (count - burst) / rate * 0.9, f"{count} upgrades in {elapsed:.2f} s: not paced"
+    ws = await server.connect("honest", open_timeout=10)
+    assert (await asyncio.wait_for(ws.recv(), 10))[:2] == b"\x00\x00"
+    await ws.close()

@@ -200,6 +200,7 @@ async def test_hostile_input_run(process_server_factory, tmp_path):
         "CANVASHUB_MAX_FRAME_BYTES": str(FRAME_CAP),
         "CANVASHUB_LOG_LEVEL": "warning",
         "CANVASHUB_MAX_CONNECTIONS_PER_IP": "0",
+        "CANVASHUB_UPGRADE_RATE_PER_IP": "0",  # every frame gets its own socket; pacing is tests/test_flood.py's
         "CANVASHUB_RATE_MESSAGES_PER_SECOND": "0",
     }
     with stderr_redirected(log_path):

@@ -78,7 +78,7 @@ async def healthy_traffic(live_server, canvas: str, stop: asyncio.Event) -> int:
 
 async def test_bad_frames_close_only_their_socket(server_factory):
     """2,000 random/mutated/crafted frames on real sockets: offenders closed with 1002-1009, the other room carries on, loop never blocked 50 ms."""
-    live = await server_factory(max_frame_bytes=256 * 1024)
+    live = await server_factory(max_frame_bytes=256 * 1024, upgrade_rate_per_ip=0)  # pacing: tests/test_flood.py
     rng = random.Random(99)
     seeds = valid_frames(rng, 200)
     crafted: list[bytes | str] = [
@@ -122,5 +122,5 @@ async def test_text_frame_closes_1003(live_server):
 
 async def test_oversize_frame_closes_1009(server_factory):
     """A frame over the configured cap is refused with 1009 from its header."""
-    live = await server_factory(max_frame_bytes=64 * 1024)
+    live = await server_factory(max_frame_bytes=64 * 1024, upgrade_rate_per_ip=0)
     assert await probe_outcome(live, "big", b"\x00\x02" + b"\x00" * 100_000) == 1009
