@@ -1,8 +1,11 @@
-"""The composition root: builds the whole app from ``Settings``. Nothing else wires parts together."""
+"""The composition root: builds the whole app from ``Settings``, starts and stops its parts in order.
+Nothing else constructs or wires parts together."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import logging
 import os
 from pathlib import Path
@@ -23,12 +26,19 @@ from canvashub.storage.sqlite import SQLiteStore
 
 from . import logs
 from .auth import Authenticator
+from .cluster import Cluster
+from .compaction import Compactor
 from .connection import WebSocketEndpoint
-from .http_api import HttpApi, http_exception_response, route
 from .generators import build_generators
+from .health import HealthMonitor
+from .http_api import HttpApi, OperationsApi, http_exception_response, route
 from .hub import Hub
 from .jobs import JobService
+from .limits import ConnectionCounter, OriginPolicy, UpgradePacer, offences
+from .metrics import Metrics
+from .persistence import Persister
 from .pubsub import MemoryPubSub, PubSub, RedisPubSub
+from .rooms import Room
 from .settings import Settings
 
 
@@ -66,28 +76,82 @@ def make_pubsub(settings: Settings) -> PubSub:
 
 
 def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
-    """``pubsub``: tests pass in-process nodes sharing one ``MemoryBroker`` to run several hubs as a cluster."""
+    """Build every part and wire each to the narrow interface it uses. ``pubsub``: tests pass in-process
+    nodes sharing one ``MemoryBroker`` to run several servers as a cluster in one process."""
     logs.configure(settings.log_level)
     auth = make_authenticator(settings)
     store, backend = make_store(settings)
-    hub = Hub(settings, store, backend, auth, pubsub if pubsub is not None else make_pubsub(settings))
+    pubsub = pubsub if pubsub is not None else make_pubsub(settings)
+    metrics = Metrics()
+    origins = OriginPolicy(settings.allowed_origins)
+    health = HealthMonitor(store.health)  # what /readyz reports, without waiting on the store
+    compactor = Compactor(
+        store, metrics, every_updates=settings.compact_every_updates, interval=settings.compact_interval,
+        keep_versions=settings.keep_versions, timeout=settings.store_timeout, slow_seconds=settings.slow_query_seconds,
+        on_compacted=lambda canvas_id, version: hub.compacted(canvas_id, version),
+    )
+    persister = Persister(
+        store, metrics, interval=settings.commit_interval, max_updates=settings.commit_max_updates,
+        max_backlog_bytes=settings.backlog_max_bytes, timeout=settings.store_timeout,
+        retry_max_delay=settings.retry_max_delay, slow_seconds=settings.slow_query_seconds,
+        slow_notice=settings.store_slow_notice, compactor=compactor,
+    )
+    rooms: dict[str, Room] = {}  # the loaded canvases: the hub's registry fills it, the cluster reads it
+    cluster = Cluster(pubsub, rooms, is_loading=lambda canvas_id: hub.registry.is_loading(canvas_id),
+                      on_deleted=lambda canvas_id: hub.drop_deleted(canvas_id))
+    hub = Hub(settings, store, persister, compactor, cluster, metrics, rooms)
+    persister.on_committed = cluster.committed
+    persister.on_durable = hub.stored
+    persister.on_retrying = lambda canvas_id: hub.stored(canvas_id, None)
     generators = build_generators(settings.pattern_step_delay, settings.generator_http_url or None,
                                   settings.generator_http_timeout)
-    hub.jobs = JobService(hub, store, generators, workers=settings.job_workers,
-                          lease_seconds=settings.job_lease_seconds, poll_interval=settings.job_poll_interval,
-                          watch_interval=settings.job_watch_interval, max_attempts=settings.job_max_attempts,
-                          retry_base=settings.job_retry_base, retry_max=settings.job_retry_max,
-                          store_timeout=settings.store_timeout)
-    api = HttpApi(hub)
+    jobs = JobService(hub, store, generators, workers=settings.job_workers,
+                      lease_seconds=settings.job_lease_seconds, poll_interval=settings.job_poll_interval,
+                      watch_interval=settings.job_watch_interval, max_attempts=settings.job_max_attempts,
+                      retry_base=settings.job_retry_base, retry_max=settings.job_retry_max,
+                      store_timeout=settings.store_timeout)
+    hub.job_events = jobs.watcher
+    api = HttpApi(hub, store, jobs, auth, origins, settings)
+    operations = OperationsApi(hub, persister, health, cluster, metrics, backend)
+    sockets = WebSocketEndpoint(hub, auth=auth, origins=origins,
+                                ip_connections=ConnectionCounter(settings.max_connections_per_ip),
+                                upgrades=UpgradePacer(settings.upgrade_rate_per_ip, settings.upgrade_burst_per_ip),
+                                jobs=jobs, settings=settings, metrics=metrics)
+    background: list[asyncio.Task[None]] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await hub.start()
+        # Start order: the store, then what writes to it, then what brings traffic.
+        await asyncio.wait_for(store.open(), max(settings.store_timeout, 30.0))
+        await health.check()
+        health.start()
+        await pubsub.start()  # never raises: an unreachable Redis is retried in the background
+        persister.start()
+        compactor.start()
+        cluster.start()
+        jobs.start()
+        hub.start()
+        background.append(asyncio.get_running_loop().create_task(offences.summarise_forever()))
+        # Everything allocated so far lives as long as the process: keep it out of the cyclic GC's
+        # full collections, which otherwise pause the loop for tens of ms under heavy traffic.
+        gc.freeze()
+        logs.log(logging.INFO, "hub_started", store=repr(store))
         try:
             yield
         finally:
-            await hub.drain()
-            await hub.close()
+            await hub.drain()  # sockets flushed and closed with 1001 (idempotent: the server may have drained)
+            await jobs.stop()  # a job cut short keeps its lease; it is reclaimed once that expires
+            flushed = await persister.flush(settings.shutdown_timeout)
+            await persister.stop()
+            await compactor.stop()
+            await cluster.stop()
+            await health.stop()
+            await pubsub.close()
+            for task in background:
+                task.cancel()
+            await store.close()
+            offences.flush()
+            logs.log(logging.INFO, "hub_closed", backlog_flushed=flushed)
 
     api_routes = [
         route("/canvases", GET=api.list_canvases),
@@ -102,14 +166,14 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         route("/generations/{job_id}/cancel", POST=api.cancel_generation),
     ]
     routes = [
-        route("/healthz", GET=api.healthz),
-        route("/readyz", GET=api.readyz),
-        route("/metrics", GET=api.metrics),
+        route("/healthz", GET=operations.healthz),
+        route("/readyz", GET=operations.readyz),
+        route("/metrics", GET=operations.metrics),
         # Its own router: under /api, no match is a JSON 404 and a wrong method a JSON 405 listing the
         # path's methods, never a fall through to the demo's static files below.
         Mount("/api", routes=api_routes),
         route("/assets/{asset_id}", GET=api.get_asset),
-        WebSocketRoute("/ws/{canvas_id}", WebSocketEndpoint(hub)),
+        WebSocketRoute("/ws/{canvas_id}", sockets),
     ]
     editor_page = Path(settings.demo_dir, "canvas.html")
     if editor_page.is_file():
@@ -120,7 +184,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     if Path(settings.demo_dir, "index.html").is_file():
         routes.append(Mount("/", StaticFiles(directory=settings.demo_dir, html=True)))
     middleware = []
-    cors_origins = hub.origins.cors_origins
+    cors_origins = origins.cors_origins
     if cors_origins:  # only origins configured explicitly; same-origin pages need no CORS
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=cors_origins,
@@ -131,6 +195,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers={HTTPException: http_exception_response})
     app.state.hub = hub
+    app.state.jobs = jobs
     app.state.settings = settings
     return app
 

@@ -41,7 +41,7 @@ from canvashub.crdt.codec import EMPTY_UPDATE, AwarenessFrame, Reader, encode_aw
 from canvashub.crdt.room import RoomDocument
 from canvashub.crdt.update import check_state_vector
 
-from .logs import log
+from .logs import FailureLog, log
 from .peer import Peer
 from .pubsub import PubSub
 
@@ -80,11 +80,14 @@ class Cluster:
     """``rooms``: the loaded canvases by id (a live mapping); ``is_loading``: is a load of this id under way.
     ``on_deleted`` is told when another process deleted a canvas (the hub closes its sockets)."""
 
-    def __init__(self, pubsub: PubSub, rooms: Mapping[str, ClusterRoom], is_loading: Callable[[str], bool]) -> None:
+    def __init__(self, pubsub: PubSub, rooms: Mapping[str, ClusterRoom], is_loading: Callable[[str], bool],
+                 on_deleted: Callable[[str], None]) -> None:
         self.pubsub = pubsub
         self.rooms = rooms
         self.is_loading = is_loading
-        self.on_deleted: Callable[[str], None] = lambda canvas_id: None
+        self.on_deleted = on_deleted
+        self._maintenance: asyncio.Task[None] | None = None
+        self._failures = FailureLog("cluster_maintenance", level=logging.ERROR)
         self._early: dict[str, list[tuple[str, bytes]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.received = 0
@@ -93,6 +96,25 @@ class Cluster:
         self._anonymous = 0  # keys for relayed sync answers, which no ``d`` ever confirms
         self.taken_over = 0
         pubsub.on_reconnect(self.resync)
+
+    def start(self) -> None:
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def stop(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+
+    async def _maintain(self) -> None:
+        """Once a second: store relayed changes their sender never confirmed; expire silent presence."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.take_over_stale()
+                self.expire_presence()
+                self._failures.recovered()
+            except Exception as exc:  # pragma: no cover - defensive: the loop must survive
+                self._failures.failed(repr(exc))
 
     @staticmethod
     def channel(canvas_id: str) -> str:

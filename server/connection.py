@@ -18,27 +18,27 @@ import logging
 import time
 from collections import deque
 from urllib.parse import parse_qsl
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import orjson
 
 from canvashub.crdt.codec import EMPTY_UPDATE, EventRequest, encode_auth_denied, encode_event, parse_frame
-from canvashub.crdt.errors import PolicyViolation, ProtocolError
+from canvashub.crdt.errors import ProtocolError
 
-from .auth import OPEN, Principal, websocket_token
+from .auth import Authenticator, Principal, websocket_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
-from .limits import TokenBucket, client_ip, header, limit_exceeded, offences
-from .logs import log
-from .savestatus import SaveStatus
-from .metrics import Metrics
-
 from .errors import (AccessDenied, CanvasTooLarge, CloseCode, Forbidden, InvalidRequest, Overloaded, ServerError,
                      ShuttingDown, StoreUnavailable, answer_for, error_body)
-from .jobs import answer_request
-
-if TYPE_CHECKING:
-    from .hub import Hub
-    from .rooms import Room
+from .event_requests import EventRequests
+from .hub import Hub
+from .jobs import JobService
+from .limits import (ConnectionCounter, OriginPolicy, TokenBucket, UpgradePacer, client_ip, header, limit_exceeded,
+                     offences)
+from .logs import log
+from .metrics import Metrics
+from .rooms import Room
+from .savestatus import SaveStatus
+from .settings import Settings
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -51,12 +51,15 @@ class Connection:
 
     __slots__ = ("id", "room", "canvas_id", "metrics", "_send", "_queue", "_queued_bytes", "_max_messages",
                  "_max_bytes", "_waiter", "closing", "close_code", "_close_reason", "idle", "writer",
-                 "events", "save",
-                 "hub_jobs", "requests_in_flight", "tasks", "principal", "may_write", "may_announce",
+                 "events", "save", "requests", "principal", "may_write", "may_announce",
                  "denied_told", "ip", "message_bucket", "byte_bucket", "expiry")
 
-    def __init__(self, room: "Room", send: Send, max_messages: int, max_bytes: int, metrics: Metrics,
-                 events: bool = False, principal: Principal = OPEN, announce: bool = True) -> None:
+    def __init__(self, room: Room, send: Send, *, max_messages: int, max_bytes: int, metrics: Metrics,
+                 principal: Principal, ip: str, rates: tuple[TokenBucket, TokenBucket] | None,
+                 events: bool = False, announce: bool = True, jobs: JobService | None = None) -> None:
+        """Complete when constructed: ``rates`` are the (frames, bytes) buckets (None: unlimited);
+        ``announce``: relay presence even if the role may not write; ``jobs`` answers events-channel
+        requests (a socket that opted into events may send them)."""
         self.id = next(_ids)
         self.room = room
         self.canvas_id = room.canvas_id
@@ -74,18 +77,15 @@ class Connection:
         self.writer: asyncio.Task[None] | None = None
         self.events = events  # opted in with ?events=1: receives [100, json] event frames
         self.save = SaveStatus(self.send_event)  # this socket's changes: which are durable (docs/protocol.md)
-        self.hub_jobs = None  # the JobService answering event requests (set by the endpoint)
-        self.requests_in_flight = 0
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.requests = EventRequests(jobs, self.canvas_id, principal, self.send_event) if events else None
         # Access (see server/auth.py): what this socket's token lets it do.
         self.principal = principal
         self.may_write = principal.can("edit")
         self.may_announce = self.may_write or announce
         self.denied_told = False
-        self.ip = ""
-        self.message_bucket: TokenBucket | None = None
-        self.byte_bucket: TokenBucket | None = None
-        self.expiry: asyncio.TimerHandle | None = None
+        self.ip = ip
+        self.message_bucket, self.byte_bucket = rates if rates is not None else (None, None)
+        self.expiry: asyncio.TimerHandle | None = None  # the token's expiry timer, while connected
 
     def __hash__(self) -> int:
         return self.id
@@ -191,15 +191,22 @@ class Connection:
 class WebSocketEndpoint:
     """ASGI app for ``/ws/{canvas_id}``, mounted by the composition root.
 
-    Checks, in order and before any document is loaded: canvas id (400), Origin
-    (403), token (401) and its canvas and role (403), connections per IP (403).
+    Checks, in order and before any document is loaded: pacing per address, canvas id (400), Origin
+    (403), token (401) and its canvas and role (403), shutdown (503), connections per IP (403).
     """
 
-    def __init__(self, hub: "Hub") -> None:
-        self.hub = hub
+    def __init__(self, canvases: Hub, *, auth: Authenticator, origins: OriginPolicy, ip_connections: ConnectionCounter,
+                 upgrades: UpgradePacer, jobs: JobService | None, settings: Settings, metrics: Metrics) -> None:
+        self.canvases = canvases
+        self.auth = auth
+        self.origins = origins
+        self.ip_connections = ip_connections
+        self.upgrades = upgrades
+        self.jobs = jobs
+        self.settings = settings
+        self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        hub = self.hub
         canvas_id = scope["path_params"]["canvas_id"]
         first = await receive()
         if first["type"] != "websocket.connect":
@@ -207,59 +214,56 @@ class WebSocketEndpoint:
         ip = client_ip(scope)
         # Every upgrade from one address takes its turn first, valid or not: a flood of short-lived
         # sockets is paced to a bounded handshake rate instead of starving established rooms.
-        if not await hub.upgrades.admit(ip):
-            limit_exceeded("upgrade_rate_per_ip", ip=ip, canvas=canvas_id, rate=hub.upgrades.rate)
+        if not await self.upgrades.admit(ip):
+            limit_exceeded("upgrade_rate_per_ip", ip=ip, canvas=canvas_id, rate=self.upgrades.rate)
             await reject(scope, send, Overloaded("too many new connections from this address, retry later"))
             return
         if not is_valid_canvas_id(canvas_id):
             await reject(scope, send, InvalidRequest(f"canvas id must be {CANVAS_ID_RULE}"))
             return
         origin = header(scope, b"origin")
-        if not hub.origins.allows(origin, header(scope, b"host")):
+        if not self.origins.allows(origin, header(scope, b"host")):
             limit_exceeded("origin", ip=ip, canvas=canvas_id, origin=origin[:200] if origin else None)
             await reject(scope, send, Forbidden("this Origin may not open WebSockets here"))
             return
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
         token, subprotocol = websocket_token(query, scope.get("subprotocols") or ())
         try:
-            principal = hub.auth.authenticate(token)
-            hub.auth.authorize(principal, canvas_id, "read")
+            principal = self.auth.authenticate(token)
+            self.auth.authorize(principal, canvas_id, "read")
         except AccessDenied as exc:
             offences.record(logging.WARNING, "ws_auth_refused", ip, status_of(exc), canvas=canvas_id,
                             status=status_of(exc), reason=exc.message)
             await reject(scope, send, exc)
             return
-        if hub.shutting_down:
+        if self.canvases.shutting_down:
             await reject(scope, send, ShuttingDown("server is shutting down"))
             return
-        if not hub.ip_connections.acquire(ip):
-            limit_exceeded("connections_per_ip", ip=ip, canvas=canvas_id, maximum=hub.ip_connections.limit)
-            await reject(scope, send,
-                         Forbidden(f"too many connections from this address (limit {hub.ip_connections.limit})"))
+        if not self.ip_connections.acquire(ip):
+            limit = self.ip_connections.limit
+            limit_exceeded("connections_per_ip", ip=ip, canvas=canvas_id, maximum=limit)
+            await reject(scope, send, Forbidden(f"too many connections from this address (limit {limit})"))
             return
         try:
             await self._serve(scope, receive, send, canvas_id, principal, subprotocol, ip, query)
         finally:
-            hub.ip_connections.release(ip)
+            self.ip_connections.release(ip)
 
     async def _serve(self, scope: dict[str, Any], receive: Receive, send: Send, canvas_id: str,
                      principal: Principal, subprotocol: str | None, ip: str, query: list[tuple[str, str]]) -> None:
-        hub = self.hub
-        settings = hub.settings
+        canvases, settings, metrics = self.canvases, self.settings, self.metrics
         try:
-            room = await hub.registry.acquire(canvas_id)
+            room = await canvases.registry.acquire(canvas_id)
         except StoreUnavailable as exc:
             log(logging.DEBUG, "ws_load_failed", canvas=canvas_id, error=str(exc))  # see canvas_load_failed
             await reject(scope, send, StoreUnavailable("canvas storage is unavailable, retry later"))
             return
-        conn = Connection(room, send, settings.send_queue_messages, settings.send_queue_bytes, hub.metrics,
-                          events=wants_events(query), principal=principal, announce=settings.viewer_awareness)
-        conn.hub_jobs = hub.jobs
-        conn.ip = ip
         now = time.monotonic()
-        conn.message_bucket = TokenBucket(settings.rate_messages_per_second, settings.rate_messages_burst, now)
-        conn.byte_bucket = TokenBucket(settings.rate_bytes_per_second,
-                                       max(settings.rate_bytes_burst, settings.max_frame_bytes), now)
+        rates = (TokenBucket(settings.rate_messages_per_second, settings.rate_messages_burst, now),
+                 TokenBucket(settings.rate_bytes_per_second, max(settings.rate_bytes_burst, settings.max_frame_bytes), now))
+        conn = Connection(room, send, max_messages=settings.send_queue_messages, max_bytes=settings.send_queue_bytes,
+                          metrics=metrics, principal=principal, ip=ip, rates=rates, events=wants_events(query),
+                          announce=settings.viewer_awareness, jobs=self.jobs)
         loop = asyncio.get_running_loop()
         try:
             accept: dict[str, Any] = {"type": "websocket.accept"}
@@ -275,13 +279,13 @@ class WebSocketEndpoint:
                 else:
                     conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
                 conn.writer = loop.create_task(conn.run_writer())  # sends just the close frame
-                await read_loop(conn, receive, settings.max_frame_bytes, hub.metrics)
+                await read_loop(conn, receive, settings.max_frame_bytes, metrics)
                 return
             room.join(conn)
             room.document.set_identity(conn, principal.identity)
             if conn.events:
                 conn.send_event(principal.describe())
-                for event in hub.snapshot_events(canvas_id):
+                for event in canvases.snapshot_events(canvas_id):
                     conn.send_event(event)
                 room.report_storage(conn)  # what is durable: sync step 1's state vector does not say
             if principal.expires_at is not None:
@@ -289,15 +293,15 @@ class WebSocketEndpoint:
             conn.writer = loop.create_task(conn.run_writer())
             log(logging.DEBUG, "ws_open", canvas=canvas_id, conn=conn.id, user=principal.user_id,
                 role=principal.role)
-            hub.metrics.connections_opened += 1
-            await read_loop(conn, receive, settings.max_frame_bytes, hub.metrics)
+            metrics.connections_opened += 1
+            await read_loop(conn, receive, settings.max_frame_bytes, metrics)
         finally:
             if conn.expiry is not None:
                 conn.expiry.cancel()
             room.leave(conn)
-            hub.registry.release(room)
-            for task in list(conn.tasks):
-                task.cancel()
+            canvases.registry.release(room)
+            if conn.requests is not None:
+                conn.requests.cancel()
             writer = conn.writer
             if writer is not None and not writer.done():
                 if conn.closing:
@@ -343,8 +347,8 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
             started = clock()
             try:
                 message = parse_frame(data)
-                if type(message) is EventRequest and conn.events:
-                    request_from_client(conn, message.payload, len(data))
+                if type(message) is EventRequest and conn.requests is not None:
+                    conn.requests.receive(message.payload, len(data))
                 else:
                     room.receive(conn, message, len(data))
             except ServerError as exc:  # a write refused by policy (backlog full, canvas too large)
@@ -359,43 +363,6 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
             metrics.bytes_received += len(data)
             if elapsed > metrics.frame_handling_max_seconds:
                 metrics.frame_handling_max_seconds = elapsed
-
-
-MAX_REQUEST_BYTES = 64 * 1024
-MAX_REQUESTS_IN_FLIGHT = 4
-
-
-def request_from_client(conn: Connection, payload: bytes, size: int) -> None:
-    """A request on the events channel: answered by a task, at most a few in flight per socket."""
-    if size > MAX_REQUEST_BYTES:
-        raise PolicyViolation(f"event requests are limited to {MAX_REQUEST_BYTES} bytes")
-    try:
-        request = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        conn.send_event({"type": "response", "request_id": None, "ok": False,
-                         "error": {"type": "invalid", "message": "request is not JSON"}})
-        return
-    kind, request_id = (request.get("type"), request.get("request_id")) if isinstance(request, dict) else (None, None)
-    if kind in ("generate", "cancel_generation") and not conn.principal.can("generate"):
-        conn.send_event({"type": "response", "request_id": request_id, "ok": False,
-                         "error": {"type": "forbidden",
-                                   "message": f"role {conn.principal.role!r} may not start or cancel generations"}})
-        return
-    if conn.requests_in_flight >= MAX_REQUESTS_IN_FLIGHT:
-        conn.send_event({"type": "response", "request_id": request_id, "ok": False,
-                         "error": {"type": "unavailable", "message": "too many requests in flight"}})
-        return
-    conn.requests_in_flight += 1
-
-    async def answer() -> None:
-        try:
-            conn.send_event(await answer_request(conn.hub_jobs, conn.canvas_id, request))
-        finally:
-            conn.requests_in_flight -= 1
-
-    task = asyncio.get_running_loop().create_task(answer())
-    conn.tasks.add(task)
-    task.add_done_callback(conn.tasks.discard)
 
 
 def close_code_of(exc: ProtocolError | ServerError) -> int:

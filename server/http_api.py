@@ -13,7 +13,7 @@ import asyncio
 import datetime
 import functools
 import re
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import orjson
 from pycrdt import Doc, Map
@@ -26,20 +26,24 @@ from canvashub.crdt.edits import check_element_id, check_fields, patch_element, 
 from canvashub.crdt.errors import ProtocolError
 from canvashub.crdt.room import RoomDocument
 
-from .auth import bearer_token
+from canvashub.storage.base import LoadedCanvas, Store
+
+from .auth import Authenticator, bearer_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
-from .limits import limit_exceeded
+from .cluster import Cluster
 from .compaction import replay
 from .errors import (Answer, CanvasTooLarge, Conflict, Forbidden, InvalidRequest, MethodNotAllowed, NotAcceptable,
-                     NotFound, Overloaded, ServerError, ShuttingDown, StorageTimeout, StoreUnavailable, TooLarge,
+                     NotFound, ServerError, StorageTimeout, TooLarge,
                      UnprocessableBody, answer_for, error_body)
-from .hub import binary_etag, etag_matches
-from .jobs import JOB_ID, job_json
+from .health import HealthMonitor
+from .hub import Hub, binary_etag, etag_matches
+from .jobs import JOB_ID, JobService, job_json
+from .limits import OriginPolicy, limit_exceeded
+from .metrics import Metrics
+from .persistence import Persister
 from .schemas import ELEMENT_PATCH, SchemaViolation, check, contains_nul
-from canvashub.storage.base import LoadedCanvas
+from .settings import Settings
 
-if TYPE_CHECKING:
-    from .hub import Hub
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
@@ -199,14 +203,14 @@ def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]]
                     raise NotFound(f"generation {job_id!r} does not exist")
                 if canvas_id is not None and not is_valid_canvas_id(canvas_id):
                     raise InvalidRequest(f"canvas id must be {CANVAS_ID_RULE}")
-                if request.method not in ("GET", "HEAD") and not self.hub.origins.allows(
+                if request.method not in ("GET", "HEAD") and not self.origins.allows(
                         request.headers.get("origin"), request.headers.get("host")):
                     # Browsers send Origin on cross-site writes: without this, any page could write to an
                     # open-mode server its visitor can reach (simple requests need no CORS preflight).
                     limit_exceeded("origin", ip=request.client.host if request.client else None, canvas=canvas_id)
                     raise Forbidden("this Origin may not write here")
                 if action is not None:
-                    auth = self.hub.auth
+                    auth = self.auth
                     principal = auth.authenticate(bearer_token(request.headers.get("authorization")))
                     request.state.principal = principal
                     if job_id is None:  # job routes check the job's canvas once they know it
@@ -285,29 +289,28 @@ def page_response(key: str, rows: list, limit: int, item: Callable[[Any], Any],
     return json_response({key: [item(r) for r in rows], "next_cursor": cursor_of(rows[-1]) if more else None})
 
 
-class HttpApi:
-    def __init__(self, hub: "Hub") -> None:
+class OperationsApi:
+    """``/healthz``, ``/readyz`` and ``/metrics``: what load balancers and operators poll. Nothing here
+    waits on the store (its health is probed in the background, server/health.py)."""
+
+    def __init__(self, hub: Hub, persister: Persister, health: HealthMonitor, cluster: Cluster, metrics: Metrics,
+                 backend: str) -> None:
         self.hub = hub
-        self.store = hub.store
+        self.persister = persister
+        self.health = health
+        self.cluster = cluster
+        self.metrics_registry = metrics
+        self.backend = backend
 
-    async def _bounded(self, call: Awaitable[Any]) -> Any:
-        """A storage call that gives up (504 ``timeout``) after ``store_timeout``."""
-        try:
-            return await asyncio.wait_for(call, self.hub.settings.store_timeout)
-        except asyncio.TimeoutError:
-            raise StorageTimeout("storage did not answer in time") from None
-
-    # -- operations ------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        hub = self.hub
-        persister = hub.persister
-        probed_healthy, checked_ms_ago = hub.health.status()  # probed in the background (server/health.py)
+        persister = self.persister
+        probed_healthy, checked_ms_ago = self.health.status()
         backlog_full = not persister.admit(0)
         storage = {
-            "backend": hub.backend,
+            "backend": self.backend,
             # A failing (or stalled) write is fresher evidence than the last probe.
             "healthy": probed_healthy and not persister.retrying,
             "checked_ms_ago": checked_ms_ago,
@@ -319,18 +322,38 @@ class HttpApi:
         }
         # A store outage alone does not make the node unready: editing and relaying go on and
         # the backlog flushes later. A full backlog does (new writes would be refused).
-        if hub.shutting_down:
+        if self.hub.shutting_down:
             status, code = "shutting_down", 503
         elif backlog_full:
             status, code = "backlog_full", 503
         else:
             status, code = "ready", 200
-        return json_response({"status": status, **hub.stats(), "storage": storage,
-                              "pubsub": hub.cluster.status()}, code)
+        return json_response({"status": status, **self.hub.stats(), "storage": storage,
+                              "pubsub": self.cluster.status()}, code)
 
     async def metrics(self, request: Request) -> Response:
-        body = self.hub.metrics.render({k: float(v) for k, v in self.hub.stats().items()})
+        body = self.metrics_registry.render({k: float(v) for k, v in self.hub.stats().items()})
         return Response(body, media_type="text/plain; version=0.0.4")
+
+
+class HttpApi:
+    """The canvas, history, generation and asset endpoints under ``/api`` (and ``/assets``)."""
+
+    def __init__(self, canvases: Hub, store: Store, jobs: JobService, auth: Authenticator, origins: OriginPolicy,
+                 settings: Settings) -> None:
+        self.canvases = canvases
+        self.store = store
+        self.jobs = jobs
+        self.auth = auth
+        self.origins = origins
+        self.settings = settings
+
+    async def _bounded(self, call: Awaitable[Any]) -> Any:
+        """A storage call that gives up (504 ``timeout``) after ``store_timeout``."""
+        try:
+            return await asyncio.wait_for(call, self.settings.store_timeout)
+        except asyncio.TimeoutError:
+            raise StorageTimeout("storage did not answer in time") from None
 
     # -- canvases --------------------------------------------------------------------------
     @handler("read")
@@ -345,7 +368,7 @@ class HttpApi:
     async def get_canvas(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         export_type(request)  # 406 before any work
-        found = await self.hub.read_document(canvas_id)
+        found = await self.canvases.read_document(canvas_id)
         if found is None:
             raise NotFound(f"canvas {canvas_id!r} does not exist")
         doc, etag, version, updated_at = found
@@ -363,7 +386,7 @@ class HttpApi:
     @handler("edit")
     async def post_update(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
-        update = await read_body(request, self.hub.settings.max_frame_bytes)
+        update = await read_body(request, self.settings.max_frame_bytes)
         if not update:
             raise InvalidRequest("body must be a binary Yjs (v1) update")
         return await self._write(request, canvas_id, len(update), lambda document: document.apply_update(update))
@@ -376,7 +399,7 @@ class HttpApi:
             check_element_id(element_id)
         except ProtocolError as exc:
             raise InvalidRequest(exc.reason) from None
-        fields = await read_json(request, self.hub.settings.max_json_body_bytes, ELEMENT_PATCH)
+        fields = await read_json(request, self.settings.max_json_body_bytes, ELEMENT_PATCH)
         try:
             check_fields(fields)
         except ProtocolError as exc:
@@ -388,7 +411,7 @@ class HttpApi:
     @handler("delete")
     async def delete_canvas(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
-        if not await self.hub.delete_canvas(canvas_id):
+        if not await self.canvases.delete_canvas(canvas_id):
             raise NotFound(f"canvas {canvas_id!r} does not exist")
         return Response(status_code=204)
 
@@ -404,7 +427,7 @@ class HttpApi:
         if before is not None and not 0 <= before <= MAX_VERSION:
             raise InvalidRequest("cursor must be a version number")
         rows = await self._bounded(self.store.list_versions(canvas_id, before, limit + 1))
-        if not rows and cursor is None and await self.hub.read_document(canvas_id) is None:
+        if not rows and cursor is None and await self.canvases.read_document(canvas_id) is None:
             raise NotFound(f"canvas {canvas_id!r} does not exist")
         return page_response("versions", rows, limit,
                              lambda r: {"number": r.number, "created_at": iso(r.created_at), "size": r.size},
@@ -443,34 +466,22 @@ class HttpApi:
     # -- shared write path -----------------------------------------------------------------
     async def _write(self, request: Request, canvas_id: str, size: int,
                      change: Callable[[RoomDocument], Any]) -> Response:
-        hub = self.hub
-        if not hub.persister.admit(size):
-            raise Overloaded("storage backlog full: write refused, retry later")
-        if hub.shutting_down:
-            raise ShuttingDown("server is shutting down")
-        etag, done = await hub.write(canvas_id, change, request.headers.get("if-match"), size)
+        etag, done = await self.canvases.write(canvas_id, change, request.headers.get("if-match"), size)
         headers = {"ETag": etag}
         if done is None:
             return json_response({"id": canvas_id, "changed": False, "durable": True, "etag": etag}, headers=headers)
         try:
-            seq = await asyncio.wait_for(asyncio.shield(done), hub.settings.http_durable_timeout)
+            seq = await asyncio.wait_for(asyncio.shield(done), self.settings.http_durable_timeout)
         except asyncio.TimeoutError:
             return json_response({"id": canvas_id, "changed": True, "durable": False, "etag": etag}, 202, headers)
         return json_response({"id": canvas_id, "changed": True, "durable": True, "seq": seq, "etag": etag},
                              headers=headers)
 
     # -- generations -----------------------------------------------------------------------
-    @property
-    def jobs(self):
-        jobs = self.hub.jobs
-        if jobs is None:  # pragma: no cover - the composition root always sets it
-            raise StoreUnavailable("generations are not enabled")
-        return jobs
-
     @handler("generate")
     async def create_generation(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
-        body = await read_json(request, self.hub.settings.max_json_body_bytes)
+        body = await read_json(request, self.settings.max_json_body_bytes)
         job, created = await self._bounded(self.jobs.create(canvas_id, body))
         return json_response({"job": job_json(job), "created": created}, 202,
                              {"Location": f"/api/generations/{job.id}"})
@@ -480,7 +491,7 @@ class HttpApi:
         canvas_id = request.path_params["canvas_id"]
         limit, cursor = page_args(request)
         jobs = await self._bounded(self.store.list_jobs(canvas_id, cursor, limit + 1))
-        if not jobs and cursor is None and await self.hub.read_document(canvas_id) is None:
+        if not jobs and cursor is None and await self.canvases.read_document(canvas_id) is None:
             raise NotFound(f"canvas {canvas_id!r} does not exist")
         return page_response("generations", jobs, limit, job_json, lambda j: j.id)
 
@@ -490,7 +501,7 @@ class HttpApi:
         job = await self._bounded(self.store.get_job(job_id))
         if job is None:
             raise NotFound(f"generation {job_id!r} does not exist")
-        self.hub.auth.authorize(request.state.principal, job.canvas_id, action)
+        self.auth.authorize(request.state.principal, job.canvas_id, action)
         return job
 
     @handler("read")

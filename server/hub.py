@@ -1,73 +1,53 @@
-"""The hub: rooms, live connections, storage write path, keepalive and graceful shutdown, for one process."""
+"""The hub: the canvases one process holds, their rooms and connections, server-side writes, deletes,
+keepalive and the drain at shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Coroutine
 
 from pycrdt import Doc
 
 from canvashub.crdt.codec import KEEPALIVE_FRAME
 from canvashub.crdt.digest import content_etag
 from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
-from canvashub.storage.base import LoadedCanvas, Store
+from canvashub.storage.base import CanvasStore, LoadedCanvas
 
-from .auth import Authenticator
 from .cluster import Cluster
 from .compaction import Compactor, replay
-from .errors import CloseCode, PreconditionFailed, StoreUnavailable
-from .health import HealthMonitor
-from .limits import ConnectionCounter, OriginPolicy, UpgradePacer, offences
+from .errors import CloseCode, Overloaded, PreconditionFailed, ShuttingDown, StoreUnavailable
+from .jobs import JobWatcher
 from .logs import FailureLog, log
 from .metrics import Metrics
+from .peer import Peer
 from .persistence import Persister
-from .pubsub import MemoryPubSub, PubSub
 from .rooms import Room, RoomRegistry
 from .settings import Settings
 
-if TYPE_CHECKING:
-    from .jobs import JobService
-
 
 class Hub:
-    def __init__(self, settings: Settings, store: Store, backend: str,
-                 auth: Authenticator | None = None, pubsub: PubSub | None = None) -> None:
+    """The canvases this process holds: rooms loaded once and unloaded when durable, server-side reads,
+    writes and deletes, keepalive and the drain at shutdown. It receives the parts it uses (store,
+    persister, compactor, cluster, metrics) from the composition root (server/app.py) and builds only
+    its own room table."""
+
+    def __init__(self, settings: Settings, store: CanvasStore, persister: Persister, compactor: Compactor,
+                 cluster: Cluster, metrics: Metrics, rooms: dict[str, Room] | None = None) -> None:
         self.settings = settings
-        self.auth = auth if auth is not None else Authenticator()
-        self.origins = OriginPolicy(settings.allowed_origins)
-        self.ip_connections = ConnectionCounter(settings.max_connections_per_ip)
-        self.upgrades = UpgradePacer(settings.upgrade_rate_per_ip, settings.upgrade_burst_per_ip)
         self.store = store
-        self.backend = backend
-        self.metrics = Metrics()
-        self.compactor = Compactor(
-            store, self.metrics, every_updates=settings.compact_every_updates, interval=settings.compact_interval,
-            keep_versions=settings.keep_versions, timeout=settings.store_timeout,
-            slow_seconds=settings.slow_query_seconds, on_compacted=self._compacted,
-        )
-        self.persister = Persister(
-            store, self.metrics, interval=settings.commit_interval, max_updates=settings.commit_max_updates,
-            max_backlog_bytes=settings.backlog_max_bytes, timeout=settings.store_timeout,
-            retry_max_delay=settings.retry_max_delay, slow_seconds=settings.slow_query_seconds,
-            slow_notice=settings.store_slow_notice, compactor=self.compactor,
-        )
+        self.persister = persister
+        self.compactor = compactor
+        self.cluster = cluster
+        self.metrics = metrics
         self.registry = RoomRegistry(self._load_room, self._unload_room, settings.room_grace_seconds,
                                      settled=lambda room: self.persister.is_durable(room.canvas_id),
-                                     loaded=self._room_loaded, unloaded=self._room_dropped)
-        self.pubsub = pubsub if pubsub is not None else MemoryPubSub()
-        self.cluster = Cluster(self.pubsub, self.registry.rooms, self.registry.is_loading)
-        self.cluster.on_deleted = self.drop_deleted
-        self.persister.on_committed = self.cluster.committed
-        self.persister.on_durable = self._stored
-        self.persister.on_retrying = lambda canvas_id: self._stored(canvas_id, None)
+                                     loaded=self._room_loaded, unloaded=self._room_dropped, rooms=rooms)
+        self.job_events: JobWatcher | None = None  # set by the composition root when jobs are on
         self._background: set[asyncio.Task[None]] = set()
         self.shutting_down = False
         self._keepalive: asyncio.Task[None] | None = None
-        self.jobs: "JobService | None" = None  # set by the composition root
-        self.health = HealthMonitor(store.health)  # what /readyz reports, without waiting on the store
         self.load_failures = FailureLog("canvas_load")  # one line per outage, not one per refused socket
 
     def is_loaded(self, canvas_id: str) -> bool:
@@ -80,26 +60,12 @@ class Hub:
             for conn in room.connections:
                 conn.send_event(event)
 
-    def snapshot_events(self, canvas_id: str) -> list[dict]:
+    def snapshot_events(self, canvas_id: str) -> list[dict[str, Any]]:
         """Events a socket that opted in gets right after joining (the canvas's active jobs)."""
-        return [] if self.jobs is None else self.jobs.watcher.snapshot_events(canvas_id)
+        return [] if self.job_events is None else self.job_events.snapshot_events(canvas_id)
 
-    async def start(self) -> None:
-        await asyncio.wait_for(self.store.open(), max(self.settings.store_timeout, 30.0))
-        await self.health.check()
-        self.health.start()
-        await self.pubsub.start()  # never raises: an unreachable Redis is retried in the background
-        self.persister.start()
-        self.compactor.start()
-        if self.jobs is not None:
-            self.jobs.start()
+    def start(self) -> None:
         self._keepalive = asyncio.get_running_loop().create_task(self._keepalive_loop())
-        self._spawn(self._cluster_loop())
-        self._spawn(self._offence_summaries())
-        # Everything allocated so far lives as long as the process: keep it out of the cyclic GC's
-        # full collections, which otherwise pause the loop for tens of ms under heavy traffic.
-        gc.freeze()
-        log(logging.INFO, "hub_started", store=repr(self.store))
 
     async def _keepalive_loop(self) -> None:
         """Stock y-websocket clients reconnect after 30 s without an inbound message:
@@ -111,25 +77,7 @@ class Hub:
                     conn.enqueue(KEEPALIVE_FRAME)
                 conn.idle = True
 
-    async def _offence_summaries(self) -> None:
-        """Write the counts of suppressed hostile-connection lines even when no new offence comes."""
-        while True:
-            await asyncio.sleep(offences.period)
-            offences.flush_due()
-
-    async def _cluster_loop(self) -> None:
-        """Once a second: store relayed changes their sender never confirmed; expire silent presence."""
-        failures = FailureLog("cluster_maintenance", level=logging.ERROR)
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                self.cluster.take_over_stale()
-                self.cluster.expire_presence()
-                failures.recovered()
-            except Exception as exc:  # pragma: no cover - defensive: the loop must survive
-                failures.failed(repr(exc))
-
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -150,21 +98,6 @@ class Hub:
             for task in pending:
                 task.cancel()
         log(logging.INFO, "drained", connections=len(conns))
-
-    async def close(self) -> None:
-        """After ``drain``: write the backlog (bounded by the shutdown timeout), then close the store."""
-        if self.jobs is not None:
-            await self.jobs.stop()  # a job cut short keeps its lease; it is reclaimed once that expires
-        flushed = await self.persister.flush(self.settings.shutdown_timeout)
-        await self.persister.stop()
-        await self.compactor.stop()
-        await self.health.stop()
-        await self.pubsub.close()
-        for task in list(self._background):
-            task.cancel()
-        await self.store.close()
-        offences.flush()
-        log(logging.INFO, "hub_closed", backlog_flushed=flushed)
 
     # -- rooms ---------------------------------------------------------------------------
     async def load_canvas(self, canvas_id: str) -> LoadedCanvas | None:
@@ -193,9 +126,9 @@ class Hub:
 
     async def _read_room(self, canvas_id: str) -> Room:
         loaded = await self.load_canvas(canvas_id)
-        if self.jobs is not None:
+        if self.job_events is not None:
             try:
-                await asyncio.wait_for(self.jobs.watcher.seed(canvas_id), self.settings.store_timeout)
+                await asyncio.wait_for(self.job_events.seed(canvas_id), self.settings.store_timeout)
             except Exception as exc:
                 self.load_failures.failed(f"loading jobs: {exc!r}", canvas=canvas_id)
                 raise StoreUnavailable(f"loading jobs of {canvas_id} failed: {exc!r}") from exc
@@ -210,10 +143,8 @@ class Hub:
             version, updated_at = loaded.version, loaded.updated_at
             if len(loaded.updates) >= self.settings.compact_every_updates:
                 self.compactor.schedule(canvas_id)
-        room = Room(canvas_id, document, self.persister, version, updated_at,
+        return Room(canvas_id, document, self.persister, self.cluster, version, updated_at,
                     max_bytes=self.settings.max_document_bytes, size=size)
-        room.cluster = self.cluster
-        return room
 
     def _room_loaded(self, room: Room) -> None:
         self.cluster.loaded(room)
@@ -227,17 +158,19 @@ class Hub:
         if room.unconfirmed:
             room.take_over(conditional=True)
         await self.persister.wait_durable(room.canvas_id)
-        if self.jobs is not None and room.holders == 0:
-            self.jobs.watcher.forget(room.canvas_id)
+        if self.job_events is not None and room.holders == 0:
+            self.job_events.forget(room.canvas_id)
         if self.compactor.logged_since.get(room.canvas_id):
             self.compactor.schedule(room.canvas_id)  # loads faster next time
 
-    def _stored(self, canvas_id: str, durable: bytes | None) -> None:
+    def stored(self, canvas_id: str, durable: bytes | None) -> None:
+        """The persister committed updates of the canvas (``durable``: the state they reach), or writing
+        them failed (None): the room tells the sockets watching its storage state."""
         room = self.registry.rooms.get(canvas_id)
         if room is not None:
             room.storage_advanced(durable)
 
-    def _compacted(self, canvas_id: str, version: int) -> None:
+    def compacted(self, canvas_id: str, version: int) -> None:
         room = self.registry.rooms.get(canvas_id)
         if room is not None:
             room.version = version
@@ -261,13 +194,19 @@ class Hub:
 
     async def write(self, canvas_id: str, change: Callable[[RoomDocument], Effects],
                     if_match: str | None = None, size: int = 0) -> tuple[str, asyncio.Future[int] | None]:
-        """Apply a server-side change (HTTP import/edit, restore) to the canvas's room, loading it if needed.
+        """Apply a server-side change (HTTP import/edit, restore, a job's result) to the canvas's room,
+        loading it if needed.
 
-        Raises ``PreconditionFailed`` if ``if_match`` is not the current ETag and
-        ``ProtocolError`` if the change is invalid (``CanvasTooLarge`` if ``size``
-        more bytes could take the canvas past its cap). Returns the new ETag and
-        the commit future (None if the change was a no-op).
+        Raises ``Overloaded`` if the storage backlog cannot take ``size`` more bytes, ``ShuttingDown``
+        while draining, ``PreconditionFailed`` if ``if_match`` is not the current ETag and
+        ``ProtocolError`` if the change is invalid (``CanvasTooLarge`` if ``size`` more bytes could
+        take the canvas past its cap). Returns the new ETag and the commit future (None if the change
+        was a no-op).
         """
+        if not self.persister.admit(size):
+            raise Overloaded("storage backlog full: write refused, retry later")
+        if self.shutting_down:
+            raise ShuttingDown("server is shutting down")
         room = await self.registry.acquire(canvas_id)
         try:
             # If-Match (even "*") never matches a canvas that does not exist yet (RFC 9110 13.1.1).
@@ -321,7 +260,7 @@ class Hub:
         return room
 
     @property
-    def connections(self) -> list:
+    def connections(self) -> list[Peer]:
         """Connections currently in a room (a dropped slow client is no longer counted)."""
         return list(self.registry.connections())
 

@@ -181,6 +181,12 @@ class OffenceLog:
         if self._clock() - self._started >= self.period:
             self.flush()
 
+    async def summarise_forever(self) -> None:
+        """Write the counts of suppressed lines every period (a task the composition root runs)."""
+        while True:
+            await asyncio.sleep(self.period)
+            self.flush_due()
+
     def flush(self) -> None:
         if self._suppressed:
             counts = [{"event": event, "ip": ip, "detail": detail, "count": count}

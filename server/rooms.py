@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable, NamedTuple
+from typing import Awaitable, Callable, NamedTuple
 
 from canvashub.crdt.codec import EMPTY_UPDATE, WRITE_MESSAGES, AwarenessFrame, Message
 from canvashub.crdt.digest import content_etag
@@ -18,13 +18,12 @@ from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
 from canvashub.crdt.update import decode_state_vector
 
 from .errors import CanvasTooLarge, Overloaded
+from .cluster import Cluster
 from .logs import log
 from .peer import Peer
+from .persistence import Persister
 from .savestatus import SaveStatus
 
-if TYPE_CHECKING:
-    from .cluster import Cluster
-    from .persistence import Persister
 
 
 class Room:
@@ -32,8 +31,8 @@ class Room:
                  "updated_at", "_etag", "deleted", "max_bytes", "size_estimate", "_measured_at", "cluster",
                  "unconfirmed", "taking_over", "durable_state", "storage_watchers")
 
-    def __init__(self, canvas_id: str, document: RoomDocument, persister: "Persister", version: int = 0,
-                 updated_at: float | None = None, *, max_bytes: int = 0, size: int = 0) -> None:
+    def __init__(self, canvas_id: str, document: RoomDocument, persister: Persister, cluster: Cluster | None = None,
+                 version: int = 0, updated_at: float | None = None, *, max_bytes: int = 0, size: int = 0) -> None:
         self.canvas_id = canvas_id
         self.document = document
         self.persister = persister
@@ -49,7 +48,7 @@ class Room:
         self.max_bytes = max_bytes
         self.size_estimate = size
         self._measured_at = -MEASURE_INTERVAL
-        self.cluster: "Cluster | None" = None  # other processes holding this canvas (set by the hub)
+        self.cluster = cluster  # other processes holding this canvas (None: no relay, e.g. in tests)
         # Changes other processes relayed that they have not yet said are durable, by (node, number),
         # with when they arrived. Before one of our clients' changes is stored (and acknowledged), these
         # are queued for storage too, each written only if still unconfirmed when its batch commits:
@@ -308,7 +307,8 @@ class RoomRegistry:
     def __init__(self, loader: Loader, unloader: Unloader, grace_seconds: float,
                  settled: Callable[[Room], bool] = lambda room: True,
                  loaded: Callable[[Room], None] = lambda room: None,
-                 unloaded: Callable[[str], None] = lambda canvas_id: None) -> None:
+                 unloaded: Callable[[str], None] = lambda canvas_id: None,
+                 rooms: dict[str, Room] | None = None) -> None:
         self._loader = loader
         self._loaded = loaded  # called right after a room is registered (same step)
         self._unloaded = unloaded  # called right after a room is dropped (unloaded or deleted)
@@ -316,7 +316,7 @@ class RoomRegistry:
         self._settled = settled  # synchronous "is everything of this room durable?"
         self._unloading: set[asyncio.Task[None]] = set()
         self._grace = grace_seconds
-        self.rooms: dict[str, Room] = {}
+        self.rooms: dict[str, Room] = rooms if rooms is not None else {}  # shared with the cluster
         self._loading: dict[str, asyncio.Future[Room]] = {}
         self._deleting: dict[str, asyncio.Future[None]] = {}
         self._epoch: dict[str, int] = {}  # bumped by each delete: a load that straddles one is discarded

@@ -295,7 +295,7 @@ async def test_two_servers_apply_a_result_once_and_both_announce_it(server_facto
     assert stored.status == "succeeded" and stored.result_applied is True
     element_id = stored.result["element_id"]
     # Both watchers have seen the job marked applied: no other `succeeded` can follow.
-    watchers = [server.app.state.hub.jobs.watcher for server in servers]
+    watchers = [server.app.state.jobs.watcher for server in servers]
     await wait_until(lambda: all(w._seen.get(job["id"]) == stored.updated_at for w in watchers), 10,
                      "both watchers saw the job applied")
     for client in clients:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Awaitable, Callable
 
 from pycrdt import Doc, Map
 
+from canvashub.server.app import create_app
 from canvashub.server.hub import Hub
 from canvashub.server.settings import Settings
-from canvashub.storage.sqlite import SQLiteStore
 
 
 def key_update(key: str, value: float, client_id: int) -> bytes:
@@ -17,13 +18,15 @@ def key_update(key: str, value: float, client_id: int) -> bytes:
     return doc.get_update()
 
 
-async def make_hub(tmp_path, **overrides) -> tuple[Hub, SQLiteStore]:
+async def make_hub(tmp_path, **overrides) -> tuple[Hub, Any, Callable[[], Awaitable[Any]]]:
+    """A hub built and started by the composition root, with no HTTP server: (hub, store, stop)."""
     settings = Settings(data_dir=str(tmp_path), room_grace_seconds=0.0, commit_interval=0.0,
                         compact_every_updates=10**9, compact_interval=3600.0, **overrides)
-    store = SQLiteStore(str(tmp_path / "db.sqlite3"))
-    hub = Hub(settings, store, "sqlite")
-    await hub.start()
-    return hub, store
+    app = create_app(settings)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    hub = app.state.hub
+    return hub, hub.store, lambda: lifespan.__aexit__(None, None, None)
 
 
 async def elements(hub: Hub, canvas_id: str) -> dict | None:
@@ -39,7 +42,7 @@ async def test_room_is_not_unloaded_while_a_write_made_after_the_durable_wait_is
     acquires the still-registered room, submits, releases; the room is then deleted from the
     registry with that write not durable, and the next acquire/read reloads a document without it
     (docs/architecture.md: a room "stays registered until every update it received is durable")."""
-    hub, store = await make_hub(tmp_path)
+    hub, store, stop = await make_hub(tmp_path)
     gate = asyncio.Event()
     real_append = store.append_updates
     calls = 0
@@ -88,15 +91,14 @@ async def test_room_is_not_unloaded_while_a_write_made_after_the_durable_wait_is
         for done in second:
             if done is not None:
                 await asyncio.wait_for(asyncio.shield(done), 5)
-        await hub.drain()
-        await hub.close()
+        await stop()
 
 
 async def test_delete_during_a_room_load_does_not_resurrect_the_canvas(tmp_path):
     """hub.delete_canvas vs RoomRegistry.acquire: a load already in flight when the delete runs
     registers a room holding the deleted content after forget() ran. The deleted canvas is then
     served (GET), joined, and any edit to it recreates the canvas in the store."""
-    hub, store = await make_hub(tmp_path)
+    hub, store, stop = await make_hub(tmp_path)
     try:
         await store.append_updates([("c", key_update("a", 1.0, 1))])
         acquiring = asyncio.create_task(hub.registry.acquire("c"))
@@ -109,5 +111,4 @@ async def test_delete_during_a_room_load_does_not_resurrect_the_canvas(tmp_path)
         finally:
             hub.registry.release(room)
     finally:
-        await hub.drain()
-        await hub.close()
+        await stop()

@@ -404,7 +404,8 @@ async def test_connection_limits_per_ip_and_per_canvas(server_factory):
     first, second = await server.connect("ip1"), await server.connect("ip2")
     assert await upgrade_status(server, "ip3") == 403
     await first.close()
-    await wait_until(lambda: server.hub.ip_connections.counts.get("127.0.0.1") == 1, 5, "slot released")
+    sockets = next(r.app for r in server.app.routes if getattr(r, "path", "") == "/ws/{canvas_id}")
+    await wait_until(lambda: sockets.ip_connections.counts.get("127.0.0.1") == 1, 5, "slot released")
     third = await server.connect("ip3")
     await second.close(), await third.close()
 

@@ -13,7 +13,6 @@ import signal
 import httpx
 import pytest
 
-from ..test_durability import pg_proxy  # noqa: F401 - a fixture
 from .test_demo import TIMEOUT_MS, browser, canvas_url, draw, element_ids, no_page_errors, open_user  # noqa: F401
 
 try:
@@ -34,7 +33,7 @@ new MutationObserver(() => {
 """
 
 
-async def test_reload_during_outage_is_not_saved_until_stored(process_server_factory, pg_proxy, browser):  # noqa: F811
+async def test_reload_during_outage_is_not_saved_until_stored(process_server_factory, pg_proxy, browser):
     """Edits made while the database is unreachable: after a reload the indicator does not say
     "Saved" (the server holds them only in memory); once the database is back it does, and after
     kill -9 and a restart everything it called saved is there."""
