@@ -10,8 +10,8 @@ so relaying never re-serialises JSON, and re-encodes lengths in UTF-8 *bytes*.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Hashable, Iterable
 
 import orjson
 

@@ -27,7 +27,6 @@ uniqueness is what makes relaying a client's accepted frame as-is safe.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from .errors import InvalidPayload, MalformedFrame
 
@@ -159,9 +158,7 @@ class EventRequest:
     payload: bytes
 
 
-Message = Union[SyncStep1, SyncStep2, SyncUpdate, AwarenessFrame, QueryAwareness, AuthDenied, EventRequest]
-# The messages that may change the document: only these are subject to write permission and size caps.
-WRITE_MESSAGES = (SyncStep2, SyncUpdate)
+Message = SyncStep1 | SyncStep2 | SyncUpdate | AwarenessFrame | QueryAwareness | AuthDenied | EventRequest
 
 
 def parse_frame(frame: bytes) -> Message:

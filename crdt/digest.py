@@ -30,9 +30,8 @@ client's updates in order, or was loaded from a ``get_update()``, has no gaps.
 
 from __future__ import annotations
 
-from typing import Any
-
 import hashlib
+from typing import Any
 
 from pycrdt import Doc
 

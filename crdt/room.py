@@ -9,15 +9,25 @@ broadcast set in the same step that answers its handshake (no gap).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from pycrdt import Doc, Subscription, merge_updates
 
 from . import codec
 from .awareness import AwarenessRegistry, encode_awareness_payload, parse_awareness, with_identity
-from .codec import (EMPTY_UPDATE, AuthDenied, AwarenessFrame, EventRequest, Message, QueryAwareness, SyncStep1,
-                    SyncStep2, SyncUpdate)
+from .codec import (
+    EMPTY_UPDATE,
+    AuthDenied,
+    AwarenessFrame,
+    EventRequest,
+    Message,
+    QueryAwareness,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+)
 from .errors import InvalidPayload, MalformedFrame, ProtocolError
 from .update import check_state_vector, check_update
 

@@ -10,7 +10,6 @@ larger than that is a lie we can reject in O(1).
 
 from __future__ import annotations
 
-
 from .codec import Reader
 from .errors import InvalidPayload, MalformedFrame
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import jwt
 
@@ -129,6 +130,7 @@ class Authenticator:
         try:
             header = jwt.get_unverified_header(token)
             algorithm = header.get("alg")
+            key: Any
             if algorithm == "HS256" and self.secret:
                 key, algorithms = self.secret, ["HS256"]
             elif algorithm in self.public_algorithms:

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import uvicorn
 from starlette.applications import Starlette

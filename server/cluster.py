@@ -35,7 +35,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from canvashub.crdt.codec import EMPTY_UPDATE, AwarenessFrame, Reader, encode_awareness, parse_frame, write_var_uint
 from canvashub.crdt.room import RoomDocument
@@ -51,8 +52,11 @@ class ClusterRoom(Protocol):
 
     canvas_id: str
     document: RoomDocument
-    connections: Mapping[Peer, None]
-    unconfirmed: Mapping[tuple[str, int], tuple[bytes, float]]
+    @property
+    def connections(self) -> Mapping[Peer, None]: ...
+
+    @property
+    def unconfirmed(self) -> Mapping[tuple[str, int], tuple[bytes, float]]: ...
 
     def apply_peer_update(self, node: str, number: int, update: bytes, now: float) -> None: ...
 

@@ -10,10 +10,11 @@ again (CRDT merges commute), retry a bounded number of times.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 import dataclasses
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pycrdt import Doc
 
@@ -44,7 +45,7 @@ def replay(loaded: LoadedCanvas, canvas_id: str, *, strict: bool) -> Doc:
     operator; non-strict (loading a room) logs and skips the row so the rest of
     the canvas stays editable.
     """
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     parts = ([("snapshot", loaded.snapshot)] if loaded.snapshot else []) + [(f"seq {s}", u) for s, u in loaded.updates]
     for what, update in parts:
         try:

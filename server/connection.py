@@ -17,8 +17,9 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl
-from typing import Any, Awaitable, Callable
 
 import orjson
 
@@ -27,13 +28,32 @@ from canvashub.crdt.errors import ProtocolError
 
 from .auth import Authenticator, Principal, websocket_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
-from .errors import (AccessDenied, CanvasTooLarge, CloseCode, Forbidden, InvalidRequest, Overloaded, ServerError,
-                     ShuttingDown, StoreUnavailable, answer_for, error_body)
+from .errors import (
+    AccessDenied,
+    CanvasTooLarge,
+    CloseCode,
+    Forbidden,
+    InvalidRequest,
+    Overloaded,
+    ServerError,
+    ShuttingDown,
+    StoreUnavailable,
+    answer_for,
+    error_body,
+)
 from .event_requests import EventRequests
 from .hub import Hub
 from .jobs import JobService
-from .limits import (ConnectionCounter, OriginPolicy, TokenBucket, UpgradePacer, client_ip, header, limit_exceeded,
-                     offences)
+from .limits import (
+    ConnectionCounter,
+    OriginPolicy,
+    TokenBucket,
+    UpgradePacer,
+    client_ip,
+    header,
+    limit_exceeded,
+    offences,
+)
 from .logs import log
 from .metrics import Metrics
 from .rooms import Room
@@ -84,7 +104,8 @@ class Connection:
         self.may_announce = self.may_write or announce
         self.denied_told = False
         self.ip = ip
-        self.message_bucket, self.byte_bucket = rates if rates is not None else (None, None)
+        self.message_bucket: TokenBucket | None = rates[0] if rates is not None else None
+        self.byte_bucket: TokenBucket | None = rates[1] if rates is not None else None
         self.expiry: asyncio.TimerHandle | None = None  # the token's expiry timer, while connected
 
     def __hash__(self) -> int:
@@ -157,7 +178,7 @@ class Connection:
             if self.writer is not None and not parked:
                 self.writer.cancel()  # it may be blocked on a client that stopped reading
                 self.writer = asyncio.get_running_loop().create_task(self._send_close())
-        if parked:
+        if waiter is not None and parked:
             waiter.set_result(None)  # the writer sends what is left, then the close frame
 
     async def run_writer(self) -> None:
@@ -307,7 +328,7 @@ class WebSocketEndpoint:
                 if conn.closing:
                     try:
                         await asyncio.wait_for(asyncio.shield(writer), settings.shutdown_timeout)
-                    except (asyncio.TimeoutError, Exception):
+                    except (TimeoutError, Exception):
                         writer.cancel()
                 else:
                     writer.cancel()
@@ -346,11 +367,11 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
         else:
             started = clock()
             try:
-                message = parse_frame(data)
-                if type(message) is EventRequest and conn.requests is not None:
-                    conn.requests.receive(message.payload, len(data))
+                parsed = parse_frame(data)
+                if type(parsed) is EventRequest and conn.requests is not None:
+                    conn.requests.receive(parsed.payload, len(data))
                 else:
-                    room.receive(conn, message, len(data))
+                    room.receive(conn, parsed, len(data))
             except ServerError as exc:  # a write refused by policy (backlog full, canvas too large)
                 if isinstance(exc, CanvasTooLarge):
                     limit_exceeded("canvas_size", ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 PROBE_PERIOD = 1.0  # seconds between the end of one probe and the start of the next
 PROBE_TIMEOUT = 1.0  # seconds one probe may take

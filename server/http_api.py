@@ -10,10 +10,10 @@ the change is durable (200), or 202 if it is not durable within
 from __future__ import annotations
 
 import asyncio
-import datetime
 import functools
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from pycrdt import Doc, Map
@@ -25,25 +25,37 @@ from starlette.routing import Route
 from canvashub.crdt.edits import check_element_id, check_fields, patch_element, restore_to
 from canvashub.crdt.errors import ProtocolError
 from canvashub.crdt.room import RoomDocument
-
 from canvashub.storage.base import LoadedCanvas, Store
 
 from .auth import Authenticator, bearer_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
 from .cluster import Cluster
 from .compaction import replay
-from .errors import (Answer, CanvasTooLarge, Conflict, Forbidden, InvalidRequest, MethodNotAllowed, NotAcceptable,
-                     NotFound, ServerError, StorageTimeout, TooLarge,
-                     UnprocessableBody, answer_for, error_body)
+from .errors import (
+    Answer,
+    CanvasTooLarge,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFound,
+    ServerError,
+    StorageTimeout,
+    TooLarge,
+    UnprocessableBody,
+    answer_for,
+    error_body,
+)
 from .health import HealthMonitor
 from .hub import Hub, binary_etag, etag_matches
+from .isotime import iso
 from .jobs import JOB_ID, JobService, job_json
 from .limits import OriginPolicy, limit_exceeded
 from .metrics import Metrics
 from .persistence import Persister
 from .schemas import ELEMENT_PATCH, SchemaViolation, check, contains_nul
 from .settings import Settings
-
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
@@ -183,17 +195,13 @@ def export_type(request: Request) -> str:
     return chosen
 
 
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
-
-
 def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Response]]]:
     """Validate path ids, authenticate (``Authorization: Bearer``), check ``action`` on the canvas, and turn
     exceptions into classified JSON errors. ``action`` None: no token needed (assets: content-addressed URLs)."""
 
     def decorate(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         @functools.wraps(fn)
-        async def wrapped(self: "HttpApi", request: Request) -> Response:
+        async def wrapped(self: HttpApi, request: Request) -> Response:
             try:
                 if has_nul(request):
                     raise InvalidRequest(NUL_MESSAGE)
@@ -352,7 +360,7 @@ class HttpApi:
         """A storage call that gives up (504 ``timeout``) after ``store_timeout``."""
         try:
             return await asyncio.wait_for(call, self.settings.store_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise StorageTimeout("storage did not answer in time") from None
 
     # -- canvases --------------------------------------------------------------------------
@@ -472,7 +480,7 @@ class HttpApi:
             return json_response({"id": canvas_id, "changed": False, "durable": True, "etag": etag}, headers=headers)
         try:
             seq = await asyncio.wait_for(asyncio.shield(done), self.settings.http_durable_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return json_response({"id": canvas_id, "changed": True, "durable": False, "etag": etag}, 202, headers)
         return json_response({"id": canvas_id, "changed": True, "durable": True, "seq": seq, "etag": etag},
                              headers=headers)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from pycrdt import Doc
 
@@ -104,7 +105,7 @@ class Hub:
         started = time.perf_counter()
         try:
             loaded = await asyncio.wait_for(self.store.load(canvas_id), self.settings.store_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.load_failures.failed("timed out", canvas=canvas_id)
             raise StoreUnavailable(f"loading {canvas_id} timed out") from None
         except Exception as exc:

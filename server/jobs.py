@@ -33,7 +33,8 @@ import random
 import re
 import secrets
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 
@@ -43,9 +44,9 @@ from canvashub.storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, J
 
 from .errors import CanvasTooLarge, Conflict, ServerError, UnprocessableBody, answer_for
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
+from .isotime import iso
 from .logs import FailureLog, log
 from .schemas import GENERATION_REQUEST, MAX_PARAMS_BYTES, SchemaViolation, check, contains_nul
-
 
 PROGRESS_EVENT_INTERVAL = 0.2  # at most 5 progress events per second per job
 CHANGE_MARGIN = 2.0  # seconds the job watcher re-reads behind its cursor
@@ -64,8 +65,6 @@ def element_id_for(job_id: str) -> str:
 
 
 def job_json(job: Job) -> dict[str, Any]:
-    from .http_api import iso
-
     return {
         "id": job.id,
         "canvas_id": job.canvas_id,
@@ -136,7 +135,7 @@ class Worker:
             self._nudge.clear()
             try:
                 await asyncio.wait_for(self._nudge.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
@@ -324,7 +323,7 @@ class JobWatcher:
                 self._failures.failed(repr(exc))
             try:
                 await asyncio.wait_for(self.changed.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _poll(self) -> None:
@@ -398,11 +397,8 @@ class JobWatcher:
             element = dict(result.get("element") or {})
             element_id = result.get("element_id") or element_id_for(job.id)
             try:
-                _, done = await self.canvases.write(
-                    job.canvas_id,
-                    lambda document: document.transact(lambda doc: patch_element(doc, element_id, element)),
-                    size=len(orjson.dumps(element)),
-                )
+                _, done = await self.canvases.write(job.canvas_id, element_patch(element_id, element),
+                                                    size=len(orjson.dumps(element)))
             except CanvasTooLarge as exc:  # the job succeeded but its element cannot be added
                 log(logging.WARNING, "job_result_refused", job=job.id, canvas=job.canvas_id, reason=exc.reason)
                 self._applied(job.id)
@@ -415,6 +411,11 @@ class JobWatcher:
             await self.store.mark_result_applied(job.id)
             log(logging.INFO, "job_result_applied", job=job.id, canvas=job.canvas_id, element=element_id)
             self._announce(job, {"element_id": element_id, "src": result.get("src")})
+
+
+def element_patch(element_id: str, fields: dict[str, Any]) -> Callable[[RoomDocument], Effects]:
+    """The change that writes a generation's element into a canvas (one transaction)."""
+    return lambda document: document.transact(lambda doc: patch_element(doc, element_id, fields))
 
 
 def event_status(job: Job) -> str:
@@ -547,18 +548,20 @@ async def answer_request(service: JobService | None, canvas_id: str, request: An
                 return fail("invalid", "job_id must be a string")
             if not JOB_ID.fullmatch(job_id):
                 return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
-            job = await service.store.get_job(job_id)
-            if job is None or job.canvas_id != canvas_id:  # checked before cancelling: a socket acts on its canvas only
+            found = await service.store.get_job(job_id)
+            if found is None or found.canvas_id != canvas_id:  # checked before cancelling: a socket acts on its canvas only
                 return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
+            job = found
             if kind == "cancel_generation":
-                job = await service.cancel(job_id)
-                if job is None:
+                cancelled = await service.cancel(job_id)
+                if cancelled is None:
                     return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
+                job = cancelled
             return {"type": "response", "request_id": request_id, "ok": True, "job": job_json(job)}
     except ServerError as exc:  # invalid request, idempotency conflict: as the error table names them
         answer = answer_for(exc)
         return fail(answer.error_type if answer is not None else "invalid", exc.message)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return fail("timeout", "storage did not answer in time")
     except Exception as exc:
         log(logging.WARNING, "event_request_failed", canvas=canvas_id, error=repr(exc))

@@ -12,7 +12,8 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from .logs import log
@@ -125,7 +126,7 @@ class OriginPolicy:
         if origin in self.allowed:
             return True
         netloc = urlsplit(origin).netloc
-        return bool(host) and netloc == host.strip().lower()
+        return host is not None and netloc == host.strip().lower()
 
     @property
     def cors_origins(self) -> list[str]:
@@ -211,10 +212,10 @@ def preauth_protocol(base: type, timeout: float, on_timeout: Callable[[], None] 
     """A uvicorn HTTP protocol class that drops connections which do not finish their request headers
     within ``timeout`` seconds (slowloris; a WebSocket's token arrives with those headers)."""
 
-    class PreauthTimeoutProtocol(base):  # type: ignore[misc, valid-type]
+    class PreauthTimeoutProtocol(base):
         _preauth_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             if timeout > 0:
                 self._preauth_timer = asyncio.get_running_loop().call_later(timeout, self._preauth_expired)
@@ -253,7 +254,6 @@ def http_protocol_class() -> type:
     """uvicorn's fastest available HTTP/1.1 protocol (what ``http="auto"`` would pick)."""
     try:
         import httptools  # noqa: F401
-
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
         return HttpToolsProtocol

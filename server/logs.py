@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 
@@ -76,7 +76,7 @@ class JsonStderrHandler(logging.StreamHandler):
         super().__init__()
         self.setFormatter(JsonFormatter())
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 

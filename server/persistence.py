@@ -28,17 +28,15 @@ import logging
 import random
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
 
 from canvashub.storage.base import Store
 
+from .compaction import Compactor
 from .errors import CanvasDeleted
 from .logs import FailureLog, log
 from .metrics import Metrics
 from .savestatus import SaveStatus
-
-if TYPE_CHECKING:
-    from .compaction import Compactor
 
 
 @dataclasses.dataclass(slots=True)
@@ -60,7 +58,7 @@ class Pending:
 class Persister:
     def __init__(self, store: Store, metrics: Metrics, *, interval: float, max_updates: int,
                  max_backlog_bytes: int, timeout: float, retry_max_delay: float, slow_seconds: float,
-                 slow_notice: float = 1.0, compactor: "Compactor | None" = None) -> None:
+                 slow_notice: float = 1.0, compactor: Compactor | None = None) -> None:
         self.store = store
         self.metrics = metrics
         self.interval = interval
@@ -194,7 +192,7 @@ class Persister:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def stop(self) -> None:
@@ -247,7 +245,7 @@ class Persister:
 
     async def _commit(self, batch: list[Pending], size: int) -> None:
         keep = [item.needed is None or item.needed() for item in batch]
-        rows = [(item.canvas_id, item.update) for item, kept in zip(batch, keep) if kept]
+        rows = [(item.canvas_id, item.update) for item, kept in zip(batch, keep, strict=True) if kept]
         attempt = 0
         loop = asyncio.get_running_loop()
         while True:
@@ -280,9 +278,9 @@ class Persister:
         self.retrying = False
         self.last_error = None
         canvases = len({cid for cid, _ in rows})
-        slow = ms > self.slow_seconds * 1000
-        log(logging.WARNING if slow else logging.INFO, "batch_committed", rows=len(rows), bytes=size,
-            canvases=canvases, ms=round(ms, 2), slow=slow)
+        was_slow = ms > self.slow_seconds * 1000
+        log(logging.WARNING if was_slow else logging.INFO, "batch_committed", rows=len(rows), bytes=size,
+            canvases=canvases, ms=round(ms, 2), slow=was_slow)
         positions = iter(stored)
         self._acknowledge(batch, [next(positions) if kept else 0 for kept in keep])
 
@@ -299,7 +297,7 @@ class Persister:
         per_canvas: dict[str, int] = {}
         published: dict[str, int] = {}
         durable: dict[str, bytes | None] = {}
-        for item, seq in zip(batch, seqs):
+        for item, seq in zip(batch, seqs, strict=True):
             self._settle_one(item)
             if item.state is not None or item.canvas_id not in durable:
                 durable[item.canvas_id] = item.state

@@ -25,7 +25,8 @@ import logging
 import math
 import random
 import secrets
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
@@ -308,9 +309,9 @@ class _Session:
                 except TimeoutError:
                     await self.send(self.pub, b"PING")
                     if await self.pub.read_response(timeout=timeout) is None:
-                        raise _SessionLost(f"no PONG within {timeout}s on the publisher connection")
+                        raise _SessionLost(f"no PONG within {timeout}s on the publisher connection") from None
                     continue
-            batch = []
+            batch: list[tuple[bytes, bytes, bytes]] = []
             size = 0
             while queue and len(batch) < owner._batch_messages and size < owner._batch_bytes:
                 key, data = queue.popleft()
@@ -329,7 +330,7 @@ class _Session:
         wind down cannot leave a connection open."""
         self.fail(_SessionLost("closed"))
         await _disconnect(self.pub, self.sub)
-        pending = [task for task in self.tasks if not task.done()]
+        pending = {task for task in self.tasks if not task.done()}
         while pending:  # cancel again if a library call swallowed the first cancellation
             for task in pending:
                 task.cancel()
@@ -502,13 +503,13 @@ class RedisPubSub:
                 connected_before = True
                 down_since = None
                 try:
-                    exc = await session.lost
+                    lost = await session.lost
                 finally:
                     self.healthy = False
                     self._session = None
                     self._drop_queue()
                     await session.close()
-                self._last_error = _describe(exc)
+                self._last_error = _describe(lost)
                 down_since = loop.time()
                 log(logging.WARNING, "pubsub_down", error=self._last_error, backend="redis")
                 # Reconnect at once after a session that lasted; back off if sessions keep dying

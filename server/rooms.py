@@ -8,22 +8,23 @@ the broadcast set from the moment it is sent its handshake.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from typing import Awaitable, Callable, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
-from canvashub.crdt.codec import EMPTY_UPDATE, WRITE_MESSAGES, AwarenessFrame, Message
+from canvashub.crdt.codec import EMPTY_UPDATE, AwarenessFrame, Message, SyncStep2, SyncUpdate
 from canvashub.crdt.digest import content_etag
 from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
 from canvashub.crdt.update import decode_state_vector
 
-from .errors import CanvasTooLarge, Overloaded
 from .cluster import Cluster
+from .errors import CanvasTooLarge, Overloaded
 from .logs import log
 from .peer import Peer
 from .persistence import Persister
 from .savestatus import SaveStatus
-
 
 
 class Room:
@@ -93,10 +94,11 @@ class Room:
         """Apply a client's parsed message (``size``: its frame's length), relay it, queue it for storage;
         raises ``ProtocolError`` to close ``conn``. Every decision here is made from the parsed message,
         never from the frame's bytes (docs/security.md, "Canonical frames")."""
-        writes = isinstance(message, WRITE_MESSAGES)
-        if writes:
+        update = message.update if isinstance(message, (SyncUpdate, SyncStep2)) else None  # it may write
+        writes = update is not None
+        if update is not None:
             if not conn.may_write:
-                conn.write_denied(message.update)  # never applied, never stored
+                conn.write_denied(update)  # never applied, never stored
                 return
             self.check_growth(size)
             if not self.persister.admit(size):
@@ -134,7 +136,7 @@ class Room:
             log(logging.WARNING, "awareness_refused", canvas=self.canvas_id, conn=conn.id,
                 entries=effects.awareness_refused)
 
-    def apply_local(self, effects: Effects) -> "asyncio.Future[int] | None":
+    def apply_local(self, effects: Effects) -> asyncio.Future[int] | None:
         """Relay and store a change made on the server (HTTP, restore, a job); returns the commit future."""
         if effects.update is None:
             return None
@@ -148,7 +150,7 @@ class Room:
                     conn.enqueue(out)
 
     def _store(self, update: bytes, writer: SaveStatus | None = None, clocks: dict[int, int] | None = None,
-               want_result: bool = False, state: bytes | None = None) -> "asyncio.Future[int] | None":
+               want_result: bool = False, state: bytes | None = None) -> asyncio.Future[int] | None:
         """A change made on this process: published to the other processes, then queued for storage
         behind any relayed change it may depend on that its sender has not confirmed durable.
 
@@ -195,7 +197,7 @@ class Room:
             self.storage_advanced(None)
 
     # -- storage state (docs/protocol.md, "save": the event a socket gets on joining) ---------
-    def storage_state(self) -> "StorageState":
+    def storage_state(self) -> StorageState:
         """How much of this canvas is in storage. Never overstated: the document's own state vector
         only when nothing of it is pending here (queued or in flight) and no change relayed from
         another process still awaits that process's confirmation; else the last committed state."""
@@ -208,7 +210,7 @@ class Room:
             return StorageState(RETRYING, clock, backlog, self.persister.last_error)
         return StorageState(SAVING, clock, backlog, None)
 
-    def report_storage(self, conn: Peer, state: "StorageState | None" = None) -> None:
+    def report_storage(self, conn: Peer, state: StorageState | None = None) -> None:
         """Tell ``conn`` the storage state; until it is ``saved``, tell it again after each change."""
         if state is None:
             state = self.storage_state()
@@ -228,6 +230,9 @@ class Room:
             for conn in list(self.storage_watchers):
                 self.report_storage(conn, state)
 
+    def _still_unconfirmed(self, key: tuple[str, int]) -> bool:
+        return self.taking_over.pop(key, None) is not None
+
     def take_over(self, conditional: bool, older_than: float | None = None) -> int:
         """Queue unconfirmed peer changes for storage here. ``conditional``: each is written only if
         still unconfirmed when its batch commits (usually the other process confirms first)."""
@@ -241,7 +246,7 @@ class Room:
                 # Asked once, when its batch is formed: written unless its sender confirmed it by then.
                 # The key is dropped as it is asked, never by age: a long outage must not make a
                 # change nobody stored look confirmed.
-                needed = (lambda key=key: self.taking_over.pop(key, None) is not None)
+                needed: Callable[[], bool] | None = functools.partial(self._still_unconfirmed, key)
             else:
                 needed = None
             self.persister.submit(self.canvas_id, update, None, needed=needed)

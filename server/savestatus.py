@@ -9,7 +9,8 @@ send nothing.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 SendEvent = Callable[[dict[str, Any]], None]
 

@@ -8,9 +8,10 @@ never drift apart. Nothing reads the environment at import time.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEMO_DIR = REPO_ROOT / "client-demo" / "dist"
@@ -94,7 +95,7 @@ class Settings:
                              f"got {self.store_slow_notice!r}")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Build settings from environment variables, then explicit overrides."""
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):

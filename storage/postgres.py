@@ -9,8 +9,19 @@ from typing import Any
 import asyncpg
 
 from . import migrations
-from .base import (JOB_COLUMNS, LEASE_EXPIRED, Asset, CanvasInfo, Job, LoadedCanvas, VersionInfo, check_final_status,
-                   clamp_progress, dump_json_object, lease_expired_message)
+from .base import (
+    JOB_COLUMNS,
+    LEASE_EXPIRED,
+    Asset,
+    CanvasInfo,
+    Job,
+    LoadedCanvas,
+    VersionInfo,
+    check_final_status,
+    clamp_progress,
+    dump_json_object,
+    lease_expired_message,
+)
 
 
 class PostgresStore:

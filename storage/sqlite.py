@@ -7,11 +7,23 @@ import concurrent.futures
 import json
 import sqlite3
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from . import migrations
-from .base import (JOB_COLUMNS, LEASE_EXPIRED, Asset, CanvasInfo, Job, LoadedCanvas, VersionInfo, check_final_status,
-                   clamp_progress, dump_json_object, lease_expired_message)
+from .base import (
+    JOB_COLUMNS,
+    LEASE_EXPIRED,
+    Asset,
+    CanvasInfo,
+    Job,
+    LoadedCanvas,
+    VersionInfo,
+    check_final_status,
+    clamp_progress,
+    dump_json_object,
+    lease_expired_message,
+)
 
 T = TypeVar("T")
 
@@ -216,7 +228,7 @@ class SQLiteStore:
     # -- jobs -------------------------------------------------------------
     @staticmethod
     def _job(row: tuple[Any, ...]) -> Job:
-        d = dict(zip(JOB_COLUMNS, row))
+        d = dict(zip(JOB_COLUMNS, row, strict=True))
         d["params"] = json.loads(d["params"])
         d["result"] = None if d["result"] is None else json.loads(d["result"])
         d["cancel_requested"] = bool(d["cancel_requested"])

@@ -8,8 +8,15 @@ and ``httpx`` is imported only then.
 
 from __future__ import annotations
 
-from .base import (GenerationError, GenerationOutput, GenerationRequest, Generator, PermanentError, ProgressFn,
-                   RetryableError)
+from .base import (
+    GenerationError,
+    GenerationOutput,
+    GenerationRequest,
+    Generator,
+    PermanentError,
+    ProgressFn,
+    RetryableError,
+)
 from .pattern import PatternGenerator
 
 __all__ = ["GenerationError", "GenerationOutput", "GenerationRequest", "Generator", "PatternGenerator",

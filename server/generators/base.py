@@ -21,8 +21,9 @@ clean up on the way out (close HTTP responses, clients, files).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 DEFAULT_SIZE = 512
 MIN_SIZE = 16

@@ -42,15 +42,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import orjson
 
 from ..logs import log
-from .base import (SIZE_PARAMS, GenerationOutput, GenerationRequest, PermanentError, ProgressFn, RetryableError, int_param,
-                   output_size, request_params)
+from .base import (
+    SIZE_PARAMS,
+    GenerationOutput,
+    GenerationRequest,
+    PermanentError,
+    ProgressFn,
+    RetryableError,
+    int_param,
+    output_size,
+    request_params,
+)
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 MAX_JSON_BYTES = 1024 * 1024  # the service's JSON answers

@@ -28,8 +28,16 @@ import re
 from typing import Any
 from xml.sax.saxutils import escape
 
-from .base import (SIZE_PARAMS, GenerationOutput, GenerationRequest, PermanentError, ProgressFn, number_param,
-                   output_size, request_params)
+from .base import (
+    SIZE_PARAMS,
+    GenerationOutput,
+    GenerationRequest,
+    PermanentError,
+    ProgressFn,
+    number_param,
+    output_size,
+    request_params,
+)
 
 MAX_DURATION = 600.0
 MAX_TITLE_CHARS = 200
