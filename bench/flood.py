@@ -51,6 +51,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
 from run import CLK_TCK, free_port, log, machine_busy_ticks, read_tree, spawn, stop, wait_accepting  # noqa: E402
+
 from tests import raw_ws  # noqa: E402
 
 HONEST_CANVAS = "honest"
@@ -123,11 +124,11 @@ class Joiner:
                     await ws.close()
             except websockets.InvalidStatus as exc:
                 self.refused[str(exc.response.status_code)] += 1
-            except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as exc:
+            except (TimeoutError, OSError, websockets.WebSocketException) as exc:
                 self.failed[type(exc).__name__] += 1
             try:
                 await asyncio.wait_for(stop_event.wait(), self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def summary(self) -> dict:

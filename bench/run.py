@@ -25,8 +25,8 @@ import asyncio
 import json
 import os
 import resource
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import statistics

@@ -7,7 +7,8 @@ import contextlib
 import dataclasses
 import os
 import tempfile
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import websockets
@@ -171,7 +172,7 @@ async def postgres_schema() -> AsyncIterator[tuple[Any, str]]:
 
     try:
         admin = await asyncpg.connect(PG_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         skip_or_fail(f"Postgres unreachable at {PG_DSN}: {exc!r}")
     schema = "t_" + uuid.uuid4().hex[:16]
     try:

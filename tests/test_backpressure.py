@@ -15,7 +15,6 @@ from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload
 from .support import wait_until
 
 
-
 async def test_client_that_never_reads_is_disconnected(process_server_factory):
     """A client that stops reading is dropped (1013) while 40 MB flows through its room; RSS stays flat."""
     server = await process_server_factory({

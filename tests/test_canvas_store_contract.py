@@ -9,11 +9,12 @@ from typing import Any
 
 import pycrdt
 
+from canvashub.server.compaction import CompactionConflict, CompactionResult, compact_canvas
 from canvashub.storage import migrations
 from canvashub.storage.base import CanvasInfo, CanvasStore, LoadedCanvas, Store, VersionInfo
-from canvashub.server.compaction import CompactionConflict, CompactionResult, compact_canvas
 
 from .store_backends import WAIT, Backend, backend, store  # noqa: F401 (fixtures: every test runs on both backends)
+
 
 def _uid() -> str:
     return "c-" + uuid.uuid4().hex[:8]

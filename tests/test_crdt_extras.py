@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import pycrdt
 import pytest
@@ -15,7 +15,6 @@ from pycrdt import Doc, Map, Text
 from canvashub.crdt.digest import content_etag, decode_delete_set
 from canvashub.crdt.edits import patch_element, restore_to
 from canvashub.crdt.errors import InvalidPayload
-from canvashub.crdt.update import decode_state_vector
 
 
 def elements(doc: Doc) -> Map:

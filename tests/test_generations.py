@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .support import StorageBackend, wait_until
+from .support import wait_until
 from .wire import WireClient
 
 FAST = dict(job_watch_interval=0.05, job_poll_interval=0.05, job_retry_base=0.05, job_retry_max=0.2)
@@ -235,8 +235,9 @@ async def test_http_generator_that_always_fails_ends_failed(server_factory, stor
 async def test_requests_over_the_events_channel(server_factory):
     """An opted-in socket can start, read and cancel generations with [100, json] requests and gets
     a response per request_id; malformed requests get an error response, not a close."""
-    from canvashub.crdt.codec import encode_event
     import orjson
+
+    from canvashub.crdt.codec import encode_event
 
     server = await server_factory(**FAST, job_workers=0)
     client = await WireClient.connect(server, "viaws")

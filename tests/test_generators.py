@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import socket
 import xml.etree.ElementTree as ET
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from canvashub.server.generators import Generator, build_generators
-from canvashub.server.generators.base import (GenerationError, GenerationOutput, GenerationRequest, PermanentError,
-                                    RetryableError)
+from canvashub.server.generators.base import (
+    GenerationError,
+    GenerationOutput,
+    GenerationRequest,
+    PermanentError,
+    RetryableError,
+)
 from canvashub.server.generators.http import HttpGenerator
 from canvashub.server.generators.pattern import PatternGenerator
 

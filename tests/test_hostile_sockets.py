@@ -30,7 +30,7 @@ class LoopLagMonitor:
             await asyncio.sleep(0.005)
             self.worst = max(self.worst, loop.time() - start - 0.005)
 
-    def __enter__(self) -> "LoopLagMonitor":
+    def __enter__(self) -> LoopLagMonitor:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
-import pytest
 from pycrdt import Doc, Map
 
 from canvashub.crdt import codec
-from canvashub.server.errors import CloseCode
 from canvashub.server.compaction import replay
+from canvashub.server.errors import CloseCode
 
 from .support import StorageBackend, wait_until
 from .wire import WireClient, elements_of, key_updates

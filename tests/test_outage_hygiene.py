@@ -8,10 +8,10 @@ import collections
 import json
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
-import pytest
 
 from canvashub.server import logs
 from canvashub.server.health import HealthMonitor

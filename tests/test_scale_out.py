@@ -10,7 +10,8 @@ import asyncio
 import shutil
 import signal
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest

@@ -12,15 +12,13 @@ Screenshots land in ``tests/e2e/artifacts/`` (gitignored). With
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
 import secrets
+import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
-import httpx
 import pytest
 from pycrdt import Map
 
@@ -44,7 +42,7 @@ if async_playwright is not None:
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator["Browser"]:
+async def browser() -> AsyncIterator[Browser]:
     if async_playwright is None:
         skip_or_fail("playwright is not installed (make test installs it: pip install -e '.[test]')")
     if not os.access(CHROMIUM, os.X_OK):
@@ -57,7 +55,7 @@ async def browser() -> AsyncIterator["Browser"]:
             await launched.close()
 
 
-async def open_user(browser: "Browser", url: str, name: str, state: str = "saved") -> tuple["BrowserContext", "Page"]:
+async def open_user(browser: Browser, url: str, name: str, state: str = "saved") -> tuple[BrowserContext, Page]:
     """A fresh browser profile (own IndexedDB, storage) named ``name``, with the editor open and its save
     indicator in ``state``."""
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
@@ -72,7 +70,7 @@ async def open_user(browser: "Browser", url: str, name: str, state: str = "saved
     return context, page
 
 
-async def draw(page: "Page", tool_key: str, x: float, y: float, w: float = 140, h: float = 100) -> None:
+async def draw(page: Page, tool_key: str, x: float, y: float, w: float = 140, h: float = 100) -> None:
     """Pick a tool by its shortcut and drag out a shape at viewport-relative (x, y)."""
     box = await page.get_by_test_id("viewport").bounding_box()
     assert box is not None
@@ -83,13 +81,13 @@ async def draw(page: "Page", tool_key: str, x: float, y: float, w: float = 140, 
     await page.mouse.up()
 
 
-async def hover(page: "Page", x: float, y: float) -> None:
+async def hover(page: Page, x: float, y: float) -> None:
     box = await page.get_by_test_id("viewport").bounding_box()
     assert box is not None
     await page.mouse.move(box["x"] + x, box["y"] + y, steps=3)
 
 
-async def element_ids(page: "Page") -> set[str]:
+async def element_ids(page: Page) -> set[str]:
     return set(await page.evaluate("[...window.canvashub.elements.keys()]"))
 
 
@@ -102,7 +100,7 @@ def canvas_url(server, canvas_id: str) -> str:
     return f"{server.http_url}/c/{canvas_id}"
 
 
-def no_page_errors(*pages: "Page") -> None:
+def no_page_errors(*pages: Page) -> None:
     for page in pages:
         assert page.errors == [], page.errors  # type: ignore[attr-defined]
 

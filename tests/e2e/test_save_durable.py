@@ -13,7 +13,6 @@ import signal
 import httpx
 import pytest
 
-from ..test_durability import pg_proxy  # noqa: F401 - a fixture
 from .test_demo import TIMEOUT_MS, browser, canvas_url, draw, element_ids, no_page_errors, open_user  # noqa: F401
 
 try:
