@@ -52,6 +52,7 @@ async def run(generator: Generator, req: GenerationRequest, timeout: float = 10.
 
 
 def test_build_generators() -> None:
+    """build_generators always offers pattern, and http when a base URL is set (slash trimmed, timeout passed on)."""
     only = build_generators(0.01, None, 5.0)
     assert list(only) == ["pattern"] and isinstance(only["pattern"], PatternGenerator)
     assert only["pattern"].step_delay == 0.01 and only["pattern"].name == "pattern"
@@ -65,6 +66,7 @@ def test_build_generators() -> None:
 
 
 def test_error_classes() -> None:
+    """RetryableError and PermanentError are GenerationErrors with fixed retryability and the given type."""
     retry = RetryableError("down", error_type="unavailable")
     final = PermanentError("bad", error_type="invalid")
     assert isinstance(retry, GenerationError) and retry.retryable and retry.error_type == "unavailable"
@@ -78,6 +80,8 @@ def test_error_classes() -> None:
 
 
 async def test_pattern_is_deterministic() -> None:
+    """The pattern SVG depends only on prompt and params: same input, same picture; different input, another.
+    Thirty prompts give thirty pictures in all three styles; size and palette params change the picture."""
     generator = PatternGenerator(step_delay=0)
     first, _ = await run(generator, request("blue waves"))
     again, _ = await run(generator, request("blue waves", job_id="another job"))
@@ -103,6 +107,8 @@ async def test_pattern_is_deterministic() -> None:
 @pytest.mark.parametrize("prompt", ["blue waves", "", "<script>alert(1)</script> & \"q\" 'a' ]]> \x00\x1b\ufffe é 🎨",
                                     "x" * 5000])
 async def test_pattern_svg_is_well_formed_and_inert(prompt: str) -> None:
+    """Whatever the prompt, the pattern SVG is well-formed, inert (no scripts, links or handlers) and titled.
+    The title is the prompt without characters XML cannot hold, cut to 200 characters."""
     output, _ = await run(PatternGenerator(step_delay=0), request(prompt, {"width": 640, "height": 100}))
     root = ET.fromstring(output.data)  # well-formed XML (raises otherwise)
     assert root.tag == f"{SVG}svg"
@@ -122,6 +128,7 @@ async def test_pattern_svg_is_well_formed_and_inert(prompt: str) -> None:
 
 
 async def test_pattern_progress_rises_to_one_in_steps() -> None:
+    """The pattern generator reports progress once per step, strictly rising to exactly 1.0."""
     output, progress = await run(PatternGenerator(step_delay=0.001, steps=5), request())
     assert progress.values == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert all(a < b for a, b in zip(progress.values, progress.values[1:]))
@@ -131,6 +138,7 @@ async def test_pattern_progress_rises_to_one_in_steps() -> None:
 
 
 async def test_pattern_duration_param_overrides_step_delay() -> None:
+    """A duration param spreads the job over that time (zero included), overriding the configured step_delay."""
     # 8 steps of 60 s each would blow the 5 s wait; duration 0.04 s makes them 5 ms each.
     output, progress = await run(PatternGenerator(step_delay=60), request("quick", {"duration": 0.04}), timeout=5)
     assert len(progress.values) == 8 and output.data.startswith(b"<?xml")
@@ -144,6 +152,7 @@ async def test_pattern_duration_param_overrides_step_delay() -> None:
     {"palette": ["#fff\" onload=\"x"]}, {"palette": 3}, [],
 ])
 async def test_pattern_invalid_params_are_permanent(params) -> None:
+    """Invalid pattern params fail with a permanent "invalid" error before any progress is reported."""
     progress = Progress()
     with pytest.raises(PermanentError) as caught:
         await asyncio.wait_for(PatternGenerator(step_delay=0).generate(request(params=params), progress), 5)
@@ -152,12 +161,14 @@ async def test_pattern_invalid_params_are_permanent(params) -> None:
 
 
 def test_pattern_constructor_checks() -> None:
+    """PatternGenerator refuses zero steps and a negative or NaN step_delay."""
     for kwargs in ({"steps": 0}, {"step_delay": -1}, {"step_delay": float("nan")}):
         with pytest.raises(ValueError):
             PatternGenerator(**kwargs)
 
 
 async def test_pattern_cancellation_propagates_promptly() -> None:
+    """Cancelling a pattern job stops it at once, between steps or in a long sleep, and no step runs after."""
     progress = Progress()
     task = asyncio.get_running_loop().create_task(
         PatternGenerator(step_delay=0.01, steps=100_000).generate(request(), progress))
@@ -196,6 +207,7 @@ def http_generator(fake: FakeGenerationService, **kwargs) -> HttpGenerator:
 
 @pytest.mark.parametrize("absolute", [False, True])
 async def test_http_success(fake: FakeGenerationService, absolute: bool) -> None:
+    """The HTTP generator submits, polls (progress per poll) and downloads the image from a relative or absolute URL."""
     fake.succeed(after_polls=3)
     fake.absolute_output_url = absolute
     output, progress = await run(http_generator(fake), request("a cat", {"width": 300, "height": 200}, "job42"))
@@ -208,6 +220,7 @@ async def test_http_success(fake: FakeGenerationService, absolute: bool) -> None
 
 
 async def test_http_svg_output_default_size_and_streamed(fake: FakeGenerationService) -> None:
+    """A chunked SVG output is accepted, its content type normalised and its size defaulted to 512x512."""
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>' + b" " * 1000
     fake.succeed(after_polls=0)
     fake.output, fake.output_type, fake.chunked_output = svg, "image/svg+xml; charset=utf-8", True
@@ -231,6 +244,7 @@ async def test_http_unavailable_then_success_on_retry(fake: FakeGenerationServic
 
 
 async def test_http_remote_failure_is_permanent(fake: FakeGenerationService) -> None:
+    """A remote job that fails is a permanent upstream error with the service's message; nothing is downloaded."""
     fake.always_fail()
     with pytest.raises(PermanentError) as caught:
         await run(http_generator(fake), request())
@@ -240,6 +254,7 @@ async def test_http_remote_failure_is_permanent(fake: FakeGenerationService) -> 
 
 
 async def test_http_remote_failure_marked_retryable(fake: FakeGenerationService) -> None:
+    """A remote failure the service marks retryable is a retryable upstream error."""
     fake.always_fail(retryable=True)
     with pytest.raises(RetryableError) as caught:
         await run(http_generator(fake), request())
@@ -247,6 +262,7 @@ async def test_http_remote_failure_marked_retryable(fake: FakeGenerationService)
 
 
 async def test_http_slow_job_times_out(fake: FakeGenerationService) -> None:
+    """A remote job still running after max_wait is a retryable timeout, and its output is never fetched."""
     fake.slow()
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -258,6 +274,7 @@ async def test_http_slow_job_times_out(fake: FakeGenerationService) -> None:
 
 
 async def test_http_request_timeout(fake: FakeGenerationService) -> None:
+    """A request that hangs past the generator's timeout is a retryable timeout."""
     fake.hang_polls = True
     with pytest.raises(RetryableError) as caught:
         await run(http_generator(fake, timeout=0.1), request())
@@ -265,6 +282,7 @@ async def test_http_request_timeout(fake: FakeGenerationService) -> None:
 
 
 async def test_http_connection_refused_is_unavailable() -> None:
+    """A service that refuses connections is a retryable "unavailable" error."""
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -279,6 +297,7 @@ async def test_http_connection_refused_is_unavailable() -> None:
     (500, RetryableError, "unavailable"), (502, RetryableError, "unavailable"),
 ])
 async def test_http_status_classification(fake: FakeGenerationService, status: int, error_class, error_type) -> None:
+    """Error statuses map to error classes: 400/422 invalid, 401/404 upstream, 408 timeout, 429/5xx unavailable."""
     fake.reject_with = status
     with pytest.raises(GenerationError) as caught:
         await run(http_generator(fake), request())
@@ -287,6 +306,7 @@ async def test_http_status_classification(fake: FakeGenerationService, status: i
 
 
 async def test_http_cancel_while_polling(fake: FakeGenerationService) -> None:
+    """Cancelling while polling ends the task promptly and asks the service to cancel the remote job."""
     fake.slow()
     progress = Progress()
     task = asyncio.get_running_loop().create_task(http_generator(fake).generate(request(), progress))
@@ -300,6 +320,7 @@ async def test_http_cancel_while_polling(fake: FakeGenerationService) -> None:
 
 
 async def test_http_cancel_while_downloading_closes_the_response(fake: FakeGenerationService) -> None:
+    """Cancelling mid-download closes the response (the service sees the hang-up) and cancels the remote job."""
     fake.succeed(after_polls=0)
     fake.stall_output = True
     fake.output = make_png(64, 64)
@@ -336,6 +357,7 @@ async def test_http_cancel_while_submitting(fake: FakeGenerationService) -> None
 
 @pytest.mark.parametrize("chunked", [False, True])
 async def test_http_output_too_large(fake: FakeGenerationService, chunked: bool) -> None:
+    """An output over max_bytes, chunked or not, is a permanent too_large; params may lower the limit, not raise it."""
     fake.succeed(after_polls=0)
     fake.output, fake.chunked_output = make_png(64, 64), chunked
     assert len(fake.output) > 10_000
@@ -352,6 +374,7 @@ async def test_http_output_too_large(fake: FakeGenerationService, chunked: bool)
 
 
 async def test_http_output_must_be_an_image(fake: FakeGenerationService) -> None:
+    """An output that is not an image (text/html) is a permanent invalid error."""
     fake.succeed(after_polls=0)
     fake.output, fake.output_type = b"<html>oops</html>", "text/html"
     with pytest.raises(PermanentError) as caught:
@@ -360,6 +383,7 @@ async def test_http_output_must_be_an_image(fake: FakeGenerationService) -> None
 
 
 async def test_http_invalid_params_fail_before_submitting(fake: FakeGenerationService) -> None:
+    """Invalid params are a permanent invalid error raised before anything is submitted."""
     with pytest.raises(PermanentError) as caught:
         await run(http_generator(fake), request(params={"width": 99999}))
     assert caught.value.error_type == "invalid"
@@ -367,6 +391,7 @@ async def test_http_invalid_params_fail_before_submitting(fake: FakeGenerationSe
 
 
 def test_http_constructor_checks() -> None:
+    """HttpGenerator refuses a non-HTTP base URL, a zero timeout and a zero max_bytes."""
     for args, kwargs in ((("ftp://x",), {}), (("http://x",), {"timeout": 0}), (("http://x",), {"max_bytes": 0})):
         with pytest.raises(ValueError):
             HttpGenerator(*args, **kwargs)

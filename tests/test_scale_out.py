@@ -93,6 +93,7 @@ async def converged(clients: list[JsClient], timeout: float, what: str) -> dict[
 
 async def test_three_processes_converge_share_presence_and_job_events(process_server_factory, postgres_backend,
                                                                      redis_process):
+    """Three processes on one Redis and Postgres: stock clients converge, share presence and see every job event."""
     a, b, c = await start_cluster(process_server_factory, postgres_backend, redis_process)
     clients = [await JsClient.start(f"ws://127.0.0.1:{server.port}/ws", "shared", name=f"{name}{i}", events=True)
                for server, name in ((a, "a"), (b, "b"), (c, "c")) for i in range(2)]
@@ -133,6 +134,7 @@ async def test_three_processes_converge_share_presence_and_job_events(process_se
 
 async def test_killed_process_clients_move_on_and_acknowledged_edits_survive(process_server_factory,
                                                                             postgres_backend, redis_process):
+    """A process killed with SIGKILL: its clients move on, edits converge and every acknowledged one is in Postgres."""
     servers = await start_cluster(process_server_factory, postgres_backend, redis_process)
     balancer = LoadBalancer([s.port for s in servers])
     await balancer.start()
@@ -187,6 +189,7 @@ async def test_killed_process_clients_move_on_and_acknowledged_edits_survive(pro
 
 
 async def test_redis_outage_then_everyone_converges(process_server_factory, postgres_backend, redis_process):
+    """During a 10 s Redis outage each process serves its own clients; within 10 s of its return all converge."""
     servers = await start_cluster(process_server_factory, postgres_backend, redis_process)
     clients = [await JsClient.start(f"ws://127.0.0.1:{s.port}/ws", "outage", name=f"c{i}")
                for i, s in enumerate(servers)]

@@ -106,6 +106,8 @@ def no_page_errors(*pages: Page) -> None:
 
 
 async def test_two_users_shapes_cursors_presence_undo(server_factory, browser):
+    """Two browsers share shapes, cursors, presence, selection and save state; undo touches only one's own edits.
+    Redo brings the undone shape back for both."""
     server = await server_factory()
     url = canvas_url(server, "e2e-" + secrets.token_hex(4))
     _, alice = await open_user(browser, url, "Alice")
@@ -160,6 +162,7 @@ async def test_two_users_shapes_cursors_presence_undo(server_factory, browser):
 
 
 async def test_generation_progress_and_image_for_everyone(server_factory, browser):
+    """A generation started in one browser shows progress and its image in both; failures and cancels reach both."""
     server = await server_factory(pattern_step_delay=0.2)
     canvas_id = "e2e-" + secrets.token_hex(4)
     url = canvas_url(server, canvas_id)
@@ -221,6 +224,7 @@ async def test_generation_progress_and_image_for_everyone(server_factory, browse
 
 
 async def test_offline_edit_survives_reload_and_syncs_on_reconnect(server_factory, browser):
+    """An edit made offline survives a reload (service worker, IndexedDB) and reaches the other user on reconnect."""
     server = await server_factory()
     url = canvas_url(server, "e2e-" + secrets.token_hex(4))
     alice_ctx, alice = await open_user(browser, url, "Alice")
