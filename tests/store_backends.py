@@ -55,7 +55,8 @@ async def _postgres_backend() -> AsyncIterator[Backend]:
         async def rows():
             return [
                 (r["version"], r["applied_at"])
-                for r in await admin.fetch(f'SELECT version, applied_at FROM "{schema}".schema_migrations ORDER BY version')
+                for r in await admin.fetch(
+                    f'SELECT version, applied_at FROM "{schema}".schema_migrations ORDER BY version')
             ]
 
         yield Backend(

@@ -133,7 +133,7 @@ async def start_process_server(env: dict[str, str] | None = None, *args: str,
     import httpx
 
     port = free_port()
-    log_file = open(log_path, "ab") if log_path else None
+    log_file = await asyncio.to_thread(open, log_path, "ab") if log_path else None
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "canvashub.server", "serve", "--host", "127.0.0.1", "--port", str(port), *args,

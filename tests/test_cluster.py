@@ -93,7 +93,7 @@ async def test_concurrent_writes_store_every_change_and_a_dead_senders_changes(s
     on_b = await WireClient.connect(b, "y", sync=True)
     _, ups_a = key_updates(40, "a")
     _, ups_b = key_updates(40, "b")
-    for ua, ub in zip(ups_a, ups_b):
+    for ua, ub in zip(ups_a, ups_b, strict=True):
         await on_a.send_update(ua)
         await on_b.send_update(ub)
     await on_a.wait_save(where=lambda e: e["through"] == 40)

@@ -87,8 +87,8 @@ async def test_a_client_joining_mid_job_still_sees_it_finish(server_factory, sto
     server = await server_factory(**storage_backend.overrides, **FAST)
     first = await WireClient.connect(server, "late", sync=True)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        job = (await http.post("/api/canvases/late/generations",
-                               json={"generator": "pattern", "prompt": "late", "params": {"duration": 1.5}})).json()["job"]
+        late = {"generator": "pattern", "prompt": "late", "params": {"duration": 1.5}}
+        job = (await http.post("/api/canvases/late/generations", json=late)).json()["job"]
         await first.wait(lambda: "started" in statuses(first, job["id"]), 10, "started")
         late = await WireClient.connect(server, "late", sync=True)
         await late.wait(lambda: "succeeded" in statuses(late, job["id"]), 15, "succeeded")
@@ -127,7 +127,8 @@ async def test_idempotency_key_gives_one_job(server_factory, storage_backend):
         assert [j["id"] for j in listed] == list(ids)
         # Validation: unknown generator, bad prompt, bad params, unknown fields are 422 with the problems
         # listed; a body that is not JSON is 400.
-        for bad, path in (({"generator": "nope", "prompt": "x"}, "generator"), ({"generator": "pattern", "prompt": 5}, "prompt"),
+        for bad, path in (({"generator": "nope", "prompt": "x"}, "generator"),
+                          ({"generator": "pattern", "prompt": 5}, "prompt"),
                           ({"generator": "pattern", "params": []}, "params"),
                           ({"generator": "pattern", "params": {"x": "left"}}, "params.x"),
                           ({"generator": "pattern", "colour": "red"}, ""), ({"prompt": "x"}, "")):
@@ -174,8 +175,8 @@ async def worker_factory():
     started: list[asyncio.subprocess.Process] = []
 
     async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "canvashub.server", "worker", "--job-workers", "1",
-                                                    env={**os.environ, **env})
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "canvashub.server", "worker",
+                                                    "--job-workers", "1", env={**os.environ, **env})
         started.append(proc)
         return proc
 
@@ -280,8 +281,8 @@ async def test_two_servers_apply_a_result_once_and_both_announce_it(server_facto
     servers = [await server_factory(**settings), await server_factory(**settings)]
     clients = [await WireClient.connect(server, "pair", sync=True) for server in servers]
     async with httpx.AsyncClient(base_url=servers[0].http_url) as http:
-        job = (await http.post("/api/canvases/pair/generations",
-                               json={"generator": "pattern", "prompt": "shared", "params": {"duration": 1}})).json()["job"]
+        shared = {"generator": "pattern", "prompt": "shared", "params": {"duration": 1}}
+        job = (await http.post("/api/canvases/pair/generations", json=shared)).json()["job"]
         for client in clients:
             await client.wait(lambda c=client: "started" in statuses(c, job["id"]), 10, "started")
         for client in clients:

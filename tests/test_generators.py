@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -131,10 +132,10 @@ async def test_pattern_progress_rises_to_one_in_steps() -> None:
     """The pattern generator reports progress once per step, strictly rising to exactly 1.0."""
     output, progress = await run(PatternGenerator(step_delay=0.001, steps=5), request())
     assert progress.values == [0.2, 0.4, 0.6, 0.8, 1.0]
-    assert all(a < b for a, b in zip(progress.values, progress.values[1:]))
+    assert all(a < b for a, b in itertools.pairwise(progress.values))
     _, progress = await run(PatternGenerator(step_delay=0, steps=8), request())
     assert len(progress.values) == 8 and progress.values[-1] == 1.0
-    assert all(a < b for a, b in zip(progress.values, progress.values[1:]))
+    assert all(a < b for a, b in itertools.pairwise(progress.values))
 
 
 async def test_pattern_duration_param_overrides_step_delay() -> None:

@@ -77,7 +77,8 @@ async def healthy_traffic(live_server, canvas: str, stop: asyncio.Event) -> int:
 
 
 async def test_bad_frames_close_only_their_socket(server_factory):
-    """2,000 random/mutated/crafted frames on real sockets: offenders closed with 1002-1009, the other room carries on, loop never blocked 50 ms."""
+    """2,000 random/mutated/crafted frames on real sockets: offenders closed with 1002-1009, the rest unharmed.
+    The other room carries on, and the event loop is never blocked for 50 ms."""
     live = await server_factory(max_frame_bytes=256 * 1024, upgrade_rate_per_ip=0)  # pacing: tests/test_flood.py
     rng = random.Random(99)
     seeds = valid_frames(rng, 200)

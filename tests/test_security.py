@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import jwt
@@ -141,7 +142,8 @@ def test_public_key_tokens_and_algorithm_confusion(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    for private in (rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP256R1())):
+    keys = (rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP256R1()))
+    for private in keys:
         algorithm = "RS256" if isinstance(private, rsa.RSAPrivateKey) else "ES256"
         pem = private.public_key().public_bytes(serialization.Encoding.PEM,
                                                 serialization.PublicFormat.SubjectPublicKeyInfo).decode()
@@ -545,8 +547,7 @@ async def test_tokens_never_appear_in_logs(process_server_factory, tmp_path):
             await http.get(f"/api/canvases/lg?token={tok}")
             await http.patch("/api/canvases/lg/elements/e", json={"x": 1}, headers=bearer(tok))
     assert await server.stop() in (0, -15)  # uvicorn re-raises the SIGTERM it handled after a clean shutdown
-    with open(log_path) as f:
-        text = f.read()
+    text = await asyncio.to_thread(Path(log_path).read_text)
     assert "ws_auth_refused" in text and "ws_open" in text  # the log did see these connections
     for tok in used:
         assert tok not in text

@@ -141,7 +141,8 @@ async def test_two_users_shapes_cursors_presence_undo(server_factory, browser):
         await expect(status).to_contain_text("Saved")
 
     # Bob's selection is highlighted for Alice
-    await expect(alice.locator(f'[data-testid="element"][data-id="{bob_ellipse}"]')).to_have_class(re.compile(r"\bremote-selected\b"))
+    bobs_shape_for_alice = alice.locator(f'[data-testid="element"][data-id="{bob_ellipse}"]')
+    await expect(bobs_shape_for_alice).to_have_class(re.compile(r"\bremote-selected\b"))
 
     ARTIFACTS.mkdir(exist_ok=True)
     await alice.screenshot(path=shot("two-users-alice"))
