@@ -281,7 +281,7 @@ def wait_accepting(port: int, proc: subprocess.Popen, timeout: float = 30) -> bo
             with socket.create_connection((HOST, port), timeout=0.5):
                 return True
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll interval: waiting for the port, bounded by the deadline
     return False
 
 

@@ -132,7 +132,7 @@ class FakeGenerationService:
                 raise AssertionError("fake generation service exited during startup")
             if loop.time() > deadline:
                 raise AssertionError("fake generation service did not start")
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # poll interval: uvicorn has no started event; bounded by the deadline
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
         return self
 

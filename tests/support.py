@@ -37,7 +37,7 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: s
             return value
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # poll interval of a wait bounded by its deadline
 
 
 class ServerAddress:
@@ -156,7 +156,7 @@ async def start_process_server(env: dict[str, str] | None = None, *args: str,
             if loop.time() > deadline:
                 proc.kill()
                 raise AssertionError("server did not become healthy in 20 s")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # poll interval: waiting for /healthz, bounded by the deadline
 
 
 PG_DSN = os.environ.get("CANVASHUB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")

@@ -306,7 +306,7 @@ async def test_server_compactor_races_appends_and_itself(store):
                 continue  # lost three times in a row to the other compactors: go again
             if result is not None:
                 results.append(result)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # yield a turn to the writers between rounds; not a wait
 
     compactors = [asyncio.create_task(compactor()) for _ in range(5)]
     try:

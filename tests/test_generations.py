@@ -41,7 +41,7 @@ async def wait_job(http: httpx.AsyncClient, job_id: str, predicate, timeout: flo
         if predicate(job):
             return job
         assert loop.time() < deadline, f"job never reached the expected state: {job}"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # poll interval of a wait bounded by its deadline
 
 
 async def test_pattern_generation_reaches_every_client(server_factory, storage_backend):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import socket
 import xml.etree.ElementTree as ET
@@ -22,6 +23,7 @@ from canvashub.server.generators.http import HttpGenerator
 from canvashub.server.generators.pattern import PatternGenerator
 
 from .fake_generation_service import FakeGenerationService, make_png
+from .support import wait_until
 
 SVG = "{http://www.w3.org/2000/svg}"
 INERT_TAGS = {f"{SVG}{tag}" for tag in ("svg", "title", "g", "rect", "circle", "polygon")}
@@ -182,7 +184,8 @@ async def test_pattern_cancellation_propagates_promptly() -> None:
     assert 0 < seen < 100_000
     # Long sleeps are cancelled too, not waited out.
     slow = asyncio.get_running_loop().create_task(PatternGenerator(step_delay=3600).generate(request(), Progress()))
-    await asyncio.sleep(0)  # let it start its first sleep
+    # Its only await is the step sleep: once the coroutine is suspended, it is in its first (hour-long) sleep.
+    await wait_until(lambda: inspect.getcoroutinestate(slow.get_coro()) == inspect.CORO_SUSPENDED, 5, "first sleep")
     slow.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(slow, 1)

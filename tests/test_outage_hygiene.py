@@ -30,7 +30,7 @@ async def poll(check: Callable[[], Awaitable[Any]], timeout: float, what: str, e
             return value
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(every)
+        await asyncio.sleep(every)  # poll interval of a wait bounded by its deadline
 
 
 # -- the helpers, without a server ------------------------------------------------------------------

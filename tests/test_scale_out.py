@@ -49,7 +49,7 @@ class RedisProcess:
                 except (OSError, aioredis.ConnectionError):
                     if time.monotonic() > deadline:
                         raise AssertionError("redis-server did not start") from None
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # poll interval: waiting for PING, bounded by the deadline
         finally:
             await client.aclose()
 
@@ -88,7 +88,7 @@ async def converged(clients: list[JsClient], timeout: float, what: str) -> dict[
         if time.monotonic() > deadline:
             sizes = [len(e) for e in elements]
             raise AssertionError(f"{what}: clients did not converge in {timeout}s (element counts {sizes})")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # poll interval of a wait bounded by its deadline
 
 
 async def test_three_processes_converge_share_presence_and_job_events(process_server_factory, postgres_backend,
@@ -208,7 +208,7 @@ async def test_redis_outage_then_everyone_converges(process_server_factory, post
             deadline = time.monotonic() + 10
             while not await unhealthy():
                 assert time.monotonic() < deadline, "processes did not notice Redis going away"
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # poll interval of a wait bounded by its deadline
             # Each process keeps serving its own clients while Redis is down.
             for client in clients:
                 for k in range(5):
