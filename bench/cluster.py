@@ -91,7 +91,7 @@ def main() -> None:
         line = json.loads(result.stdout.strip().splitlines()[-1])
         hz = os.sysconf("SC_CLK_TCK")
         cpu = [round(100 * (read_tree(proc.pid)[0] - before) / hz / elapsed, 1)
-               for (proc, _), before in zip(servers, ticks_before)]
+               for (proc, _), before in zip(servers, ticks_before, strict=True)]
         rss = [round(read_tree(proc.pid)[1] / 1024, 1) for proc, _ in servers]  # KB -> MB
         pubsub = []
         for _, port in servers:

@@ -51,6 +51,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
 from run import CLK_TCK, free_port, log, machine_busy_ticks, read_tree, spawn, stop, wait_accepting  # noqa: E402
+
 from tests import raw_ws  # noqa: E402
 
 HONEST_CANVAS = "honest"
@@ -123,11 +124,11 @@ class Joiner:
                     await ws.close()
             except websockets.InvalidStatus as exc:
                 self.refused[str(exc.response.status_code)] += 1
-            except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as exc:
+            except (TimeoutError, OSError, websockets.WebSocketException) as exc:
                 self.failed[type(exc).__name__] += 1
             try:
                 await asyncio.wait_for(stop_event.wait(), self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def summary(self) -> dict:
@@ -241,7 +242,8 @@ def run_tree(args: argparse.Namespace, label: str, tree: Path, repeat: int, work
     port = free_port()
     data_dir = workdir / f"data-{label}-{repeat}"
     log_path = workdir / f"server-{label}-{repeat}.log"
-    env = {**os.environ, "DATABASE_URL": "", "CANVASHUB_DATA_DIR": str(data_dir), **dict(args.env), **(variant_env or {})}
+    env = {**os.environ, "DATABASE_URL": "", "CANVASHUB_DATA_DIR": str(data_dir), **dict(args.env),
+           **(variant_env or {})}
     env.pop("PYTHONPATH", None)
     # canvashub is installed editable into each checkout's own .venv (make): that venv's Python runs that
     # checkout's code; this checkout's interpreter runs this one.
@@ -288,8 +290,10 @@ def summarize(runs: list[dict]) -> dict:
             "flood_p50_ms": spread([r["flood"]["p50_ms"] for r in rows]),
             "server_cpu_pct_flood": spread([r["flood"]["server_cpu_pct"] for r in rows]),
             "hostile_sockets_per_s": spread([r["flood"]["hostile"]["sockets_per_s"] for r in rows]),
-            "honest_joins_refused": sum(sum(r[w]["joins"]["refused"].values()) for r in rows for w in ("baseline", "flood")),
-            "honest_joins_failed": sum(sum(r[w]["joins"]["failed"].values()) for r in rows for w in ("baseline", "flood")),
+            "honest_joins_refused": sum(sum(r[w]["joins"]["refused"].values())
+                                        for r in rows for w in ("baseline", "flood")),
+            "honest_joins_failed": sum(sum(r[w]["joins"]["failed"].values())
+                                       for r in rows for w in ("baseline", "flood")),
             "hostile_unexpected": sum(sum(r["flood"]["hostile"]["unexpected"].values()) for r in rows),
             "target_2x_met": statistics.median([r["p99_ratio"] for r in rows]) < 2,
         }

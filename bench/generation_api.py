@@ -64,7 +64,7 @@ async def run_store(store: str, args: argparse.Namespace) -> dict:
                         break
                 except httpx.TransportError:
                     pass
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # poll interval: waiting for /readyz, at most 200 tries
             latencies: list[float] = []
             ids: list[str] = []
             queue = list(range(args.requests))

@@ -25,8 +25,8 @@ import asyncio
 import json
 import os
 import resource
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -56,7 +56,8 @@ SHAPES: dict[str, dict] = {
     "s2": {"desc": "10 rooms x 10 clients x 5 upd/s", "rooms": 10, "clients": 10, "rate": 5},
     "s3": {"desc": "100 rooms x 5 clients x 1 upd/s", "rooms": 100, "clients": 5, "rate": 1},
     "s4": {"desc": "1 room x 100 clients x 1 upd/s (fan-out)", "rooms": 1, "clients": 100, "rate": 1},
-    "s5": {"desc": "1 room x 20 clients x 10 upd/s + 10 awareness/s", "rooms": 1, "clients": 20, "rate": 10, "awareness": 10},
+    "s5": {"desc": "1 room x 20 clients x 10 upd/s + 10 awareness/s", "rooms": 1, "clients": 20, "rate": 10,
+           "awareness": 10},
     "idle": {"desc": "2000 idle connections, rooms of 10", "idle": 2000, "clients": 10},
 }
 
@@ -280,7 +281,7 @@ def wait_accepting(port: int, proc: subprocess.Popen, timeout: float = 30) -> bo
             with socket.create_connection((HOST, port), timeout=0.5):
                 return True
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll interval: waiting for the port, bounded by the deadline
     return False
 
 
@@ -341,7 +342,8 @@ class Sampler(threading.Thread):
     def mark(self, loadgen_pid: int) -> dict:
         """Everything read at a window edge: server, load generator and whole machine."""
         t, ticks, rss = self.snap()
-        return {"t": t, "server": ticks, "rss": rss, "loadgen": read_tree(loadgen_pid)[0], "machine": machine_busy_ticks()}
+        return {"t": t, "server": ticks, "rss": rss, "loadgen": read_tree(loadgen_pid)[0],
+                "machine": machine_busy_ticks()}
 
     def run(self) -> None:
         while not self.halt.wait(0.1):
@@ -491,7 +493,8 @@ def summarize(results: list[dict], target: str) -> dict:
             "p99": med(rows, lambda r: (r.get("latency_ms") or {}).get("p99")),
             "kb_per_conn": med(rows, lambda r: r.get("kb_per_conn")),
             "errors": med(rows, lambda r: (r.get("errors") or {}).get("total")),
-            **({"ack_p50": med(rows, lambda r: r.get("ack_p50_ms")), "ack_p99": med(rows, lambda r: r.get("ack_p99_ms")),
+            **({"ack_p50": med(rows, lambda r: r.get("ack_p50_ms")),
+                "ack_p99": med(rows, lambda r: r.get("ack_p99_ms")),
                 "unacked": med(rows, lambda r: r.get("unacked"))}
                if any("acks" in r for r in rows) else {}),
         }
@@ -552,7 +555,8 @@ def main() -> int:
                     help="PostgreSQL DSN for --stores postgres; every run gets a throwaway schema in it "
                          "(default: $BENCH_DATABASE_URL or %(default)s)")
     ap.add_argument("--events", action="store_true",
-                    help="canvashub clients opt in to save events; report durable-ack latency (ack_*_ms, acks, unacked)")
+                    help="canvashub clients opt in to save events; "
+                         "report durable-ack latency (ack_*_ms, acks, unacked)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, from: %(default)s")
     ap.add_argument("--duration", type=float, default=15, help="measurement window per run, s")
     ap.add_argument("--warmup", type=float, default=3, help="load before the window (idle: settle), s")
@@ -567,7 +571,8 @@ def main() -> int:
     ap.add_argument("--canvashub-args", default="", help="extra arguments for `canvashub serve`")
     ap.add_argument("--verbose", action="store_true", help="echo the load generator's log")
     ap.add_argument("--summarize", type=Path, metavar="JSONL",
-                    help="run nothing: print the summary of result lines saved with --out (several runs may be concatenated)")
+                    help="run nothing: print the summary of result lines saved with --out "
+                         "(several runs may be concatenated)")
     args = ap.parse_args()
     stores = [s for s in args.stores.split(",") if s]
     if not stores or any(s not in STORES for s in stores):
@@ -584,7 +589,8 @@ def main() -> int:
     names = []
     for n in (s for s in args.servers.split(",") if s):
         # canvashub once per store: sqlite -> canvashub, postgres -> canvashub-postgres
-        variants = [{"sqlite": "canvashub", "postgres": "canvashub-postgres"}[st] for st in stores] if n == "canvashub" else [n]
+        per_store = {"sqlite": "canvashub", "postgres": "canvashub-postgres"}
+        variants = [per_store[st] for st in stores] if n == "canvashub" else [n]
         names += [v for v in variants if v not in names]
     shapes = [s for s in args.shapes.split(",") if s]
     bad = [n for n in names if n not in all_servers] + [s for s in shapes if s not in SHAPES]

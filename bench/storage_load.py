@@ -180,11 +180,14 @@ async def bench_store(name: str, store, updates: list[bytes], expected: dict, ar
         await store.close()
 
 
+def files_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+
+
 async def run_sqlite(updates, expected, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="storage-load-") as d:
         r = await bench_store("sqlite", SQLiteStore(os.path.join(d, "canvashub.sqlite3")), updates, expected, args)
-        files = [p for p in Path(d).iterdir() if p.is_file()]
-        r["file_bytes_after"] = sum(p.stat().st_size for p in files)  # db + WAL, after compaction
+        r["file_bytes_after"] = await asyncio.to_thread(files_bytes, Path(d))  # db + WAL, after compaction
         return r
 
 

@@ -1,13 +1,22 @@
 from __future__ import annotations
 
 import shutil
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from .proxy import TcpProxy
-from .support import (PG_DSN, LiveServer, ProcessServer, StorageBackend, postgres_schema, start_process_server,
-                      start_server, with_search_path)
+from .support import (
+    PG_DSN,
+    LiveServer,
+    ProcessServer,
+    StorageBackend,
+    postgres_schema,
+    start_process_server,
+    start_server,
+    with_search_path,
+)
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ import contextlib
 import hashlib
 import struct
 import zlib
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -96,19 +97,19 @@ class FakeGenerationService:
 
     # Behaviours -------------------------------------------------------------
 
-    def succeed(self, after_polls: int = 2) -> "FakeGenerationService":
+    def succeed(self, after_polls: int = 2) -> FakeGenerationService:
         self.mode, self.polls_before_done = "succeed", after_polls
         return self
 
-    def fail_times(self, n: int) -> "FakeGenerationService":
+    def fail_times(self, n: int) -> FakeGenerationService:
         self.post_failures_left = n
         return self
 
-    def always_fail(self, retryable: bool = False) -> "FakeGenerationService":
+    def always_fail(self, retryable: bool = False) -> FakeGenerationService:
         self.mode, self.retryable_failure = "always_fail", retryable
         return self
 
-    def slow(self) -> "FakeGenerationService":
+    def slow(self) -> FakeGenerationService:
         self.mode = "slow"
         return self
 
@@ -118,7 +119,7 @@ class FakeGenerationService:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self, timeout: float = 10.0) -> "FakeGenerationService":
+    async def start(self, timeout: float = 10.0) -> FakeGenerationService:
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="off", log_level="warning",
                                 access_log=False, timeout_graceful_shutdown=2)
         self._server = _QuietServer(config)
@@ -131,7 +132,7 @@ class FakeGenerationService:
                 raise AssertionError("fake generation service exited during startup")
             if loop.time() > deadline:
                 raise AssertionError("fake generation service did not start")
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # poll interval: uvicorn has no started event; bounded by the deadline
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
         return self
 

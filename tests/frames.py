@@ -22,7 +22,7 @@ def valid_frames(rng: random.Random, count: int) -> list[bytes]:
     for i in range(count):
         kind = rng.randrange(6)
         if kind == 0:
-            elements[f"e{rng.randrange(50)}"] = Map({"x": rng.random() * 100, "fill": "#" + "%06x" % rng.randrange(1 << 24)})
+            elements[f"e{rng.randrange(50)}"] = Map({"x": rng.random() * 100, "fill": f"#{rng.randrange(1 << 24):06x}"})
             frames.append(codec.encode_update(updates[-1]))
         elif kind == 1:
             text.insert(rng.randrange(len(text) + 1), "héllo"[: rng.randrange(1, 6)])
@@ -120,14 +120,16 @@ def more_valid_frames(rng: random.Random, count: int) -> list[bytes]:
         kind = rng.randrange(7)
         peer = rng.choice(peers)
         if kind <= 2:  # an edit by one of several clients, relayed through ``shared``
-            elements, order, text = peer.get("elements", type=Map), peer.get("order", type=Array), peer.get("text", type=Text)
+            elements = peer.get("elements", type=Map)
+            order, text = peer.get("order", type=Array), peer.get("text", type=Text)
             with peer.transaction():
                 if kind == 0:
                     key = f"e{rng.randrange(20)}"
                     if key in elements and rng.random() < 0.5:
                         del elements[key]
                     else:
-                        elements[key] = Map({"x": rng.randrange(-1000, 1000), "tags": Array(["a", "ß"][: rng.randrange(3)])})
+                        x = rng.randrange(-1000, 1000)  # drawn before the tags: the seeded sequence stays as it was
+                        elements[key] = Map({"x": x, "tags": Array(["a", "ß"][: rng.randrange(3)])})
                 elif kind == 1:
                     if len(order) and rng.random() < 0.4:
                         del order[rng.randrange(len(order))]
@@ -138,7 +140,8 @@ def more_valid_frames(rng: random.Random, count: int) -> list[bytes]:
                         start = rng.randrange(len(text))
                         del text[start : min(len(text), start + rng.randrange(1, 4))]
                     else:
-                        text.insert(rng.randrange(len(text) + 1), rng.choice(["ab", "\n", "xyz"]))  # ASCII: deletes index by UTF-8 here
+                        # ASCII: deletes index by UTF-8 here
+                        text.insert(rng.randrange(len(text) + 1), rng.choice(["ab", "\n", "xyz"]))
             before = shared.get_state()
             shared.apply_update(peer.get_update(before))
             if len(updates) and shared.get_state() != before:

@@ -13,8 +13,9 @@ import contextlib
 import json
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .support import skip_or_fail
 
@@ -59,7 +60,7 @@ class JsClient:
     @classmethod
     async def start(cls, ws_base: str, room: str, *, name: str = "client", connect: bool = True,
                     events: bool = False, timeout: float = 10.0, token: str | None = None,
-                    protocols: list[str] | None = None) -> "JsClient":
+                    protocols: list[str] | None = None) -> JsClient:
         node = require_node()
         options = {"connect": connect, "events": events, "token": token, "protocols": protocols}
         proc = await asyncio.create_subprocess_exec(
@@ -131,7 +132,7 @@ class JsClient:
         await self.proc.stdin.drain()
         try:
             reply = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._pending.pop(request_id, None)
             raise JsClientError(f"{self.name}: no reply to {cmd!r} within {timeout}s; {self.diagnostics()}") from None
         if not reply.get("ok"):
@@ -173,7 +174,7 @@ class JsClient:
                 )
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def errors(self) -> list[dict[str, Any]]:
@@ -196,7 +197,7 @@ class JsClient:
             self.proc.stdin.close()
         try:
             await asyncio.wait_for(self.proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.kill()
             await self.proc.wait()
         for task in self._tasks:

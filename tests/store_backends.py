@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -54,7 +55,8 @@ async def _postgres_backend() -> AsyncIterator[Backend]:
         async def rows():
             return [
                 (r["version"], r["applied_at"])
-                for r in await admin.fetch(f'SELECT version, applied_at FROM "{schema}".schema_migrations ORDER BY version')
+                for r in await admin.fetch(
+                    f'SELECT version, applied_at FROM "{schema}".schema_migrations ORDER BY version')
             ]
 
         yield Backend(

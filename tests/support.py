@@ -7,7 +7,8 @@ import contextlib
 import dataclasses
 import os
 import tempfile
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import websockets
@@ -36,7 +37,7 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: s
             return value
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # poll interval of a wait bounded by its deadline
 
 
 class ServerAddress:
@@ -132,7 +133,7 @@ async def start_process_server(env: dict[str, str] | None = None, *args: str,
     import httpx
 
     port = free_port()
-    log_file = open(log_path, "ab") if log_path else None
+    log_file = await asyncio.to_thread(open, log_path, "ab") if log_path else None
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "canvashub.server", "serve", "--host", "127.0.0.1", "--port", str(port), *args,
@@ -155,7 +156,7 @@ async def start_process_server(env: dict[str, str] | None = None, *args: str,
             if loop.time() > deadline:
                 proc.kill()
                 raise AssertionError("server did not become healthy in 20 s")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # poll interval: waiting for /healthz, bounded by the deadline
 
 
 PG_DSN = os.environ.get("CANVASHUB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -171,7 +172,7 @@ async def postgres_schema() -> AsyncIterator[tuple[Any, str]]:
 
     try:
         admin = await asyncpg.connect(PG_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         skip_or_fail(f"Postgres unreachable at {PG_DSN}: {exc!r}")
     schema = "t_" + uuid.uuid4().hex[:16]
     try:

@@ -15,7 +15,6 @@ from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload
 from .support import wait_until
 
 
-
 async def test_client_that_never_reads_is_disconnected(process_server_factory):
     """A client that stops reading is dropped (1013) while 40 MB flows through its room; RSS stays flat."""
     server = await process_server_factory({
@@ -54,7 +53,7 @@ async def test_client_that_never_reads_is_disconnected(process_server_factory):
             payload = encode_awareness_payload([AwarenessEntry(4242, clock, state)])
             await sender.send(codec.encode_awareness(payload))
             if clock % 50 == 0:  # this process is both sender and reader: keep the reader within 50 frames
-                await wait_until(lambda: received >= clock - 50 or reading.done(), 10, "reader progress")
+                await wait_until(lambda clock=clock: received >= clock - 50 or reading.done(), 10, "reader progress")
         await reading
         growth = server.rss_bytes() - baseline
         ready = (await http.get("/readyz")).json()

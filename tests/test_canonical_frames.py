@@ -413,7 +413,7 @@ async def test_size_and_backlog_caps_hold_for_every_encoding(server_factory, cap
         frame = Shape("update", (0, 2), key_update(key, "x" * 30_000)).variants()[label]
         for role in ("editor", "viewer"):
             sender = await WireClient.connect(server, canvas, token=token(canvas, role, f"{role}-{label}"))
-            await sender.wait(lambda: sender.events_of("access"), 5, "access event")
+            await sender.wait(lambda sender=sender: sender.events_of("access"), 5, "access event")
             await sender.ws.send(frame)
             await settle(sender)
             want = (expected_code if role == "editor" else None) if label == "canonical" else 1002

@@ -9,11 +9,12 @@ from typing import Any
 
 import pycrdt
 
+from canvashub.server.compaction import CompactionConflict, CompactionResult, compact_canvas
 from canvashub.storage import migrations
 from canvashub.storage.base import CanvasInfo, CanvasStore, LoadedCanvas, Store, VersionInfo
-from canvashub.server.compaction import CompactionConflict, CompactionResult, compact_canvas
 
 from .store_backends import WAIT, Backend, backend, store  # noqa: F401 (fixtures: every test runs on both backends)
+
 
 def _uid() -> str:
     return "c-" + uuid.uuid4().hex[:8]
@@ -305,7 +306,7 @@ async def test_server_compactor_races_appends_and_itself(store):
                 continue  # lost three times in a row to the other compactors: go again
             if result is not None:
                 results.append(result)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # yield a turn to the writers between rounds; not a wait
 
     compactors = [asyncio.create_task(compactor()) for _ in range(5)]
     try:

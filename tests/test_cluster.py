@@ -93,7 +93,7 @@ async def test_concurrent_writes_store_every_change_and_a_dead_senders_changes(s
     on_b = await WireClient.connect(b, "y", sync=True)
     _, ups_a = key_updates(40, "a")
     _, ups_b = key_updates(40, "b")
-    for ua, ub in zip(ups_a, ups_b):
+    for ua, ub in zip(ups_a, ups_b, strict=True):
         await on_a.send_update(ua)
         await on_b.send_update(ub)
     await on_a.wait_save(where=lambda e: e["through"] == 40)
@@ -120,6 +120,7 @@ async def test_concurrent_writes_store_every_change_and_a_dead_senders_changes(s
 
 
 async def test_presence_crosses_and_leaves_and_echoes_are_ignored(server_factory, storage_backend):
+    """Presence crosses processes, reaches newcomers and leaves with its owner; an echo does not make it another's."""
     a, b = await cluster(server_factory, storage_backend)
     alice = await WireClient.connect(a, "p")
     bob = await WireClient.connect(b, "p")
@@ -140,6 +141,7 @@ async def test_presence_crosses_and_leaves_and_echoes_are_ignored(server_factory
 
 
 async def test_http_writes_and_deletes_reach_every_process(server_factory, storage_backend):
+    """An HTTP edit on one process reaches sockets on the other, and a delete there closes them with 4404."""
     a, b = await cluster(server_factory, storage_backend)
     on_b = await WireClient.connect(b, "h", sync=True)
     async with httpx.AsyncClient(base_url=a.http_url) as http:

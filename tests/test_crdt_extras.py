@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import pycrdt
 import pytest
@@ -15,7 +15,6 @@ from pycrdt import Doc, Map, Text
 from canvashub.crdt.digest import content_etag, decode_delete_set
 from canvashub.crdt.edits import patch_element, restore_to
 from canvashub.crdt.errors import InvalidPayload
-from canvashub.crdt.update import decode_state_vector
 
 
 def elements(doc: Doc) -> Map:
@@ -71,6 +70,7 @@ def canvas(seed: int = 0, edits: int = 1000, client_id: int = 1) -> tuple[Doc, l
 
 
 def test_etag_is_a_quoted_32_hex_strong_etag():
+    """content_etag is a strong ETag: 32 lowercase hex digits in double quotes."""
     assert re.fullmatch(r'"[0-9a-f]{32}"', content_etag(Doc()))
 
 
@@ -130,6 +130,7 @@ def test_etag_after_a_gap_is_filled():
     strict=False,
 )
 def test_out_of_causal_order_delivery_converges():
+    """One client's updates delivered in reverse order converge to the same content and tag (xfail: yrs)."""
     doc = Doc(client_id=5)
     with captured(doc) as updates:
         elements(doc)["a"] = 1
@@ -141,6 +142,7 @@ def test_out_of_causal_order_delivery_converges():
 
 
 def test_etag_changes_on_a_delete_only_update():
+    """A delete changes the tag though not the state vector; a replica that applies it gets the same tag."""
     doc = Doc(client_id=5)
     elements(doc)["a"] = Map({"x": 1})
     elements(doc)["b"] = Map({"x": 2})
@@ -155,6 +157,7 @@ def test_etag_changes_on_a_delete_only_update():
 
 
 def test_etag_changes_on_insert_and_on_field_update():
+    """Inserting an element, then changing one of its fields, each give a new tag."""
     doc = Doc(client_id=5)
     tags = {content_etag(doc)}
     elements(doc)["a"] = Map({"x": 1})
@@ -165,6 +168,7 @@ def test_etag_changes_on_insert_and_on_field_update():
 
 
 def test_etag_rejects_an_unexpected_layout():
+    """A document whose update has a struct layout the digest does not expect raises ValueError."""
     class Fake:
         def get_state(self) -> bytes:
             return b"\x00"
@@ -180,6 +184,8 @@ def test_etag_rejects_an_unexpected_layout():
 
 
 def test_patch_element_creates_sets_and_deletes_in_one_update():
+    """patch_element creates, sets and deletes (None) fields with one update per call.
+    The element is a Y.Map whose values are plain JSON, and a peer applying the updates ends up equal."""
     doc = Doc()
     mirror = Doc()
     with captured(doc) as updates:
@@ -205,6 +211,7 @@ def test_patch_element_creates_sets_and_deletes_in_one_update():
 
 
 def test_patch_element_with_no_fields_creates_an_empty_element():
+    """patch_element with no fields creates an empty element."""
     doc = Doc()
     patch_element(doc, "a", {})
     assert elements(doc).to_py() == {"a": {}}
@@ -212,6 +219,7 @@ def test_patch_element_with_no_fields_creates_an_empty_element():
 
 @pytest.mark.parametrize("element_id", ["", "x" * 65, "a b", "a/b", "é", "a\n", "a.b", 5, None])
 def test_patch_element_rejects_bad_ids(element_id):
+    """An element id that is not 1-64 of [A-Za-z0-9_-] is refused, and nothing is written."""
     doc = Doc()
     with captured(doc) as updates, pytest.raises(InvalidPayload):
         patch_element(doc, element_id, {"x": 1})
@@ -247,6 +255,9 @@ def _deep(levels: int):
     ],
 )
 def test_patch_element_rejects_bad_values_before_writing(fields):
+    """A field yrs cannot store or JSON cannot carry is refused, and nothing of the patch is written.
+    Covered: objects, bytes, NaN and infinity, ints beyond 2**53, non-string keys, tuples, sets, lone surrogates,
+    100-deep nesting, empty or over-long keys."""
     doc = Doc()
     patch_element(doc, "a", {"keep": 1})
     with captured(doc) as updates, pytest.raises(InvalidPayload):
@@ -256,6 +267,7 @@ def test_patch_element_rejects_bad_values_before_writing(fields):
 
 
 def test_patch_element_accepts_edge_values():
+    """Values at the limits (256-character keys, +-(2**53 - 1), nested null, bool, float, non-ASCII) round-trip."""
     doc = Doc()
     fields = {"k" * 256: 2**53 - 1, "n": -(2**53 - 1), "nested": {"a": None, "b": [True, 0.5, "é"]}}
     patch_element(doc, "a", fields)
@@ -264,6 +276,7 @@ def test_patch_element_accepts_edge_values():
 
 @pytest.mark.parametrize("value", ["plain", None, Text("t")])
 def test_patch_element_refuses_a_non_map_element(value):
+    """patch_element refuses an element that is not a Y.Map (a string, null, a Y.Text) and writes nothing."""
     doc = Doc()
     elements(doc)["a"] = value
     with captured(doc) as updates, pytest.raises(InvalidPayload):
@@ -320,6 +333,8 @@ SCENARIOS = [_add_element, _remove_element, _change_field, _add_field, _remove_f
 
 @pytest.mark.parametrize("edit", SCENARIOS, ids=lambda f: f.__name__.strip("_"))
 def test_restore_to_reaches_the_target_with_one_update(edit):
+    """restore_to undoes any kind of edit with one update, which brings a peer to the target too.
+    JSON types are kept exactly: a bool is restored as a bool, not as an equal number."""
     doc = Doc()
     _base(doc)
     target = replica(doc.get_update())
@@ -340,6 +355,7 @@ def test_restore_to_reaches_the_target_with_one_update(edit):
 
 
 def test_restore_to_plain_element_back_to_map_and_map_to_plain():
+    """restore_to turns a plain element back into a Y.Map, and a Y.Map into a plain value, as the target has it."""
     doc = Doc()
     elements(doc)["a"] = "plain"
     elements(doc)["b"] = Map({"x": 1})
@@ -353,6 +369,7 @@ def test_restore_to_plain_element_back_to_map_and_map_to_plain():
 
 
 def test_restore_to_touches_only_differing_fields():
+    """restore_to writes only the fields that differ from the target."""
     doc = Doc()
     _base(doc)
     target = replica(doc.get_update())
@@ -368,6 +385,7 @@ def test_restore_to_touches_only_differing_fields():
 
 
 def test_restore_to_an_equal_doc_is_a_no_op():
+    """restore_to a document with the same content commits no update."""
     doc = Doc()
     _base(doc)
     target = replica(doc.get_update())
@@ -377,6 +395,7 @@ def test_restore_to_an_equal_doc_is_a_no_op():
 
 
 def test_restore_to_leaves_other_roots_alone():
+    """restore_to restores the elements map only; other roots (the notes text) keep their content."""
     doc = Doc()
     _base(doc)
     target = replica(doc.get_update())

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .support import StorageBackend, wait_until
+from .support import wait_until
 from .wire import WireClient
 
 FAST = dict(job_watch_interval=0.05, job_poll_interval=0.05, job_retry_base=0.05, job_retry_max=0.2)
@@ -41,7 +41,7 @@ async def wait_job(http: httpx.AsyncClient, job_id: str, predicate, timeout: flo
         if predicate(job):
             return job
         assert loop.time() < deadline, f"job never reached the expected state: {job}"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # poll interval of a wait bounded by its deadline
 
 
 async def test_pattern_generation_reaches_every_client(server_factory, storage_backend):
@@ -87,8 +87,8 @@ async def test_a_client_joining_mid_job_still_sees_it_finish(server_factory, sto
     server = await server_factory(**storage_backend.overrides, **FAST)
     first = await WireClient.connect(server, "late", sync=True)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        job = (await http.post("/api/canvases/late/generations",
-                               json={"generator": "pattern", "prompt": "late", "params": {"duration": 1.5}})).json()["job"]
+        late = {"generator": "pattern", "prompt": "late", "params": {"duration": 1.5}}
+        job = (await http.post("/api/canvases/late/generations", json=late)).json()["job"]
         await first.wait(lambda: "started" in statuses(first, job["id"]), 10, "started")
         late = await WireClient.connect(server, "late", sync=True)
         await late.wait(lambda: "succeeded" in statuses(late, job["id"]), 15, "succeeded")
@@ -127,7 +127,8 @@ async def test_idempotency_key_gives_one_job(server_factory, storage_backend):
         assert [j["id"] for j in listed] == list(ids)
         # Validation: unknown generator, bad prompt, bad params, unknown fields are 422 with the problems
         # listed; a body that is not JSON is 400.
-        for bad, path in (({"generator": "nope", "prompt": "x"}, "generator"), ({"generator": "pattern", "prompt": 5}, "prompt"),
+        for bad, path in (({"generator": "nope", "prompt": "x"}, "generator"),
+                          ({"generator": "pattern", "prompt": 5}, "prompt"),
                           ({"generator": "pattern", "params": []}, "params"),
                           ({"generator": "pattern", "params": {"x": "left"}}, "params.x"),
                           ({"generator": "pattern", "colour": "red"}, ""), ({"prompt": "x"}, "")):
@@ -174,8 +175,8 @@ async def worker_factory():
     started: list[asyncio.subprocess.Process] = []
 
     async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "canvashub.server", "worker", "--job-workers", "1",
-                                                    env={**os.environ, **env})
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "canvashub.server", "worker",
+                                                    "--job-workers", "1", env={**os.environ, **env})
         started.append(proc)
         return proc
 
@@ -235,8 +236,9 @@ async def test_http_generator_that_always_fails_ends_failed(server_factory, stor
 async def test_requests_over_the_events_channel(server_factory):
     """An opted-in socket can start, read and cancel generations with [100, json] requests and gets
     a response per request_id; malformed requests get an error response, not a close."""
-    from canvashub.crdt.codec import encode_event
     import orjson
+
+    from canvashub.crdt.codec import encode_event
 
     server = await server_factory(**FAST, job_workers=0)
     client = await WireClient.connect(server, "viaws")
@@ -279,8 +281,8 @@ async def test_two_servers_apply_a_result_once_and_both_announce_it(server_facto
     servers = [await server_factory(**settings), await server_factory(**settings)]
     clients = [await WireClient.connect(server, "pair", sync=True) for server in servers]
     async with httpx.AsyncClient(base_url=servers[0].http_url) as http:
-        job = (await http.post("/api/canvases/pair/generations",
-                               json={"generator": "pattern", "prompt": "shared", "params": {"duration": 1}})).json()["job"]
+        shared = {"generator": "pattern", "prompt": "shared", "params": {"duration": 1}}
+        job = (await http.post("/api/canvases/pair/generations", json=shared)).json()["job"]
         for client in clients:
             await client.wait(lambda c=client: "started" in statuses(c, job["id"]), 10, "started")
         for client in clients:

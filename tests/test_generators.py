@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import itertools
 import socket
 import xml.etree.ElementTree as ET
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from canvashub.server.generators import Generator, build_generators
-from canvashub.server.generators.base import (GenerationError, GenerationOutput, GenerationRequest, PermanentError,
-                                    RetryableError)
+from canvashub.server.generators.base import (
+    GenerationError,
+    GenerationOutput,
+    GenerationRequest,
+    PermanentError,
+    RetryableError,
+)
 from canvashub.server.generators.http import HttpGenerator
 from canvashub.server.generators.pattern import PatternGenerator
 
 from .fake_generation_service import FakeGenerationService, make_png
+from .support import wait_until
 
 SVG = "{http://www.w3.org/2000/svg}"
 INERT_TAGS = {f"{SVG}{tag}" for tag in ("svg", "title", "g", "rect", "circle", "polygon")}
@@ -47,6 +55,7 @@ async def run(generator: Generator, req: GenerationRequest, timeout: float = 10.
 
 
 def test_build_generators() -> None:
+    """build_generators always offers pattern, and http when a base URL is set (slash trimmed, timeout passed on)."""
     only = build_generators(0.01, None, 5.0)
     assert list(only) == ["pattern"] and isinstance(only["pattern"], PatternGenerator)
     assert only["pattern"].step_delay == 0.01 and only["pattern"].name == "pattern"
@@ -60,6 +69,7 @@ def test_build_generators() -> None:
 
 
 def test_error_classes() -> None:
+    """RetryableError and PermanentError are GenerationErrors with fixed retryability and the given type."""
     retry = RetryableError("down", error_type="unavailable")
     final = PermanentError("bad", error_type="invalid")
     assert isinstance(retry, GenerationError) and retry.retryable and retry.error_type == "unavailable"
@@ -73,6 +83,8 @@ def test_error_classes() -> None:
 
 
 async def test_pattern_is_deterministic() -> None:
+    """The pattern SVG depends only on prompt and params: same input, same picture; different input, another.
+    Thirty prompts give thirty pictures in all three styles; size and palette params change the picture."""
     generator = PatternGenerator(step_delay=0)
     first, _ = await run(generator, request("blue waves"))
     again, _ = await run(generator, request("blue waves", job_id="another job"))
@@ -98,6 +110,8 @@ async def test_pattern_is_deterministic() -> None:
 @pytest.mark.parametrize("prompt", ["blue waves", "", "<script>alert(1)</script> & \"q\" 'a' ]]> \x00\x1b\ufffe é 🎨",
                                     "x" * 5000])
 async def test_pattern_svg_is_well_formed_and_inert(prompt: str) -> None:
+    """Whatever the prompt, the pattern SVG is well-formed, inert (no scripts, links or handlers) and titled.
+    The title is the prompt without characters XML cannot hold, cut to 200 characters."""
     output, _ = await run(PatternGenerator(step_delay=0), request(prompt, {"width": 640, "height": 100}))
     root = ET.fromstring(output.data)  # well-formed XML (raises otherwise)
     assert root.tag == f"{SVG}svg"
@@ -117,15 +131,17 @@ async def test_pattern_svg_is_well_formed_and_inert(prompt: str) -> None:
 
 
 async def test_pattern_progress_rises_to_one_in_steps() -> None:
+    """The pattern generator reports progress once per step, strictly rising to exactly 1.0."""
     output, progress = await run(PatternGenerator(step_delay=0.001, steps=5), request())
     assert progress.values == [0.2, 0.4, 0.6, 0.8, 1.0]
-    assert all(a < b for a, b in zip(progress.values, progress.values[1:]))
+    assert all(a < b for a, b in itertools.pairwise(progress.values))
     _, progress = await run(PatternGenerator(step_delay=0, steps=8), request())
     assert len(progress.values) == 8 and progress.values[-1] == 1.0
-    assert all(a < b for a, b in zip(progress.values, progress.values[1:]))
+    assert all(a < b for a, b in itertools.pairwise(progress.values))
 
 
 async def test_pattern_duration_param_overrides_step_delay() -> None:
+    """A duration param spreads the job over that time (zero included), overriding the configured step_delay."""
     # 8 steps of 60 s each would blow the 5 s wait; duration 0.04 s makes them 5 ms each.
     output, progress = await run(PatternGenerator(step_delay=60), request("quick", {"duration": 0.04}), timeout=5)
     assert len(progress.values) == 8 and output.data.startswith(b"<?xml")
@@ -139,6 +155,7 @@ async def test_pattern_duration_param_overrides_step_delay() -> None:
     {"palette": ["#fff\" onload=\"x"]}, {"palette": 3}, [],
 ])
 async def test_pattern_invalid_params_are_permanent(params) -> None:
+    """Invalid pattern params fail with a permanent "invalid" error before any progress is reported."""
     progress = Progress()
     with pytest.raises(PermanentError) as caught:
         await asyncio.wait_for(PatternGenerator(step_delay=0).generate(request(params=params), progress), 5)
@@ -147,12 +164,14 @@ async def test_pattern_invalid_params_are_permanent(params) -> None:
 
 
 def test_pattern_constructor_checks() -> None:
+    """PatternGenerator refuses zero steps and a negative or NaN step_delay."""
     for kwargs in ({"steps": 0}, {"step_delay": -1}, {"step_delay": float("nan")}):
         with pytest.raises(ValueError):
             PatternGenerator(**kwargs)
 
 
 async def test_pattern_cancellation_propagates_promptly() -> None:
+    """Cancelling a pattern job stops it at once, between steps or in a long sleep, and no step runs after."""
     progress = Progress()
     task = asyncio.get_running_loop().create_task(
         PatternGenerator(step_delay=0.01, steps=100_000).generate(request(), progress))
@@ -165,7 +184,8 @@ async def test_pattern_cancellation_propagates_promptly() -> None:
     assert 0 < seen < 100_000
     # Long sleeps are cancelled too, not waited out.
     slow = asyncio.get_running_loop().create_task(PatternGenerator(step_delay=3600).generate(request(), Progress()))
-    await asyncio.sleep(0)  # let it start its first sleep
+    # Its only await is the step sleep: once the coroutine is suspended, it is in its first (hour-long) sleep.
+    await wait_until(lambda: inspect.getcoroutinestate(slow.get_coro()) == inspect.CORO_SUSPENDED, 5, "first sleep")
     slow.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(slow, 1)
@@ -191,6 +211,7 @@ def http_generator(fake: FakeGenerationService, **kwargs) -> HttpGenerator:
 
 @pytest.mark.parametrize("absolute", [False, True])
 async def test_http_success(fake: FakeGenerationService, absolute: bool) -> None:
+    """The HTTP generator submits, polls (progress per poll) and downloads the image from a relative or absolute URL."""
     fake.succeed(after_polls=3)
     fake.absolute_output_url = absolute
     output, progress = await run(http_generator(fake), request("a cat", {"width": 300, "height": 200}, "job42"))
@@ -203,6 +224,7 @@ async def test_http_success(fake: FakeGenerationService, absolute: bool) -> None
 
 
 async def test_http_svg_output_default_size_and_streamed(fake: FakeGenerationService) -> None:
+    """A chunked SVG output is accepted, its content type normalised and its size defaulted to 512x512."""
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>' + b" " * 1000
     fake.succeed(after_polls=0)
     fake.output, fake.output_type, fake.chunked_output = svg, "image/svg+xml; charset=utf-8", True
@@ -226,6 +248,7 @@ async def test_http_unavailable_then_success_on_retry(fake: FakeGenerationServic
 
 
 async def test_http_remote_failure_is_permanent(fake: FakeGenerationService) -> None:
+    """A remote job that fails is a permanent upstream error with the service's message; nothing is downloaded."""
     fake.always_fail()
     with pytest.raises(PermanentError) as caught:
         await run(http_generator(fake), request())
@@ -235,6 +258,7 @@ async def test_http_remote_failure_is_permanent(fake: FakeGenerationService) -> 
 
 
 async def test_http_remote_failure_marked_retryable(fake: FakeGenerationService) -> None:
+    """A remote failure the service marks retryable is a retryable upstream error."""
     fake.always_fail(retryable=True)
     with pytest.raises(RetryableError) as caught:
         await run(http_generator(fake), request())
@@ -242,6 +266,7 @@ async def test_http_remote_failure_marked_retryable(fake: FakeGenerationService)
 
 
 async def test_http_slow_job_times_out(fake: FakeGenerationService) -> None:
+    """A remote job still running after max_wait is a retryable timeout, and its output is never fetched."""
     fake.slow()
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -253,6 +278,7 @@ async def test_http_slow_job_times_out(fake: FakeGenerationService) -> None:
 
 
 async def test_http_request_timeout(fake: FakeGenerationService) -> None:
+    """A request that hangs past the generator's timeout is a retryable timeout."""
     fake.hang_polls = True
     with pytest.raises(RetryableError) as caught:
         await run(http_generator(fake, timeout=0.1), request())
@@ -260,6 +286,7 @@ async def test_http_request_timeout(fake: FakeGenerationService) -> None:
 
 
 async def test_http_connection_refused_is_unavailable() -> None:
+    """A service that refuses connections is a retryable "unavailable" error."""
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -274,6 +301,7 @@ async def test_http_connection_refused_is_unavailable() -> None:
     (500, RetryableError, "unavailable"), (502, RetryableError, "unavailable"),
 ])
 async def test_http_status_classification(fake: FakeGenerationService, status: int, error_class, error_type) -> None:
+    """Error statuses map to error classes: 400/422 invalid, 401/404 upstream, 408 timeout, 429/5xx unavailable."""
     fake.reject_with = status
     with pytest.raises(GenerationError) as caught:
         await run(http_generator(fake), request())
@@ -282,6 +310,7 @@ async def test_http_status_classification(fake: FakeGenerationService, status: i
 
 
 async def test_http_cancel_while_polling(fake: FakeGenerationService) -> None:
+    """Cancelling while polling ends the task promptly and asks the service to cancel the remote job."""
     fake.slow()
     progress = Progress()
     task = asyncio.get_running_loop().create_task(http_generator(fake).generate(request(), progress))
@@ -295,6 +324,7 @@ async def test_http_cancel_while_polling(fake: FakeGenerationService) -> None:
 
 
 async def test_http_cancel_while_downloading_closes_the_response(fake: FakeGenerationService) -> None:
+    """Cancelling mid-download closes the response (the service sees the hang-up) and cancels the remote job."""
     fake.succeed(after_polls=0)
     fake.stall_output = True
     fake.output = make_png(64, 64)
@@ -331,6 +361,7 @@ async def test_http_cancel_while_submitting(fake: FakeGenerationService) -> None
 
 @pytest.mark.parametrize("chunked", [False, True])
 async def test_http_output_too_large(fake: FakeGenerationService, chunked: bool) -> None:
+    """An output over max_bytes, chunked or not, is a permanent too_large; params may lower the limit, not raise it."""
     fake.succeed(after_polls=0)
     fake.output, fake.chunked_output = make_png(64, 64), chunked
     assert len(fake.output) > 10_000
@@ -347,6 +378,7 @@ async def test_http_output_too_large(fake: FakeGenerationService, chunked: bool)
 
 
 async def test_http_output_must_be_an_image(fake: FakeGenerationService) -> None:
+    """An output that is not an image (text/html) is a permanent invalid error."""
     fake.succeed(after_polls=0)
     fake.output, fake.output_type = b"<html>oops</html>", "text/html"
     with pytest.raises(PermanentError) as caught:
@@ -355,6 +387,7 @@ async def test_http_output_must_be_an_image(fake: FakeGenerationService) -> None
 
 
 async def test_http_invalid_params_fail_before_submitting(fake: FakeGenerationService) -> None:
+    """Invalid params are a permanent invalid error raised before anything is submitted."""
     with pytest.raises(PermanentError) as caught:
         await run(http_generator(fake), request(params={"width": 99999}))
     assert caught.value.error_type == "invalid"
@@ -362,6 +395,7 @@ async def test_http_invalid_params_fail_before_submitting(fake: FakeGenerationSe
 
 
 def test_http_constructor_checks() -> None:
+    """HttpGenerator refuses a non-HTTP base URL, a zero timeout and a zero max_bytes."""
     for args, kwargs in ((("ftp://x",), {}), (("http://x",), {"timeout": 0}), (("http://x",), {"max_bytes": 0})):
         with pytest.raises(ValueError):
             HttpGenerator(*args, **kwargs)

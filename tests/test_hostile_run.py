@@ -28,7 +28,7 @@ import re
 import signal
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import orjson
@@ -44,8 +44,8 @@ from canvashub.server.compaction import replay
 from canvashub.storage.sqlite import SQLiteStore
 
 from . import raw_ws
-from .healthy_room import HealthyRoom, percentile
 from .frames import FRAME_KINDS, frame_kind, more_valid_frames, mutate, random_frame, valid_frames
+from .healthy_room import HealthyRoom, percentile
 
 ALLOWED_CLOSE_CODES = {1002, 1003, 1007, 1008, 1009}
 HOSTILE_CANVASES = 8

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
-import pytest
 from pycrdt import Doc, Map
 
 from canvashub.crdt import codec
-from canvashub.server.errors import CloseCode
 from canvashub.server.compaction import replay
+from canvashub.server.errors import CloseCode
 
 from .support import StorageBackend, wait_until
 from .wire import WireClient, elements_of, key_updates
@@ -428,7 +428,8 @@ async def test_patch_element_sets_and_deletes_fields(server_factory, storage_bac
 
 async def test_patch_element_rejects_bad_input_and_stale_etags(server_factory, storage_backend):
     """Invalid JSON and bad element ids are 400, non-object JSON and out-of-range values 422 (with
-    the problems listed), and change nothing; If-Match works as for POST (412 with the current ETag, then 200 when current)."""
+    the problems listed), and change nothing; If-Match works as for POST (412 with the current ETag,
+    then 200 when current)."""
     server = await server_factory(**storage_backend.overrides)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         first = await http.patch("/api/canvases/shapes/elements/e1", json={"x": 1})
@@ -607,7 +608,7 @@ async def test_versions_list_get_and_restore(server_factory, storage_backend):
         assert_error(await http.get("/api/canvases/hist/versions", params={"limit": 0}), 400, "invalid")
 
         oldest_first = list(reversed(numbers))
-        for number, want in zip(oldest_first, expected):
+        for number, want in zip(oldest_first, expected, strict=True):
             got = await http.get(f"/api/canvases/hist/versions/{number}")
             assert got.status_code == 200, got.text
             body = got.json()
@@ -615,7 +616,8 @@ async def test_versions_list_get_and_restore(server_factory, storage_backend):
             assert body["elements"] == want
             assert_iso(body["created_at"])
             assert body["size"] == next(v["size"] for v in versions if v["number"] == number)
-            raw = await http.get(f"/api/canvases/hist/versions/{number}", headers={"Accept": "application/octet-stream"})
+            raw = await http.get(f"/api/canvases/hist/versions/{number}",
+                                 headers={"Accept": "application/octet-stream"})
             assert raw.headers["content-type"] == "application/octet-stream"
             assert elements_of(raw.content) == want
         assert_error(await http.get(f"/api/canvases/hist/versions/{numbers[0] + 100}"), 404, "not_found")

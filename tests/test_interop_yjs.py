@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -65,7 +66,7 @@ async def converged(*clients: JsClient, timeout: float = 5.0, digest: bool = Fal
             return states
         if loop.time() > deadline:
             raise AssertionError(f"clients did not converge within {timeout}s: {states!r}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # poll interval of a wait bounded by its deadline
 
 
 async def http_elements(server: LiveServer, canvas: str) -> dict[str, Any]:
@@ -318,7 +319,7 @@ async def test_idle_client_receives_keepalives(server_factory, js):
     advances = 0
     while advances < 3:
         assert loop.time() < deadline, f"wsLastMessageReceived advanced only {advances} times: {probes}"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # poll interval: probes spaced while idle; bounded by the deadline
         probe = await a.call("probe")
         if probe["wsLastMessageReceived"] > probes[-1]["wsLastMessageReceived"]:
             advances += 1

@@ -426,7 +426,8 @@ async def test_mark_result_applied_shows_up_as_a_change(store):
     assert await store.jobs_changed_since(T + 5, 100) == []
     await store.mark_result_applied("0001", now=T + 6)
     (changed,) = await store.jobs_changed_since(T + 5, 100)
-    assert (changed.id, changed.result_applied, changed.updated_at, changed.status) == ("0001", True, T + 6, "succeeded")
+    assert (changed.id, changed.result_applied, changed.updated_at, changed.status) == (
+        "0001", True, T + 6, "succeeded")
     # A marker whose clock is behind the worker's still moves updated_at forward.
     await store.mark_result_applied("0002", now=T + 1)
     late = await store.get_job("0002")

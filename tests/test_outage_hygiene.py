@@ -8,10 +8,10 @@ import collections
 import json
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
-import pytest
 
 from canvashub.server import logs
 from canvashub.server.health import HealthMonitor
@@ -30,7 +30,7 @@ async def poll(check: Callable[[], Awaitable[Any]], timeout: float, what: str, e
             return value
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(every)
+        await asyncio.sleep(every)  # poll interval of a wait bounded by its deadline
 
 
 # -- the helpers, without a server ------------------------------------------------------------------

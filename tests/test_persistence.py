@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
-import pytest
 from pycrdt import Doc
 
 from canvashub.crdt import codec
-from canvashub.server.errors import CloseCode
 from canvashub.server.compaction import replay
+from canvashub.server.errors import CloseCode
 
 from .support import StorageBackend, wait_until
 from .wire import WireClient, elements_of, key_updates

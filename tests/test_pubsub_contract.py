@@ -12,7 +12,8 @@ import dataclasses
 import os
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pycrdt import Doc, Map
 
@@ -79,6 +80,8 @@ async def test_room_is_not_unloaded_while_a_write_made_after_the_durable_wait_is
         room.apply_local(room.document.apply_update(key_update("a", 1.0, 1)))
         hub.registry.release(room)  # grace 0: unload starts, waits for update 1 to be durable
         await writer
+        # Kept on purpose: this checks that something does NOT happen (the unload finishing early), so
+        # there is no event to wait for; 20 short sleeps give a wrong unload many loop turns to show itself.
         for _ in range(20):
             await asyncio.sleep(0.01)
         assert not hub.persister.is_durable("c"), "precondition: update 2 is still pending"
@@ -99,12 +102,25 @@ async def test_delete_during_a_room_load_does_not_resurrect_the_canvas(tmp_path)
     registers a room holding the deleted content after forget() ran. The deleted canvas is then
     served (GET), joined, and any edit to it recreates the canvas in the store."""
     hub, store, stop = await make_hub(tmp_path)
+    # The first load reads the canvas, then holds its answer until the delete has run.
+    loaded, release = asyncio.Event(), asyncio.Event()
+    real_load = store.load
+
+    async def load(canvas_id):
+        found = await real_load(canvas_id)
+        if not loaded.is_set():
+            loaded.set()
+            await release.wait()
+        return found
+
+    store.load = load  # type: ignore[method-assign]
     try:
         await store.append_updates([("c", key_update("a", 1.0, 1))])
         acquiring = asyncio.create_task(hub.registry.acquire("c"))
-        await asyncio.sleep(0)  # the load is in flight (queued on the store)
+        await asyncio.wait_for(loaded.wait(), 5)  # the load is in flight, holding the content
         assert await hub.delete_canvas("c")
-        room = await acquiring  # e.g. a WebSocket client that connected just before the DELETE
+        release.set()
+        room = await asyncio.wait_for(acquiring, 5)  # e.g. a WebSocket client that connected just before the DELETE
         try:
             assert await store.load("c") is None, "precondition: the canvas is deleted in the store"
             assert await elements(hub, "c") is None, "deleted canvas still served from a resurrected room"

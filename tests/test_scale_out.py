@@ -10,7 +10,8 @@ import asyncio
 import shutil
 import signal
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -48,7 +49,7 @@ class RedisProcess:
                 except (OSError, aioredis.ConnectionError):
                     if time.monotonic() > deadline:
                         raise AssertionError("redis-server did not start") from None
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # poll interval: waiting for PING, bounded by the deadline
         finally:
             await client.aclose()
 
@@ -87,11 +88,12 @@ async def converged(clients: list[JsClient], timeout: float, what: str) -> dict[
         if time.monotonic() > deadline:
             sizes = [len(e) for e in elements]
             raise AssertionError(f"{what}: clients did not converge in {timeout}s (element counts {sizes})")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # poll interval of a wait bounded by its deadline
 
 
 async def test_three_processes_converge_share_presence_and_job_events(process_server_factory, postgres_backend,
                                                                      redis_process):
+    """Three processes on one Redis and Postgres: stock clients converge, share presence and see every job event."""
     a, b, c = await start_cluster(process_server_factory, postgres_backend, redis_process)
     clients = [await JsClient.start(f"ws://127.0.0.1:{server.port}/ws", "shared", name=f"{name}{i}", events=True)
                for server, name in ((a, "a"), (b, "b"), (c, "c")) for i in range(2)]
@@ -132,6 +134,7 @@ async def test_three_processes_converge_share_presence_and_job_events(process_se
 
 async def test_killed_process_clients_move_on_and_acknowledged_edits_survive(process_server_factory,
                                                                             postgres_backend, redis_process):
+    """A process killed with SIGKILL: its clients move on, edits converge and every acknowledged one is in Postgres."""
     servers = await start_cluster(process_server_factory, postgres_backend, redis_process)
     balancer = LoadBalancer([s.port for s in servers])
     await balancer.start()
@@ -186,6 +189,7 @@ async def test_killed_process_clients_move_on_and_acknowledged_edits_survive(pro
 
 
 async def test_redis_outage_then_everyone_converges(process_server_factory, postgres_backend, redis_process):
+    """During a 10 s Redis outage each process serves its own clients; within 10 s of its return all converge."""
     servers = await start_cluster(process_server_factory, postgres_backend, redis_process)
     clients = [await JsClient.start(f"ws://127.0.0.1:{s.port}/ws", "outage", name=f"c{i}")
                for i, s in enumerate(servers)]
@@ -204,7 +208,7 @@ async def test_redis_outage_then_everyone_converges(process_server_factory, post
             deadline = time.monotonic() + 10
             while not await unhealthy():
                 assert time.monotonic() < deadline, "processes did not notice Redis going away"
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # poll interval of a wait bounded by its deadline
             # Each process keeps serving its own clients while Redis is down.
             for client in clients:
                 for k in range(5):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import jwt
@@ -98,6 +99,7 @@ async def test_stock_client_sends_token_both_ways_and_stops_at_expiry(server_fac
 
 
 async def test_expiry_while_connected_closes_4401(server_factory):
+    """A connected socket is closed with 4401 when its token expires, not long before or after."""
     server = await server_factory(**AUTH)
     client = await WireClient.connect(server, "e", token=token("e", "editor", ttl=1.5), sync=True)
     started = time.monotonic()
@@ -106,6 +108,8 @@ async def test_expiry_while_connected_closes_4401(server_factory):
 
 
 async def test_open_mode_warns_loudly_and_lets_everyone_edit(server_factory, capfd):
+    """Without an auth secret the server warns NO ACCESS CONTROL and every caller may edit and delete.
+    Sockets are told they are editors with every permission; HTTP edits and deletes succeed."""
     server = await server_factory()
     assert "NO ACCESS CONTROL" in capfd.readouterr().err
     client = await WireClient.connect(server, "open", sync=True)
@@ -118,6 +122,7 @@ async def test_open_mode_warns_loudly_and_lets_everyone_edit(server_factory, cap
 
 
 def test_cli_mints_tokens_the_server_accepts():
+    """The `token` command mints a token the server accepts, with its claims and TTL; a short secret exits 2."""
     env = {**os.environ, "CANVASHUB_AUTH_SECRET": SECRET}
     out = subprocess.run([sys.executable, "-m", "canvashub.server", "token", "--canvas", "c1", "--role", "editor",
                           "--user", "ann", "--name", "Ann", "--ttl", "1h"], env=env, capture_output=True, text=True,
@@ -137,7 +142,8 @@ def test_public_key_tokens_and_algorithm_confusion(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    for private in (rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP256R1())):
+    keys = (rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP256R1()))
+    for private in keys:
         algorithm = "RS256" if isinstance(private, rsa.RSAPrivateKey) else "ES256"
         pem = private.public_key().public_bytes(serialization.Encoding.PEM,
                                                 serialization.PublicFormat.SubjectPublicKeyInfo).decode()
@@ -173,6 +179,9 @@ def hs256_by_hand(claims: dict, key: bytes) -> str:
 
 
 def test_token_claims_are_checked():
+    """Tokens without sub or exp, or with a bad role or canvas claim, are refused (not crashed on).
+    Secrets under 32 bytes are rejected; TTLs parse as seconds, m, h and d; a ?token= wins over a protocol token,
+    and the protocol selected is canvashub when offered, else the token itself."""
     auth = Authenticator(secret=SECRET)
     now = time.time()
     for claims in ({"role": "owner", "canvas": "*", "exp": now + 60},  # no sub
@@ -234,6 +243,7 @@ async def test_viewer_updates_are_dropped_never_stored_and_told_once(server_fact
 
 
 async def test_viewer_presence_is_relayed_only_if_configured(server_factory):
+    """A viewer's presence reaches others only with viewer_awareness on, and then under the token's identity."""
     for relay in (False, True):
         server = await server_factory(**AUTH, viewer_awareness=relay)
         watcher = await WireClient.connect(server, "p", token=token("p", "editor", "w"))
@@ -286,6 +296,7 @@ async def test_http_roles(server_factory):
 
 
 async def test_generation_requests_on_the_events_channel_check_the_role(server_factory):
+    """An editor's generate request on the events channel is answered forbidden (generating needs owner)."""
     server = await server_factory(**AUTH)
     client = await WireClient.connect(server, "g", token=token("g", "editor"))
     await client.ws.send(codec.encode_event(orjson.dumps({"type": "generate", "request_id": "r1",
@@ -296,6 +307,7 @@ async def test_generation_requests_on_the_events_channel_check_the_role(server_f
 
 
 async def test_events_channel_cannot_cancel_another_canvases_job(server_factory):
+    """A socket on one canvas cannot cancel another canvas's job by id: not_found, and the job is untouched."""
     server = await server_factory(**AUTH, pattern_step_delay=5)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         job = (await http.post("/api/canvases/b/generations", json={"generator": "pattern"},
@@ -326,6 +338,7 @@ async def test_cross_site_writes_are_refused_even_in_open_mode(server_factory):
 
 
 def test_redaction_keeps_uvicorn_access_log_arguments_usable():
+    """Redacting a token from a uvicorn access-log record removes it and keeps the record's args formattable."""
     import logging
 
     from canvashub.server.logs import RedactFilter
@@ -341,6 +354,8 @@ def test_redaction_keeps_uvicorn_access_log_arguments_usable():
 # -- awareness integrity ----------------------------------------------------------------------
 
 async def test_awareness_for_a_foreign_client_id_is_rejected_and_identity_comes_from_the_token(server_factory):
+    """Presence carries the token's user id and name, and another socket's client id cannot be written or removed.
+    The claimed name is replaced, other fields kept; a hijack is dropped for current watchers and newcomers alike."""
     server = await server_factory(**AUTH)
     alice = await WireClient.connect(server, "aw", token=token("aw", "editor", "alice", "Alice"))
     bob = await WireClient.connect(server, "aw", token=token("aw", "editor", "bob", "Bob"))
@@ -369,6 +384,7 @@ async def test_awareness_for_a_foreign_client_id_is_rejected_and_identity_comes_
 # -- limits ------------------------------------------------------------------------------------
 
 async def test_message_and_byte_rates_close_1008(server_factory):
+    """A socket over its message rate or its byte rate is closed 1008, after answering at most about a burst."""
     server = await server_factory(rate_messages_per_second=10, rate_messages_burst=20)
     client = await WireClient.connect(server, "rate")
     for _ in range(100):
@@ -393,6 +409,7 @@ async def test_message_and_byte_rates_close_1008(server_factory):
 
 
 async def test_oversize_frame_closes_1009_with_auth_on(server_factory):
+    """A frame over max_frame_bytes closes an authenticated socket with 1009."""
     server = await server_factory(**AUTH, max_frame_bytes=64 * 1024)
     client = await WireClient.connect(server, "big", token=token("big", "editor"))
     await client.ws.send(b"\x00\x02" + b"\x00" * 100_000)
@@ -400,6 +417,8 @@ async def test_oversize_frame_closes_1009_with_auth_on(server_factory):
 
 
 async def test_connection_limits_per_ip_and_per_canvas(server_factory):
+    """Past the per-address limit upgrades are refused 403 until a socket closes; a full canvas closes newcomers 1013.
+    Other canvases still accept sockets while one is full."""
     server = await server_factory(max_connections_per_ip=2)
     first, second = await server.connect("ip1"), await server.connect("ip2")
     assert await upgrade_status(server, "ip3") == 403
@@ -452,6 +471,8 @@ async def test_document_size_cap_refuses_growth_4413_and_413(server_factory):
 
 
 async def test_bad_origin_is_refused_403_at_upgrade(server_factory):
+    """An upgrade from an Origin not allowed is refused 403; allowed, same-host and absent Origins are accepted.
+    With allowed_origins "*" any Origin is accepted."""
     server = await server_factory(allowed_origins="https://app.example")
     assert await upgrade_status(server, "o", origin="https://evil.example") == 403
     for origin in (f"http://127.0.0.1:{server.port}", "https://app.example", None):
@@ -462,6 +483,8 @@ async def test_bad_origin_is_refused_403_at_upgrade(server_factory):
 
 
 async def test_slow_request_headers_are_dropped_after_the_preauth_timeout(server_factory):
+    """A connection that never sends or never finishes its request headers is closed after preauth_timeout.
+    An upgraded socket is not affected, however long it lives."""
     server = await server_factory(preauth_timeout=0.5)
     established = await WireClient.connect(server, "pre", sync=True)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -480,6 +503,7 @@ async def test_slow_request_headers_are_dropped_after_the_preauth_timeout(server
 # -- HTTP hardening ----------------------------------------------------------------------------
 
 async def test_cors_is_explicit_and_json_bodies_are_bounded(server_factory):
+    """CORS headers go only to listed origins, and to none by default; a JSON body over the limit is 413."""
     server = await server_factory(allowed_origins="https://app.example", max_json_body_bytes=100)
     preflight = {"Access-Control-Request-Method": "PATCH", "Access-Control-Request-Headers": "authorization"}
     async with httpx.AsyncClient(base_url=server.http_url) as http:
@@ -524,8 +548,7 @@ async def test_tokens_never_appear_in_logs(process_server_factory, tmp_path):
             await http.get(f"/api/canvases/lg?token={tok}")
             await http.patch("/api/canvases/lg/elements/e", json={"x": 1}, headers=bearer(tok))
     assert await server.stop() in (0, -15)  # uvicorn re-raises the SIGTERM it handled after a clean shutdown
-    with open(log_path) as f:
-        text = f.read()
+    text = await asyncio.to_thread(Path(log_path).read_text)
     assert "ws_auth_refused" in text and "ws_open" in text  # the log did see these connections
     for tok in used:
         assert tok not in text

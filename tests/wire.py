@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode
-from typing import Any, Callable
 
 import orjson
 import websockets
@@ -29,7 +30,7 @@ class WireClient:
 
     @classmethod
     async def connect(cls, server, canvas_id: str, *, events: bool = True, sync: bool = False,
-                      token: str | None = None, **kwargs: Any) -> "WireClient":
+                      token: str | None = None, **kwargs: Any) -> WireClient:
         """Connect; with ``sync`` also send sync step 1, so ``doc`` receives the current state."""
         query = urlencode({**({"events": "1"} if events else {}), **({"token": token} if token else {})})
         url = server.ws_url(canvas_id) + ("?" + query if query else "")
@@ -82,7 +83,7 @@ class WireClient:
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def wait_save(self, status: str = "saved", where: Callable[[dict], bool] | None = None,

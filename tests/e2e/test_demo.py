@@ -12,15 +12,13 @@ Screenshots land in ``tests/e2e/artifacts/`` (gitignored). With
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
 import secrets
+import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
-import httpx
 import pytest
 from pycrdt import Map
 
@@ -44,7 +42,7 @@ if async_playwright is not None:
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator["Browser"]:
+async def browser() -> AsyncIterator[Browser]:
     if async_playwright is None:
         skip_or_fail("playwright is not installed (make test installs it: pip install -e '.[test]')")
     if not os.access(CHROMIUM, os.X_OK):
@@ -57,7 +55,7 @@ async def browser() -> AsyncIterator["Browser"]:
             await launched.close()
 
 
-async def open_user(browser: "Browser", url: str, name: str, state: str = "saved") -> tuple["BrowserContext", "Page"]:
+async def open_user(browser: Browser, url: str, name: str, state: str = "saved") -> tuple[BrowserContext, Page]:
     """A fresh browser profile (own IndexedDB, storage) named ``name``, with the editor open and its save
     indicator in ``state``."""
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
@@ -72,7 +70,7 @@ async def open_user(browser: "Browser", url: str, name: str, state: str = "saved
     return context, page
 
 
-async def draw(page: "Page", tool_key: str, x: float, y: float, w: float = 140, h: float = 100) -> None:
+async def draw(page: Page, tool_key: str, x: float, y: float, w: float = 140, h: float = 100) -> None:
     """Pick a tool by its shortcut and drag out a shape at viewport-relative (x, y)."""
     box = await page.get_by_test_id("viewport").bounding_box()
     assert box is not None
@@ -83,13 +81,13 @@ async def draw(page: "Page", tool_key: str, x: float, y: float, w: float = 140, 
     await page.mouse.up()
 
 
-async def hover(page: "Page", x: float, y: float) -> None:
+async def hover(page: Page, x: float, y: float) -> None:
     box = await page.get_by_test_id("viewport").bounding_box()
     assert box is not None
     await page.mouse.move(box["x"] + x, box["y"] + y, steps=3)
 
 
-async def element_ids(page: "Page") -> set[str]:
+async def element_ids(page: Page) -> set[str]:
     return set(await page.evaluate("[...window.canvashub.elements.keys()]"))
 
 
@@ -102,12 +100,14 @@ def canvas_url(server, canvas_id: str) -> str:
     return f"{server.http_url}/c/{canvas_id}"
 
 
-def no_page_errors(*pages: "Page") -> None:
+def no_page_errors(*pages: Page) -> None:
     for page in pages:
         assert page.errors == [], page.errors  # type: ignore[attr-defined]
 
 
 async def test_two_users_shapes_cursors_presence_undo(server_factory, browser):
+    """Two browsers share shapes, cursors, presence, selection and save state; undo touches only one's own edits.
+    Redo brings the undone shape back for both."""
     server = await server_factory()
     url = canvas_url(server, "e2e-" + secrets.token_hex(4))
     _, alice = await open_user(browser, url, "Alice")
@@ -141,7 +141,8 @@ async def test_two_users_shapes_cursors_presence_undo(server_factory, browser):
         await expect(status).to_contain_text("Saved")
 
     # Bob's selection is highlighted for Alice
-    await expect(alice.locator(f'[data-testid="element"][data-id="{bob_ellipse}"]')).to_have_class(re.compile(r"\bremote-selected\b"))
+    bobs_shape_for_alice = alice.locator(f'[data-testid="element"][data-id="{bob_ellipse}"]')
+    await expect(bobs_shape_for_alice).to_have_class(re.compile(r"\bremote-selected\b"))
 
     ARTIFACTS.mkdir(exist_ok=True)
     await alice.screenshot(path=shot("two-users-alice"))
@@ -162,6 +163,7 @@ async def test_two_users_shapes_cursors_presence_undo(server_factory, browser):
 
 
 async def test_generation_progress_and_image_for_everyone(server_factory, browser):
+    """A generation started in one browser shows progress and its image in both; failures and cancels reach both."""
     server = await server_factory(pattern_step_delay=0.2)
     canvas_id = "e2e-" + secrets.token_hex(4)
     url = canvas_url(server, canvas_id)
@@ -223,6 +225,7 @@ async def test_generation_progress_and_image_for_everyone(server_factory, browse
 
 
 async def test_offline_edit_survives_reload_and_syncs_on_reconnect(server_factory, browser):
+    """An edit made offline survives a reload (service worker, IndexedDB) and reaches the other user on reconnect."""
     server = await server_factory()
     url = canvas_url(server, "e2e-" + secrets.token_hex(4))
     alice_ctx, alice = await open_user(browser, url, "Alice")
