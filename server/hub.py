@@ -27,6 +27,7 @@ from .persistence import Persister
 from .pubsub import MemoryPubSub, PubSub
 from .rooms import Room, RoomRegistry
 from .settings import Settings
+from .startup import open_store
 
 if TYPE_CHECKING:
     from .jobs import JobService
@@ -77,7 +78,7 @@ class Hub:
         return [] if self.jobs is None else self.jobs.watcher.snapshot_events(canvas_id)
 
     async def start(self) -> None:
-        await asyncio.wait_for(self.store.open(), max(self.settings.store_timeout, 30.0))
+        await open_store(self.store, self.settings.startup_timeout)  # retried; then StartupFailed
         await self.health.check()
         self.health.start()
         await self.pubsub.start()  # never raises: an unreachable Redis is retried in the background
@@ -184,16 +185,16 @@ class Hub:
                 self.load_failures.failed(f"loading jobs: {exc!r}", canvas=canvas_id)
                 raise StoreUnavailable(f"loading jobs of {canvas_id} failed: {exc!r}") from exc
         document = self.make_document()
-        version, updated_at, size = 0, None, 0
+        version, updated_at, size, rows, replay_ms = 0, None, 0, 0, 0.0
         if loaded is not None:
             size = len(loaded.snapshot or b"") + sum(len(update) for _, update in loaded.updates)
             started = time.perf_counter()
             document.doc = replay(loaded, canvas_id, strict=False)
-            log(logging.INFO, "room_loaded", canvas=canvas_id, version=loaded.version,
-                log_rows=len(loaded.updates), replay_ms=round((time.perf_counter() - started) * 1000, 1))
-            version, updated_at = loaded.version, loaded.updated_at
+            replay_ms = round((time.perf_counter() - started) * 1000, 1)
+            version, updated_at, rows = loaded.version, loaded.updated_at, len(loaded.updates)
             if len(loaded.updates) >= self.settings.compact_every_updates:
                 self.compactor.schedule(canvas_id)
+        log(logging.INFO, "room_loaded", canvas=canvas_id, version=version, log_rows=rows, replay_ms=replay_ms)
         room = Room(canvas_id, document, self.persister, version, updated_at,
                     max_bytes=self.settings.max_document_bytes, size=size)
         room.cluster = self.cluster
