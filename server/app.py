@@ -40,6 +40,7 @@ from .persistence import Persister
 from .pubsub import MemoryPubSub, PubSub, RedisPubSub
 from .rooms import Room
 from .settings import Settings
+from .startup import open_store
 
 
 def make_store(settings: Settings) -> tuple[Store, str]:
@@ -122,7 +123,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Start order: the store, then what writes to it, then what brings traffic.
-        await asyncio.wait_for(store.open(), max(settings.store_timeout, 30.0))
+        await open_store(store, settings.startup_timeout)  # retried with backoff; then StartupFailed
         await health.check()
         health.start()
         await pubsub.start()  # never raises: an unreachable Redis is retried in the background

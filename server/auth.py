@@ -166,7 +166,7 @@ class Authenticator:
                                  f"(needs {self.action_roles[action]!r})")
 
 
-def mint_token(key: str | bytes, *, canvas: str, role: str, user: str, name: str | None = None,
+def mint_token(key: Any, *, canvas: str, role: str, user: str, name: str | None = None,
                ttl: float = 3600.0, algorithm: str = "HS256", now: float | None = None) -> str:
     """A signed token (for development, tests and back ends that hand tokens to their users)."""
     if role not in RANK:

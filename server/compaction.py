@@ -10,11 +10,11 @@ again (CRDT merges commute), retry a bounded number of times.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pycrdt import Doc
 

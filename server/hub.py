@@ -134,16 +134,16 @@ class Hub:
                 self.load_failures.failed(f"loading jobs: {exc!r}", canvas=canvas_id)
                 raise StoreUnavailable(f"loading jobs of {canvas_id} failed: {exc!r}") from exc
         document = self.make_document()
-        version, updated_at, size = 0, None, 0
+        version, updated_at, size, rows, replay_ms = 0, None, 0, 0, 0.0
         if loaded is not None:
             size = len(loaded.snapshot or b"") + sum(len(update) for _, update in loaded.updates)
             started = time.perf_counter()
             document.doc = replay(loaded, canvas_id, strict=False)
-            log(logging.INFO, "room_loaded", canvas=canvas_id, version=loaded.version,
-                log_rows=len(loaded.updates), replay_ms=round((time.perf_counter() - started) * 1000, 1))
-            version, updated_at = loaded.version, loaded.updated_at
+            replay_ms = round((time.perf_counter() - started) * 1000, 1)
+            version, updated_at, rows = loaded.version, loaded.updated_at, len(loaded.updates)
             if len(loaded.updates) >= self.settings.compact_every_updates:
                 self.compactor.schedule(canvas_id)
+        log(logging.INFO, "room_loaded", canvas=canvas_id, version=version, log_rows=rows, replay_ms=replay_ms)
         return Room(canvas_id, document, self.persister, self.cluster, version, updated_at,
                     max_bytes=self.settings.max_document_bytes, size=size)
 

@@ -357,7 +357,6 @@ class RoomRegistry:
                 del self._loading[canvas_id]
                 self._loaded(room)
                 pending.set_result(room)
-                log(logging.INFO, "room_loaded", canvas=canvas_id)
             else:
                 room = await asyncio.shield(pending)
         room.holders += 1

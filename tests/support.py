@@ -87,6 +87,7 @@ async def start_server(pubsub: Any = None, **overrides: Any) -> LiveServer:
     await wait_until(lambda: server.started or task.done(), 10, "server start")
     if task.done():
         task.result()
+        raise AssertionError("the server did not start: see its startup_failed log line")
     port = server.servers[0].sockets[0].getsockname()[1]
     return LiveServer(app, server, task, port, owned_dir)
 
