@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test bench clean chromium
+.PHONY: run test check bench clean chromium
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,8 +27,22 @@ chromium:
 run: $(INSTALLED)
 	$(VENV)/bin/canvashub serve
 
-## Run the whole test suite. pytest exits 5 when no test ran: that is a failure too.
-test: $(INSTALLED) tests/js/node_modules/.package-lock.json chromium
+# mypy follows the installed namespace through links (canvashub.server -> server/, ...).
+TYPECHECK := .typecheck/canvashub
+
+$(TYPECHECK):
+	mkdir -p $@
+	ln -sfn ../../server $@/server; ln -sfn ../../crdt $@/crdt; ln -sfn ../../storage $@/storage
+
+## Lint, formatting, layer contracts and types: zero findings (part of `make test`).
+check: $(INSTALLED) $(TYPECHECK)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
+
+## Run the whole test suite (after `check`). pytest exits 5 when no test ran: that is a failure too.
+test: check tests/js/node_modules/.package-lock.json chromium
 	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest ran no tests: failing" >&2; exit 1; fi; exit $$rc
 
@@ -37,4 +51,4 @@ bench: $(INSTALLED)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules .pytest_cache
+	rm -rf $(VENV) tests/js/node_modules .pytest_cache .typecheck .mypy_cache .ruff_cache

@@ -55,8 +55,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--database-url",
-                        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--database-url", default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    )
     args = parser.parse_args()
 
     prepare_loadgen()
@@ -64,8 +65,13 @@ def main() -> None:
     schema = f"bench_cluster_{tag}"
     pg(args.database_url, f'CREATE SCHEMA "{schema}"')
     dsn = f"{args.database_url}{'&' if '?' in args.database_url else '?'}search_path={schema}"
-    env = {**os.environ, "DATABASE_URL": dsn, "REDIS_URL": args.redis_url,
-           "CANVASHUB_REDIS_PREFIX": f"bench-{tag}:", "CANVASHUB_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "REDIS_URL": args.redis_url,
+        "CANVASHUB_REDIS_PREFIX": f"bench-{tag}:",
+        "CANVASHUB_LOG_LEVEL": "warning",
+    }
     cli = str(ROOT / ".venv" / "bin" / "canvashub")
     servers: list[tuple[subprocess.Popen, int]] = []
     try:
@@ -77,10 +83,26 @@ def main() -> None:
             if not wait_accepting(port, proc):
                 raise SystemExit(f"canvashub on port {port} did not start")
         urls = ",".join(f"ws://127.0.0.1:{port}/ws/{{room}}" for _, port in servers)
-        argv = [shutil.which("node") or "node", str(LOADGEN / "loadgen.mjs"), "--room-url", urls,
-                "--rooms", str(args.rooms), "--clients", str(args.clients), "--rate", str(args.rate),
-                "--duration", str(args.duration), "--warmup", str(args.warmup), "--threads", str(args.threads),
-                "--room-prefix", f"c{tag}"]
+        argv = [
+            shutil.which("node") or "node",
+            str(LOADGEN / "loadgen.mjs"),
+            "--room-url",
+            urls,
+            "--rooms",
+            str(args.rooms),
+            "--clients",
+            str(args.clients),
+            "--rate",
+            str(args.rate),
+            "--duration",
+            str(args.duration),
+            "--warmup",
+            str(args.warmup),
+            "--threads",
+            str(args.threads),
+            "--room-prefix",
+            f"c{tag}",
+        ]
         ticks_before = [read_tree(proc.pid)[0] for proc, _ in servers]
         started = time.monotonic()
         result = subprocess.run(argv, capture_output=True, text=True, cwd=str(LOADGEN))
@@ -90,17 +112,31 @@ def main() -> None:
             raise SystemExit(f"loadgen failed ({result.returncode})")
         line = json.loads(result.stdout.strip().splitlines()[-1])
         hz = os.sysconf("SC_CLK_TCK")
-        cpu = [round(100 * (read_tree(proc.pid)[0] - before) / hz / elapsed, 1)
-               for (proc, _), before in zip(servers, ticks_before, strict=True)]
+        cpu = [
+            round(100 * (read_tree(proc.pid)[0] - before) / hz / elapsed, 1)
+            for (proc, _), before in zip(servers, ticks_before, strict=True)
+        ]
         rss = [round(read_tree(proc.pid)[1] / 1024, 1) for proc, _ in servers]  # KB -> MB
         pubsub = []
         for _, port in servers:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
                 ready = json.loads(response.read())
             pubsub.append({k: ready["pubsub"].get(k) for k in ("messages_received", "dropped", "updates_taken_over")})
-        print(json.dumps({"bench": "cluster", "processes": args.processes, "rooms": args.rooms,
-                          "clients_per_room": args.clients, "rate": args.rate, **line,
-                          "server_cpu_pct": cpu, "server_rss_mb": rss, "pubsub": pubsub}))
+        print(
+            json.dumps(
+                {
+                    "bench": "cluster",
+                    "processes": args.processes,
+                    "rooms": args.rooms,
+                    "clients_per_room": args.clients,
+                    "rate": args.rate,
+                    **line,
+                    "server_cpu_pct": cpu,
+                    "server_rss_mb": rss,
+                    "pubsub": pubsub,
+                }
+            )
+        )
     finally:
         for proc, _ in servers:
             stop(proc)

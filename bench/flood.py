@@ -85,8 +85,16 @@ async def hostile_main(args: argparse.Namespace) -> None:
     cpu0, t0 = cpu_seconds_self(), time.monotonic()
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     seconds = time.monotonic() - t0
-    print(json.dumps({"seconds": round(seconds, 3), "cpu_pct": round(100 * (cpu_seconds_self() - cpu0) / seconds, 1),
-                      "outcomes": {k: dict(v) for k, v in outcomes.items()}}), flush=True)
+    print(
+        json.dumps(
+            {
+                "seconds": round(seconds, 3),
+                "cpu_pct": round(100 * (cpu_seconds_self() - cpu0) / seconds, 1),
+                "outcomes": {k: dict(v) for k, v in outcomes.items()},
+            }
+        ),
+        flush=True,
+    )
 
 
 def cpu_seconds_self() -> float:
@@ -135,9 +143,13 @@ class Joiner:
         from tests.healthy_room import percentile
 
         ms = [v * 1e3 for v in self.latencies]
-        return {"ok": len(ms), "refused": dict(self.refused), "failed": dict(self.failed),
-                "p50_ms": round(percentile(ms, 0.5), 2) if ms else None,
-                "p99_ms": round(percentile(ms, 0.99), 2) if ms else None}
+        return {
+            "ok": len(ms),
+            "refused": dict(self.refused),
+            "failed": dict(self.failed),
+            "p50_ms": round(percentile(ms, 0.5), 2) if ms else None,
+            "p99_ms": round(percentile(ms, 0.99), 2) if ms else None,
+        }
 
 
 class Window:
@@ -151,8 +163,14 @@ class Window:
     def _read(self) -> dict:
         with open(self.log_path, "rb") as f:
             lines = f.read().count(b"\n")
-        return {"t": time.monotonic(), "server": read_tree(self.server_pid)[0], "self": cpu_seconds_self(),
-                "machine": machine_busy_ticks(), "log_bytes": self.log_path.stat().st_size, "log_lines": lines}
+        return {
+            "t": time.monotonic(),
+            "server": read_tree(self.server_pid)[0],
+            "self": cpu_seconds_self(),
+            "machine": machine_busy_ticks(),
+            "log_bytes": self.log_path.stat().st_size,
+            "log_lines": lines,
+        }
 
     def close(self) -> dict:
         end = self._read()
@@ -161,17 +179,26 @@ class Window:
         server = 100 * (end["server"] - s["server"]) / CLK_TCK / seconds
         honest = 100 * (end["self"] - s["self"]) / seconds
         machine = 100 * (end["machine"] - s["machine"]) / CLK_TCK / seconds
-        return {"seconds": round(seconds, 2), "server_cpu_pct": round(server, 1), "honest_cpu_pct": round(honest, 1),
-                "machine_cpu_pct": round(machine, 1), "log_lines": end["log_lines"] - s["log_lines"],
-                "log_bytes": end["log_bytes"] - s["log_bytes"]}
+        return {
+            "seconds": round(seconds, 2),
+            "server_cpu_pct": round(server, 1),
+            "honest_cpu_pct": round(honest, 1),
+            "machine_cpu_pct": round(machine, 1),
+            "log_lines": end["log_lines"] - s["log_lines"],
+            "log_bytes": end["log_bytes"] - s["log_bytes"],
+        }
 
 
 def latency_summary(samples: list[float]) -> dict:
     from tests.healthy_room import percentile
 
     ms = [v * 1e3 for v in samples]
-    return {"n": len(ms), "p50_ms": round(percentile(ms, 0.5), 2), "p99_ms": round(percentile(ms, 0.99), 2),
-            "max_ms": round(max(ms), 2)}
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 0.5), 2),
+        "p99_ms": round(percentile(ms, 0.99), 2),
+        "max_ms": round(max(ms), 2),
+    }
 
 
 async def measure(args: argparse.Namespace, port: int, server_pid: int, log_path: Path) -> dict:
@@ -201,10 +228,25 @@ async def measure(args: argparse.Namespace, port: int, server_pid: int, log_path
     joiner = Joiner(address, args.join_interval)
     stop_event = asyncio.Event()
     hostile = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--hostile-port", str(port), "--sockets", str(args.sockets),
-        "--concurrency", str(args.concurrency), "--hostile-canvases", str(args.hostile_canvases),
-        "--seed", str(args.seed), "--max-frame-bytes", str(args.max_frame_bytes), "--rate", str(args.rate),
-        stdout=subprocess.PIPE, cwd=str(ROOT))
+        sys.executable,
+        __file__,
+        "--hostile-port",
+        str(port),
+        "--sockets",
+        str(args.sockets),
+        "--concurrency",
+        str(args.concurrency),
+        "--hostile-canvases",
+        str(args.hostile_canvases),
+        "--seed",
+        str(args.seed),
+        "--max-frame-bytes",
+        str(args.max_frame_bytes),
+        "--rate",
+        str(args.rate),
+        stdout=subprocess.PIPE,
+        cwd=str(ROOT),
+    )
     if args.honest_nice:  # the hostile process inherited this process's priority: back to the default
         os.setpriority(os.PRIO_PROCESS, hostile.pid, 0)
     assert hostile.stdout is not None
@@ -227,32 +269,63 @@ async def measure(args: argparse.Namespace, port: int, server_pid: int, log_path
             allowed = {str(c) for c in raw_ws.FLOOD_KINDS[kind]}
             if outcome not in allowed:
                 wrong[f"{kind}:{outcome}"] += n
-    result["flood"] = {**latency_summary(samples), **flood_window, "joins": joiner.summary(),
-                       "hostile": {"completed": sum(codes.values()), "sockets_per_s":
-                                   round(sum(codes.values()) / report["seconds"], 1),
-                                   "cpu_pct": report["cpu_pct"], "close_codes": dict(sorted(codes.items())),
-                                   "unexpected": dict(wrong)}}
+    result["flood"] = {
+        **latency_summary(samples),
+        **flood_window,
+        "joins": joiner.summary(),
+        "hostile": {
+            "completed": sum(codes.values()),
+            "sockets_per_s": round(sum(codes.values()) / report["seconds"], 1),
+            "cpu_pct": report["cpu_pct"],
+            "close_codes": dict(sorted(codes.items())),
+            "unexpected": dict(wrong),
+        },
+    }
     result["p99_ratio"] = round(result["flood"]["p99_ms"] / result["baseline"]["p99_ms"], 2)
     await room.close()
     return result
 
 
-def run_tree(args: argparse.Namespace, label: str, tree: Path, repeat: int, workdir: Path,
-             variant_env: dict[str, str] | None = None) -> dict:
+def run_tree(
+    args: argparse.Namespace,
+    label: str,
+    tree: Path,
+    repeat: int,
+    workdir: Path,
+    variant_env: dict[str, str] | None = None,
+) -> dict:
     port = free_port()
     data_dir = workdir / f"data-{label}-{repeat}"
     log_path = workdir / f"server-{label}-{repeat}.log"
-    env = {**os.environ, "DATABASE_URL": "", "CANVASHUB_DATA_DIR": str(data_dir), **dict(args.env),
-           **(variant_env or {})}
+    env = {
+        **os.environ,
+        "DATABASE_URL": "",
+        "CANVASHUB_DATA_DIR": str(data_dir),
+        **dict(args.env),
+        **(variant_env or {}),
+    }
     env.pop("PYTHONPATH", None)
     # canvashub is installed editable into each checkout's own .venv (make): that venv's Python runs that
     # checkout's code; this checkout's interpreter runs this one.
     python = tree / ".venv" / "bin" / "python"
     with open(log_path, "wb") as server_log:
-        proc = spawn([str(python) if python.exists() else sys.executable, "-m", "canvashub.server", "serve",
-                      "--host", "127.0.0.1", "--port", str(port)],
-                     stdout=server_log, stderr=subprocess.STDOUT, env=env, cwd=str(tree),
-                     preexec_fn=(lambda: os.sched_setaffinity(0, args.server_cpus)) if args.server_cpus else None)
+        proc = spawn(
+            [
+                str(python) if python.exists() else sys.executable,
+                "-m",
+                "canvashub.server",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(tree),
+            preexec_fn=(lambda: os.sched_setaffinity(0, args.server_cpus)) if args.server_cpus else None,
+        )
     try:
         if not wait_accepting(port, proc):
             return {"tree": label, "repeat": repeat, "error": f"server did not start; see {log_path}"}
@@ -290,10 +363,12 @@ def summarize(runs: list[dict]) -> dict:
             "flood_p50_ms": spread([r["flood"]["p50_ms"] for r in rows]),
             "server_cpu_pct_flood": spread([r["flood"]["server_cpu_pct"] for r in rows]),
             "hostile_sockets_per_s": spread([r["flood"]["hostile"]["sockets_per_s"] for r in rows]),
-            "honest_joins_refused": sum(sum(r[w]["joins"]["refused"].values())
-                                        for r in rows for w in ("baseline", "flood")),
-            "honest_joins_failed": sum(sum(r[w]["joins"]["failed"].values())
-                                       for r in rows for w in ("baseline", "flood")),
+            "honest_joins_refused": sum(
+                sum(r[w]["joins"]["refused"].values()) for r in rows for w in ("baseline", "flood")
+            ),
+            "honest_joins_failed": sum(
+                sum(r[w]["joins"]["failed"].values()) for r in rows for w in ("baseline", "flood")
+            ),
             "hostile_unexpected": sum(sum(r["flood"]["hostile"]["unexpected"].values()) for r in rows),
             "target_2x_met": statistics.median([r["p99_ratio"] for r in rows]) < 2,
         }
@@ -317,7 +392,7 @@ def place_processes(args: argparse.Namespace) -> dict:
     return {
         "server": f"child process `python -m server serve` (SQLite, defaults unless --env), {where(args.server_cpus)}",
         "honest": f"this process: the honest room and the joiner (websockets clients, one loop), "
-                  f"{where(args.client_cpus)}, nice {args.honest_nice}",
+        f"{where(args.client_cpus)}, nice {args.honest_nice}",
         "hostile": f"child process of this one (raw sockets, tests/raw_ws.py), {where(args.client_cpus)}, nice 0",
         "machine_cpus": os.cpu_count(),
     }
@@ -327,10 +402,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sockets", type=int, default=2000, help="hostile sockets per flood")
     parser.add_argument("--concurrency", type=int, default=20, help="hostile sockets open at once")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="hostile sockets started per second, at most --concurrency open (0: a new one as soon "
-                             "as one ends, as fast as the server lets them: the offered load then grows when the "
-                             "server gets cheaper)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="hostile sockets started per second, at most --concurrency open (0: a new one as soon "
+        "as one ends, as fast as the server lets them: the offered load then grows when the "
+        "server gets cheaper)",
+    )
     parser.add_argument("--hostile-canvases", type=int, default=1, help="canvases the hostile sockets spread over")
     parser.add_argument("--clients", type=int, default=3, help="honest clients in the measured room")
     parser.add_argument("--interval", type=float, default=0.005, help="seconds between two honest updates")
@@ -338,18 +417,39 @@ def main() -> None:
     parser.add_argument("--baseline", type=float, default=5.0, help="seconds of the baseline window")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
-                        help="a canvashub checkout to run the server from (repeatable; default: this one)")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="a canvashub checkout to run the server from (repeatable; default: this one)",
+    )
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="server setting")
-    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=NAME=VALUE[,NAME=VALUE]",
-                        help="also run this checkout with these settings, interleaved with the trees")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=NAME=VALUE[,NAME=VALUE]",
+        help="also run this checkout with these settings, interleaved with the trees",
+    )
     two = (os.cpu_count() or 1) >= 2
-    parser.add_argument("--server-cpus", type=cpu_list, default={0} if two else set(), metavar="LIST",
-                        help="CPUs the server is pinned to (default 0; empty: not pinned)")
-    parser.add_argument("--client-cpus", type=cpu_list, default={1} if two else set(), metavar="LIST",
-                        help="CPUs the honest and hostile processes are pinned to (default 1; empty: not pinned)")
-    parser.add_argument("--honest-nice", type=int, default=-5,
-                        help="priority of the honest process (below 0 needs root; 0: unchanged)")
+    parser.add_argument(
+        "--server-cpus",
+        type=cpu_list,
+        default={0} if two else set(),
+        metavar="LIST",
+        help="CPUs the server is pinned to (default 0; empty: not pinned)",
+    )
+    parser.add_argument(
+        "--client-cpus",
+        type=cpu_list,
+        default={1} if two else set(),
+        metavar="LIST",
+        help="CPUs the honest and hostile processes are pinned to (default 1; empty: not pinned)",
+    )
+    parser.add_argument(
+        "--honest-nice", type=int, default=-5, help="priority of the honest process (below 0 needs root; 0: unchanged)"
+    )
     parser.add_argument("--hostile-port", type=int, help=argparse.SUPPRESS)  # internal: be the hostile process
     parser.add_argument("--max-frame-bytes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -372,18 +472,35 @@ def main() -> None:
             for label, tree, variant_env in variants:
                 log(f"flood: {label} repeat {repeat}")
                 run = run_tree(args, label, Path(tree).resolve(), repeat, Path(workdir), variant_env)
-                log(json.dumps({k: run.get(k) for k in ("tree", "p99_ratio", "error")}),
-                    {w: {k: run[w][k] for k in ("p50_ms", "p99_ms", "server_cpu_pct")} for w in ("baseline", "flood")
-                     if w in run})
+                log(
+                    json.dumps({k: run.get(k) for k in ("tree", "p99_ratio", "error")}),
+                    {
+                        w: {k: run[w][k] for k in ("p50_ms", "p99_ms", "server_cpu_pct")}
+                        for w in ("baseline", "flood")
+                        if w in run
+                    },
+                )
                 runs.append(run)
-    print(json.dumps({
-        "bench": "flood", "sockets": args.sockets, "concurrency": args.concurrency, "rate": args.rate,
-        "hostile_canvases": args.hostile_canvases, "honest_clients": args.clients,
-        "honest_interval_s": args.interval, "join_interval_s": args.join_interval, "server_env": dict(args.env),
-        "processes": placement,
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "trees": {label: {"dir": tree, "env": env} for label, tree, env in variants}, "runs": runs,
-        "summary": summarize(runs)}))
+    print(
+        json.dumps(
+            {
+                "bench": "flood",
+                "sockets": args.sockets,
+                "concurrency": args.concurrency,
+                "rate": args.rate,
+                "hostile_canvases": args.hostile_canvases,
+                "honest_clients": args.clients,
+                "honest_interval_s": args.interval,
+                "join_interval_s": args.join_interval,
+                "server_env": dict(args.env),
+                "processes": placement,
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "trees": {label: {"dir": tree, "env": env} for label, tree, env in variants},
+                "runs": runs,
+                "summary": summarize(runs),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

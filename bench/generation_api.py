@@ -53,7 +53,13 @@ async def run_store(store: str, args: argparse.Namespace) -> dict:
         env["DATABASE_URL"] = f"{args.database_url}?search_path={schema}"
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        str(ROOT / ".venv/bin/canvashub"), "serve", "--host", "127.0.0.1", "--port", str(port), env=env,
+        str(ROOT / ".venv/bin/canvashub"),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        env=env,
         cwd=workdir,
     )
     try:
@@ -95,8 +101,12 @@ async def run_store(store: str, args: argparse.Namespace) -> dict:
         "store": store,
         "requests": len(latencies),
         "concurrency": args.concurrency,
-        "post_ms": {"p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99), "max": round(max(latencies), 2),
-                    "mean": round(statistics.fmean(latencies), 2)},
+        "post_ms": {
+            "p50": pct(latencies, 0.5),
+            "p99": pct(latencies, 0.99),
+            "max": round(max(latencies), 2),
+            "mean": round(statistics.fmean(latencies), 2),
+        },
         "post_window_s": round(post_window, 2),
         "jobs_by_status_after": {s: statuses.count(s) for s in sorted(set(statuses))},
     }
@@ -108,8 +118,9 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--duration", type=float, default=2.0)
-    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL",
-                                                                 "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--database-url", default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    )
     args = parser.parse_args()
     results = []
     for store in args.stores.split(","):

@@ -56,8 +56,13 @@ SHAPES: dict[str, dict] = {
     "s2": {"desc": "10 rooms x 10 clients x 5 upd/s", "rooms": 10, "clients": 10, "rate": 5},
     "s3": {"desc": "100 rooms x 5 clients x 1 upd/s", "rooms": 100, "clients": 5, "rate": 1},
     "s4": {"desc": "1 room x 100 clients x 1 upd/s (fan-out)", "rooms": 1, "clients": 100, "rate": 1},
-    "s5": {"desc": "1 room x 20 clients x 10 upd/s + 10 awareness/s", "rooms": 1, "clients": 20, "rate": 10,
-           "awareness": 10},
+    "s5": {
+        "desc": "1 room x 20 clients x 10 upd/s + 10 awareness/s",
+        "rooms": 1,
+        "clients": 20,
+        "rate": 10,
+        "awareness": 10,
+    },
     "idle": {"desc": "2000 idle connections, rooms of 10", "idle": 2000, "clients": 10},
 }
 
@@ -216,8 +221,14 @@ def servers(canvashub_args: str = "", database_url: str = DEFAULT_DATABASE_URL) 
         "pycrdt-websocket": Server(
             "pycrdt-websocket",
             "ws://127.0.0.1:{port}/{room}",
-            [str(CACHE / "pycrdt-websocket-venv" / "bin" / "python"),
-             str(BENCH / "servers" / "pycrdt_websocket_server.py"), "--host", HOST, "--port", "{port}"],
+            [
+                str(CACHE / "pycrdt-websocket-venv" / "bin" / "python"),
+                str(BENCH / "servers" / "pycrdt_websocket_server.py"),
+                "--host",
+                HOST,
+                "--port",
+                "{port}",
+            ],
             prepare=prepare_pycrdt_websocket,
         ),
         "node": Server(
@@ -342,8 +353,13 @@ class Sampler(threading.Thread):
     def mark(self, loadgen_pid: int) -> dict:
         """Everything read at a window edge: server, load generator and whole machine."""
         t, ticks, rss = self.snap()
-        return {"t": t, "server": ticks, "rss": rss, "loadgen": read_tree(loadgen_pid)[0],
-                "machine": machine_busy_ticks()}
+        return {
+            "t": t,
+            "server": ticks,
+            "rss": rss,
+            "loadgen": read_tree(loadgen_pid)[0],
+            "machine": machine_busy_ticks(),
+        }
 
     def run(self) -> None:
         while not self.halt.wait(0.1):
@@ -354,15 +370,35 @@ class Sampler(threading.Thread):
 
 
 def loadgen_argv(server: Server, port: int, shape: dict, args: argparse.Namespace, tag: str) -> list[str]:
-    argv = [shutil.which("node") or "node", str(LOADGEN / "loadgen.mjs"),
-            "--room-url", server.room_url.replace("{port}", str(port)),
-            "--room-prefix", tag, "--duration", str(args.duration), "--warmup", str(args.warmup),
-            "--seed", str(args.seed), "--threads", str(args.threads), "--clients", str(shape["clients"])]
+    argv = [
+        shutil.which("node") or "node",
+        str(LOADGEN / "loadgen.mjs"),
+        "--room-url",
+        server.room_url.replace("{port}", str(port)),
+        "--room-prefix",
+        tag,
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+        "--clients",
+        str(shape["clients"]),
+    ]
     if "idle" in shape:
         argv += ["--idle", str(args.idle_connections or shape["idle"]), "--settle", str(args.warmup)]
     else:
-        argv += ["--rooms", str(shape["rooms"]), "--rate", str(shape["rate"]),
-                 "--awareness-rate", str(shape.get("awareness", 0))]
+        argv += [
+            "--rooms",
+            str(shape["rooms"]),
+            "--rate",
+            str(shape["rate"]),
+            "--awareness-rate",
+            str(shape.get("awareness", 0)),
+        ]
         if args.events and server.events:
             argv.append("--events")
     return argv
@@ -411,8 +447,13 @@ def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -
         sampler.start()
         marks: dict[str, dict] = {}
         tail: deque[str] = deque(maxlen=40)
-        gen = spawn(loadgen_argv(server, port, shape, args, tag), stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True, cwd=LOADGEN)
+        gen = spawn(
+            loadgen_argv(server, port, shape, args, tag),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=LOADGEN,
+        )
 
         def read_stderr() -> None:
             for line in gen.stderr:
@@ -425,8 +466,10 @@ def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -
                         sys.stderr.write(line)
 
         stdout: list[str] = []
-        readers = [threading.Thread(target=read_stderr, daemon=True),
-                   threading.Thread(target=lambda: stdout.append(gen.stdout.read()), daemon=True)]
+        readers = [
+            threading.Thread(target=read_stderr, daemon=True),
+            threading.Thread(target=lambda: stdout.append(gen.stdout.read()), daemon=True),
+        ]
         for t in readers:
             t.start()
         limit = 2 * 60 + args.warmup + args.duration + 5 + 3 + 30  # 2 connect stages, window, drain, close
@@ -493,10 +536,15 @@ def summarize(results: list[dict], target: str) -> dict:
             "p99": med(rows, lambda r: (r.get("latency_ms") or {}).get("p99")),
             "kb_per_conn": med(rows, lambda r: r.get("kb_per_conn")),
             "errors": med(rows, lambda r: (r.get("errors") or {}).get("total")),
-            **({"ack_p50": med(rows, lambda r: r.get("ack_p50_ms")),
-                "ack_p99": med(rows, lambda r: r.get("ack_p99_ms")),
-                "unacked": med(rows, lambda r: r.get("unacked"))}
-               if any("acks" in r for r in rows) else {}),
+            **(
+                {
+                    "ack_p50": med(rows, lambda r: r.get("ack_p50_ms")),
+                    "ack_p99": med(rows, lambda r: r.get("ack_p99_ms")),
+                    "unacked": med(rows, lambda r: r.get("unacked")),
+                }
+                if any("acks" in r for r in rows)
+                else {}
+            ),
         }
 
     medians: dict[str, dict] = {}
@@ -528,8 +576,10 @@ def print_table(summary: dict) -> None:
     """The summary as a small table on stderr, for people."""
     acks = any("ack_p99" in m for by in summary["medians"].values() for m in by.values())
     ack_head = f" {'ack p50':>8} {'ack p99':>8} {'unacked':>7}" if acks else ""
-    log(f"{'shape':6} {'server':18} {'cpu%':>6} {'p50 ms':>8} {'p99 ms':>8} {'KB/conn':>8} {'errors':>6}{ack_head}"
-        f"   ratio of {summary['target']}")
+    log(
+        f"{'shape':6} {'server':18} {'cpu%':>6} {'p50 ms':>8} {'p99 ms':>8} {'KB/conn':>8} {'errors':>6}{ack_head}"
+        f"   ratio of {summary['target']}"
+    )
     fmt = lambda v, w: f"{v:>{w}.1f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"  # noqa: E731
     for shape, by in summary["medians"].items():
         for srv, m in by.items():
@@ -537,8 +587,10 @@ def print_table(summary: dict) -> None:
             rs = "  ".join(f"{k} x{'-' if v is None else v}" for k, v in r.items() if k != "errors") if r else ""
             rs += "  (errors!)" if r and "errors" in r else ""
             ack = f" {fmt(m.get('ack_p50'), 8)} {fmt(m.get('ack_p99'), 8)} {fmt(m.get('unacked'), 7)}" if acks else ""
-            log(f"{shape:6} {srv:18} {fmt(m['cpu'], 6)} {fmt(m['p50'], 8)} {fmt(m['p99'], 8)} "
-                f"{fmt(m['kb_per_conn'], 8)} {fmt(m['errors'], 6)}{ack}   {rs}")
+            log(
+                f"{shape:6} {srv:18} {fmt(m['cpu'], 6)} {fmt(m['p50'], 8)} {fmt(m['p99'], 8)} "
+                f"{fmt(m['kb_per_conn'], 8)} {fmt(m['errors'], 6)}{ack}   {rs}"
+            )
 
 
 # ---------------------------------------------------------------- main
@@ -546,33 +598,50 @@ def print_table(summary: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--servers", default=",".join(s for s in servers() if s != "canvashub-postgres"),
-                    help="comma-separated, from: %(default)s (canvashub runs once per --stores entry)")
-    ap.add_argument("--stores", default="sqlite",
-                    help="canvashub's storage backends, comma-separated from: sqlite,postgres; sqlite runs as "
-                         "'canvashub', postgres as 'canvashub-postgres' (default: %(default)s)")
-    ap.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
-                    help="PostgreSQL DSN for --stores postgres; every run gets a throwaway schema in it "
-                         "(default: $BENCH_DATABASE_URL or %(default)s)")
-    ap.add_argument("--events", action="store_true",
-                    help="canvashub clients opt in to save events; "
-                         "report durable-ack latency (ack_*_ms, acks, unacked)")
+    ap.add_argument(
+        "--servers",
+        default=",".join(s for s in servers() if s != "canvashub-postgres"),
+        help="comma-separated, from: %(default)s (canvashub runs once per --stores entry)",
+    )
+    ap.add_argument(
+        "--stores",
+        default="sqlite",
+        help="canvashub's storage backends, comma-separated from: sqlite,postgres; sqlite runs as "
+        "'canvashub', postgres as 'canvashub-postgres' (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--database-url",
+        default=DEFAULT_DATABASE_URL,
+        help="PostgreSQL DSN for --stores postgres; every run gets a throwaway schema in it "
+        "(default: $BENCH_DATABASE_URL or %(default)s)",
+    )
+    ap.add_argument(
+        "--events",
+        action="store_true",
+        help="canvashub clients opt in to save events; report durable-ack latency (ack_*_ms, acks, unacked)",
+    )
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, from: %(default)s")
     ap.add_argument("--duration", type=float, default=15, help="measurement window per run, s")
     ap.add_argument("--warmup", type=float, default=3, help="load before the window (idle: settle), s")
     ap.add_argument("--repeat", type=int, default=1, help="run every (shape, server) this many times")
     ap.add_argument("--idle-connections", type=int, default=0, help="override the idle shape's 2000")
-    ap.add_argument("--target", default=None,
-                    help="server whose ratios the summary reports (default: canvashub, or canvashub-postgres "
-                         "if only postgres is in --stores)")
+    ap.add_argument(
+        "--target",
+        default=None,
+        help="server whose ratios the summary reports (default: canvashub, or canvashub-postgres "
+        "if only postgres is in --stores)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="load generator worker threads")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     ap.add_argument("--canvashub-args", default="", help="extra arguments for `canvashub serve`")
     ap.add_argument("--verbose", action="store_true", help="echo the load generator's log")
-    ap.add_argument("--summarize", type=Path, metavar="JSONL",
-                    help="run nothing: print the summary of result lines saved with --out "
-                         "(several runs may be concatenated)")
+    ap.add_argument(
+        "--summarize",
+        type=Path,
+        metavar="JSONL",
+        help="run nothing: print the summary of result lines saved with --out (several runs may be concatenated)",
+    )
     args = ap.parse_args()
     stores = [s for s in args.stores.split(",") if s]
     if not stores or any(s not in STORES for s in stores):

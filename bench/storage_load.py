@@ -81,9 +81,15 @@ def build_history(n_updates: int, n_elements: int, sessions: int, seed: int) -> 
             if len(live) < n_elements:  # the initial elements, then a new one after each delete
                 eid = f"el-{next_id:06d}"
                 next_id += 1
-                elements[eid] = Map({"type": rng.choice(("rect", "ellipse", "text", "arrow")),
-                                     "x": rng.randrange(4000), "y": rng.randrange(4000),
-                                     "w": rng.randrange(20, 400), "h": rng.randrange(20, 400)})
+                elements[eid] = Map(
+                    {
+                        "type": rng.choice(("rect", "ellipse", "text", "arrow")),
+                        "x": rng.randrange(4000),
+                        "y": rng.randrange(4000),
+                        "w": rng.randrange(20, 400),
+                        "h": rng.randrange(20, 400),
+                    }
+                )
                 live.append(eid)
                 kinds["create"] += 1
                 continue
@@ -109,9 +115,15 @@ def build_history(n_updates: int, n_elements: int, sessions: int, seed: int) -> 
                 kinds["style"] += 1
         state = doc.get_update()
     del updates[n_updates:]
-    info = {"updates": len(updates), "update_bytes_total": sum(map(len, updates)),
-            "update_bytes_avg": round(sum(map(len, updates)) / len(updates), 1), "sessions": sessions,
-            "live_elements": len(live), "kinds": kinds, "full_state_bytes": len(state)}
+    info = {
+        "updates": len(updates),
+        "update_bytes_total": sum(map(len, updates)),
+        "update_bytes_avg": round(sum(map(len, updates)) / len(updates), 1),
+        "sessions": sessions,
+        "live_elements": len(live),
+        "kinds": kinds,
+        "full_state_bytes": len(state),
+    }
     return updates, info
 
 
@@ -144,7 +156,7 @@ async def bench_store(name: str, store, updates: list[bytes], expected: dict, ar
     try:
         t0 = time.perf_counter()
         for i in range(0, len(updates), args.batch):
-            await store.append_updates([(CANVAS, u) for u in updates[i:i + args.batch]])
+            await store.append_updates([(CANVAS, u) for u in updates[i : i + args.batch]])
         append_s = time.perf_counter() - t0
         log(f"{name}: appended {len(updates)} rows in {append_s:.1f} s")
 
@@ -167,13 +179,15 @@ async def bench_store(name: str, store, updates: list[bytes], expected: dict, ar
             "log_rows_before": rows_before,
             "load_before": load_stats(before),
             "compact_ms": ms(compact_s),
-            "compaction": None if result is None else {"version": result.version, "rows": result.rows,
-                                                       "bytes": result.bytes, "attempts": result.attempts},
+            "compaction": None
+            if result is None
+            else {"version": result.version, "rows": result.rows, "bytes": result.bytes, "attempts": result.attempts},
             "log_rows_after": rows_after,
             "snapshot_bytes": snapshot_bytes,
             "load_after": load_stats(after),
-            "load_speedup": round(statistics.median(s[0] + s[1] for s in before)
-                                  / statistics.median(s[0] + s[1] for s in after), 1),
+            "load_speedup": round(
+                statistics.median(s[0] + s[1] for s in before) / statistics.median(s[0] + s[1] for s in after), 1
+            ),
             "content_ok": same_before and same_after,
         }
     finally:
@@ -204,7 +218,9 @@ async def run_postgres(updates, expected, args) -> dict:
         r = await bench_store("postgres", store, updates, expected, args)
         r["relation_bytes_after"] = await admin.fetchval(
             "SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')", schema)
+            "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')",
+            schema,
+        )
         return r
     finally:
         await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -223,8 +239,13 @@ async def main_async(args: argparse.Namespace) -> dict:
     stores = []
     for name in [s for s in args.stores.split(",") if s]:
         stores.append(await {"sqlite": run_sqlite, "postgres": run_postgres}[name](updates, expected, args))
-    return {"bench": "storage_load", "canvas": info, "batch": args.batch, "stores": stores,
-            "total_s": round(time.perf_counter() - t0, 1)}
+    return {
+        "bench": "storage_load",
+        "canvas": info,
+        "batch": args.batch,
+        "stores": stores,
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def main() -> int:
@@ -237,8 +258,11 @@ def main() -> int:
     ap.add_argument("--loads-before", type=int, default=3, help="loads before compaction (median)")
     ap.add_argument("--loads-after", type=int, default=5, help="loads after compaction (median)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--database-url", default=DEFAULT_DSN,
-                    help="PostgreSQL DSN (default $BENCH_DATABASE_URL or %(default)s); a throwaway schema is used")
+    ap.add_argument(
+        "--database-url",
+        default=DEFAULT_DSN,
+        help="PostgreSQL DSN (default $BENCH_DATABASE_URL or %(default)s); a throwaway schema is used",
+    )
     args = ap.parse_args()
     bad = [s for s in args.stores.split(",") if s and s not in ("sqlite", "postgres")]
     if bad:

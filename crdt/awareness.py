@@ -117,8 +117,9 @@ class AwarenessRegistry:
     def live_entries(self) -> list[AwarenessEntry]:
         return [entry for entry in self._entries.values() if not entry.removed]
 
-    def apply(self, owner: Hashable, entries: list[AwarenessEntry],
-              max_ids: int | None = None) -> tuple[list[AwarenessEntry], int]:
+    def apply(
+        self, owner: Hashable, entries: list[AwarenessEntry], max_ids: int | None = None
+    ) -> tuple[list[AwarenessEntry], int]:
         """Apply what ``owner`` may change; return (accepted entries, count of foreign ids refused).
         ``max_ids`` overrides the per-owner id cap (another process owns all of its clients' ids)."""
         limit = self.max_ids_per_owner if max_ids is None else max_ids
@@ -142,8 +143,10 @@ class AwarenessRegistry:
                 if current is None or entry.clock > current.clock:
                     refused += 1
                 continue  # older or equal clocks are echoes of what we relayed
-            if current is None or current.clock < entry.clock or (
-                current.clock == entry.clock and entry.removed and not current.removed
+            if (
+                current is None
+                or current.clock < entry.clock
+                or (current.clock == entry.clock and entry.removed and not current.removed)
             ):
                 validate_state(entry.state)
                 self._entries[client_id] = entry

@@ -91,9 +91,7 @@ def decode_delete_set(doc: Doc[Any]) -> dict[int, list[tuple[int, int]]]:
     try:
         clients_with_structs = reader.var_uint()
         if clients_with_structs != 0:
-            raise ValueError(
-                f"diff against the doc's own state vector has structs for {clients_with_structs} clients"
-            )
+            raise ValueError(f"diff against the doc's own state vector has structs for {clients_with_structs} clients")
         delete_set = _read_delete_set(reader)
         reader.expect_end()
     except MalformedFrame as exc:

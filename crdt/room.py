@@ -51,6 +51,8 @@ class PartiallyApplied(InvalidPayload):
     def __init__(self, reason: str, effects: Effects) -> None:
         super().__init__(reason)
         self.effects = effects
+
+
 MAX_REMOTE_AWARENESS_IDS = 100_000  # per other process
 T = TypeVar("T")
 

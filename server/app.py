@@ -46,8 +46,9 @@ from .startup import open_store
 def make_store(settings: Settings) -> tuple[Store, str]:
     """PostgreSQL when ``database_url`` is set, else the embedded SQLite file under ``data_dir``."""
     if settings.database_url:
-        return PostgresStore(settings.database_url, pool_size=settings.db_pool_size,
-                             acquire_timeout=settings.db_acquire_timeout), "postgres"
+        return PostgresStore(
+            settings.database_url, pool_size=settings.db_pool_size, acquire_timeout=settings.db_acquire_timeout
+        ), "postgres"
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     return SQLiteStore(str(data_dir / "canvashub.sqlite3")), "sqlite"
@@ -56,16 +57,26 @@ def make_store(settings: Settings) -> tuple[Store, str]:
 def make_authenticator(settings: Settings) -> Authenticator:
     """Tokens are required once a secret or public key is set; otherwise open mode, announced loudly."""
     try:
-        auth = Authenticator(secret=settings.auth_secret, public_key=settings.auth_public_key,
-                             action_roles={"delete": settings.role_to_delete, "restore": settings.role_to_restore,
-                                           "generate": settings.role_to_generate}, leeway=5.0)
+        auth = Authenticator(
+            secret=settings.auth_secret,
+            public_key=settings.auth_public_key,
+            action_roles={
+                "delete": settings.role_to_delete,
+                "restore": settings.role_to_restore,
+                "generate": settings.role_to_generate,
+            },
+            leeway=5.0,
+        )
     except OSError as exc:
         raise ValueError(f"CANVASHUB_AUTH_PUBLIC_KEY: cannot read the key file: {exc}") from None
     if auth.open:
-        logs.log(logging.WARNING, "open_mode",
-                 message="NO ACCESS CONTROL: CANVASHUB_AUTH_SECRET is not set, so anyone who can reach this "
-                         "server may read, edit and delete every canvas. Fine for development; set a secret "
-                         "(see docs/security.md) before exposing it.")
+        logs.log(
+            logging.WARNING,
+            "open_mode",
+            message="NO ACCESS CONTROL: CANVASHUB_AUTH_SECRET is not set, so anyone who can reach this "
+            "server may read, edit and delete every canvas. Fine for development; set a secret "
+            "(see docs/security.md) before exposing it.",
+        )
     return auth
 
 
@@ -87,37 +98,67 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     origins = OriginPolicy(settings.allowed_origins)
     health = HealthMonitor(store.health)  # what /readyz reports, without waiting on the store
     compactor = Compactor(
-        store, metrics, every_updates=settings.compact_every_updates, interval=settings.compact_interval,
-        keep_versions=settings.keep_versions, timeout=settings.store_timeout, slow_seconds=settings.slow_query_seconds,
+        store,
+        metrics,
+        every_updates=settings.compact_every_updates,
+        interval=settings.compact_interval,
+        keep_versions=settings.keep_versions,
+        timeout=settings.store_timeout,
+        slow_seconds=settings.slow_query_seconds,
         on_compacted=lambda canvas_id, version: hub.compacted(canvas_id, version),
     )
     persister = Persister(
-        store, metrics, interval=settings.commit_interval, max_updates=settings.commit_max_updates,
-        max_backlog_bytes=settings.backlog_max_bytes, timeout=settings.store_timeout,
-        retry_max_delay=settings.retry_max_delay, slow_seconds=settings.slow_query_seconds,
-        slow_notice=settings.store_slow_notice, compactor=compactor,
+        store,
+        metrics,
+        interval=settings.commit_interval,
+        max_updates=settings.commit_max_updates,
+        max_backlog_bytes=settings.backlog_max_bytes,
+        timeout=settings.store_timeout,
+        retry_max_delay=settings.retry_max_delay,
+        slow_seconds=settings.slow_query_seconds,
+        slow_notice=settings.store_slow_notice,
+        compactor=compactor,
     )
     rooms: dict[str, Room] = {}  # the loaded canvases: the hub's registry fills it, the cluster reads it
-    cluster = Cluster(pubsub, rooms, is_loading=lambda canvas_id: hub.registry.is_loading(canvas_id),
-                      on_deleted=lambda canvas_id: hub.drop_deleted(canvas_id))
+    cluster = Cluster(
+        pubsub,
+        rooms,
+        is_loading=lambda canvas_id: hub.registry.is_loading(canvas_id),
+        on_deleted=lambda canvas_id: hub.drop_deleted(canvas_id),
+    )
     hub = Hub(settings, store, persister, compactor, cluster, metrics, rooms)
     persister.on_committed = cluster.committed
     persister.on_durable = hub.stored
     persister.on_retrying = lambda canvas_id: hub.stored(canvas_id, None)
-    generators = build_generators(settings.pattern_step_delay, settings.generator_http_url or None,
-                                  settings.generator_http_timeout)
-    jobs = JobService(hub, store, generators, workers=settings.job_workers,
-                      lease_seconds=settings.job_lease_seconds, poll_interval=settings.job_poll_interval,
-                      watch_interval=settings.job_watch_interval, max_attempts=settings.job_max_attempts,
-                      retry_base=settings.job_retry_base, retry_max=settings.job_retry_max,
-                      store_timeout=settings.store_timeout)
+    generators = build_generators(
+        settings.pattern_step_delay, settings.generator_http_url or None, settings.generator_http_timeout
+    )
+    jobs = JobService(
+        hub,
+        store,
+        generators,
+        workers=settings.job_workers,
+        lease_seconds=settings.job_lease_seconds,
+        poll_interval=settings.job_poll_interval,
+        watch_interval=settings.job_watch_interval,
+        max_attempts=settings.job_max_attempts,
+        retry_base=settings.job_retry_base,
+        retry_max=settings.job_retry_max,
+        store_timeout=settings.store_timeout,
+    )
     hub.job_events = jobs.watcher
     api = HttpApi(hub, store, jobs, auth, origins, settings)
     operations = OperationsApi(hub, persister, health, cluster, metrics, backend)
-    sockets = WebSocketEndpoint(hub, auth=auth, origins=origins,
-                                ip_connections=ConnectionCounter(settings.max_connections_per_ip),
-                                upgrades=UpgradePacer(settings.upgrade_rate_per_ip, settings.upgrade_burst_per_ip),
-                                jobs=jobs, settings=settings, metrics=metrics)
+    sockets = WebSocketEndpoint(
+        hub,
+        auth=auth,
+        origins=origins,
+        ip_connections=ConnectionCounter(settings.max_connections_per_ip),
+        upgrades=UpgradePacer(settings.upgrade_rate_per_ip, settings.upgrade_burst_per_ip),
+        jobs=jobs,
+        settings=settings,
+        metrics=metrics,
+    )
     background: list[asyncio.Task[None]] = []
 
     @contextlib.asynccontextmanager
@@ -178,6 +219,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     ]
     editor_page = Path(settings.demo_dir, "canvas.html")
     if editor_page.is_file():
+
         async def editor(request: Request) -> Response:
             return FileResponse(editor_page, headers={"Cache-Control": "no-cache"})
 
@@ -187,14 +229,22 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     middleware = []
     cors_origins = origins.cors_origins
     if cors_origins:  # only origins configured explicitly; same-origin pages need no CORS
-        middleware.append(Middleware(
-            CORSMiddleware, allow_origins=cors_origins,
-            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match"],
-            expose_headers=["ETag", "Location", "Retry-After"], max_age=600,
-        ))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                    exception_handlers={HTTPException: http_exception_response})
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cors_origins,
+                allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match"],
+                expose_headers=["ETag", "Location", "Retry-After"],
+                max_age=600,
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers={HTTPException: http_exception_response},
+    )
     app.state.hub = hub
     app.state.jobs = jobs
     app.state.settings = settings

@@ -62,8 +62,12 @@ class Principal:
 
     def describe(self) -> dict[str, Any]:
         """The ``access`` event an opted-in socket gets on join."""
-        return {"type": "access", "role": self.role, "user": self.identity,
-                "can": {action: self.can(action) for action in ACTIONS if action != "read"}}
+        return {
+            "type": "access",
+            "role": self.role,
+            "user": self.identity,
+            "can": {action: self.can(action) for action in ACTIONS if action != "read"},
+        }
 
 
 OPEN = Principal(role="editor", canvas="*")  # open mode: an editor allowed every action
@@ -88,8 +92,14 @@ def load_public_key(value: str) -> str:
 class Authenticator:
     """Verifies tokens and decides permissions. Built once by the composition root."""
 
-    def __init__(self, *, secret: str = "", public_key: str = "",
-                 action_roles: Mapping[str, str] | None = None, leeway: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        secret: str = "",
+        public_key: str = "",
+        action_roles: Mapping[str, str] | None = None,
+        leeway: float = 0.0,
+    ) -> None:
         self.secret = secret.encode() if secret else b""
         if self.secret and len(self.secret) < MIN_SECRET_BYTES:
             raise ValueError(f"CANVASHUB_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes")
@@ -137,8 +147,13 @@ class Authenticator:
                 key, algorithms = self.public_key, self.public_algorithms
             else:
                 raise Unauthorized(f"tokens signed with {algorithm!r} are not accepted")
-            claims = jwt.decode(token, key, algorithms=algorithms, leeway=self.leeway,
-                                options={"require": ["exp", "sub", "role", "canvas"]})
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                leeway=self.leeway,
+                options={"require": ["exp", "sub", "role", "canvas"]},
+            )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the access token has expired") from None
         except jwt.InvalidTokenError as exc:
@@ -148,11 +163,22 @@ class Authenticator:
             raise Unauthorized(f"invalid access token: role must be one of {', '.join(ROLES)}")
         if not isinstance(canvas, str) or not CANVAS_CLAIM.fullmatch(canvas):
             raise Unauthorized("invalid access token: canvas must be a canvas id or a pattern with *")
-        if not isinstance(sub, str) or not sub or len(sub) > 200 or (name is not None and
-                                                                      (not isinstance(name, str) or len(name) > 200)):
+        if (
+            not isinstance(sub, str)
+            or not sub
+            or len(sub) > 200
+            or (name is not None and (not isinstance(name, str) or len(name) > 200))
+        ):
             raise Unauthorized("invalid access token: sub and name must be strings of at most 200 characters")
-        return Principal(role=role, canvas=canvas, user_id=sub, name=name, expires_at=float(claims["exp"]),
-                         permissions=self.permissions_of(role), authenticated=True)
+        return Principal(
+            role=role,
+            canvas=canvas,
+            user_id=sub,
+            name=name,
+            expires_at=float(claims["exp"]),
+            permissions=self.permissions_of(role),
+            authenticated=True,
+        )
 
     def authorize(self, principal: Principal, canvas_id: str | None, action: str) -> None:
         """Raise ``Forbidden`` unless ``principal`` may do ``action`` on ``canvas_id`` (None: on every canvas)."""
@@ -162,20 +188,27 @@ class Authenticator:
         elif not principal.covers(canvas_id):
             raise Forbidden(f"this token is not valid for canvas {canvas_id!r}")
         if not principal.can(action):
-            raise Forbidden(f"role {principal.role!r} may not {action} "
-                                 f"(needs {self.action_roles[action]!r})")
+            raise Forbidden(f"role {principal.role!r} may not {action} (needs {self.action_roles[action]!r})")
 
 
-def mint_token(key: Any, *, canvas: str, role: str, user: str, name: str | None = None,
-               ttl: float = 3600.0, algorithm: str = "HS256", now: float | None = None) -> str:
+def mint_token(
+    key: Any,
+    *,
+    canvas: str,
+    role: str,
+    user: str,
+    name: str | None = None,
+    ttl: float = 3600.0,
+    algorithm: str = "HS256",
+    now: float | None = None,
+) -> str:
     """A signed token (for development, tests and back ends that hand tokens to their users)."""
     if role not in RANK:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if not CANVAS_CLAIM.fullmatch(canvas):
         raise ValueError("canvas must be a canvas id or a pattern with *")
     issued = time.time() if now is None else now
-    claims: dict[str, Any] = {"sub": user, "role": role, "canvas": canvas, "iat": int(issued),
-                              "exp": int(issued + ttl)}
+    claims: dict[str, Any] = {"sub": user, "role": role, "canvas": canvas, "iat": int(issued), "exp": int(issued + ttl)}
     if name:
         claims["name"] = name
     return jwt.encode(claims, key, algorithm=algorithm)

@@ -66,22 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="canvashub: realtime collaboration server for Yjs canvases.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="serve options (each also settable by its environment variable, or in ./.env; "
-               "`canvashub worker --help` lists the ones the worker reads):\n" + settings_help,
+        "`canvashub worker --help` lists the ones the worker reads):\n" + settings_help,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the server (HTTP + WebSocket)",
-                           description="Run the canvashub server.")
+    serve = sub.add_parser("serve", help="run the server (HTTP + WebSocket)", description="Run the canvashub server.")
     _add_settings_options(serve, {f.name for f in dataclasses.fields(Settings)})
-    worker = sub.add_parser("worker", help="run generation jobs in this process (no HTTP, no WebSocket)",
-                            description="Run generation workers against the store the server uses "
-                                        "(set DATABASE_URL, or the same CANVASHUB_DATA_DIR). "
-                                        "--job-workers sets how many jobs run at once. Only these "
-                                        "settings are read; the server's others are ignored.")
+    worker = sub.add_parser(
+        "worker",
+        help="run generation jobs in this process (no HTTP, no WebSocket)",
+        description="Run generation workers against the store the server uses "
+        "(set DATABASE_URL, or the same CANVASHUB_DATA_DIR). "
+        "--job-workers sets how many jobs run at once. Only these "
+        "settings are read; the server's others are ignored.",
+    )
     _add_settings_options(worker, worker_field_names())
-    token = sub.add_parser("token", help="mint an access token (development and testing)",
-                           description="Print a signed access token. HS256 with CANVASHUB_AUTH_SECRET (or "
-                                       "--secret), or RS256/ES256 with --private-key.")
+    token = sub.add_parser(
+        "token",
+        help="mint an access token (development and testing)",
+        description="Print a signed access token. HS256 with CANVASHUB_AUTH_SECRET (or "
+        "--secret), or RS256/ES256 with --private-key.",
+    )
     token.add_argument("--canvas", required=True, help="canvas id, or a pattern with * (e.g. 'team-*', '*')")
     token.add_argument("--role", required=True, choices=["viewer", "editor", "owner"])
     token.add_argument("--user", required=True, help="user id (the token's sub)")
@@ -109,10 +114,15 @@ def mint(args: argparse.Namespace) -> int:
             secret: str = args.secret or os.environ.get("CANVASHUB_AUTH_SECRET", "")
             key, algorithm = secret, "HS256"
             if len(secret.encode()) < MIN_SECRET_BYTES:
-                raise ValueError(f"set CANVASHUB_AUTH_SECRET (or --secret) to at least {MIN_SECRET_BYTES} bytes, "
-                                 "or pass --private-key")
-        print(mint_token(key, canvas=args.canvas, role=args.role, user=args.user, name=args.name, ttl=ttl,
-                         algorithm=algorithm))
+                raise ValueError(
+                    f"set CANVASHUB_AUTH_SECRET (or --secret) to at least {MIN_SECRET_BYTES} bytes, "
+                    "or pass --private-key"
+                )
+        print(
+            mint_token(
+                key, canvas=args.canvas, role=args.role, user=args.user, name=args.name, ttl=ttl, algorithm=algorithm
+            )
+        )
     except (ValueError, OSError) as exc:
         print(f"canvashub token: {exc}", file=sys.stderr)
         return 2
@@ -141,10 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         return asyncio.run(run_worker(settings))
     if settings.exposed_without_access_control:
-        print(f"canvashub: --host {settings.host} (CANVASHUB_HOST) is reachable from other machines and no "
-              "access control is set: set CANVASHUB_AUTH_SECRET (or CANVASHUB_AUTH_PUBLIC_KEY), or pass --open "
-              "(CANVASHUB_OPEN=true) to let anyone who can reach it read, edit and delete every canvas",
-              file=sys.stderr)
+        print(
+            f"canvashub: --host {settings.host} (CANVASHUB_HOST) is reachable from other machines and no "
+            "access control is set: set CANVASHUB_AUTH_SECRET (or CANVASHUB_AUTH_PUBLIC_KEY), or pass --open "
+            "(CANVASHUB_OPEN=true) to let anyone who can reach it read, edit and delete every canvas",
+            file=sys.stderr,
+        )
         return 2
     try:
         app = create_app(settings)
@@ -174,18 +186,31 @@ async def run_worker(settings: Settings) -> int:
     except StartupFailed as exc:
         report(exc)
         return 1
-    generators = build_generators(settings.pattern_step_delay, settings.generator_http_url or None,
-                                  settings.generator_http_timeout)
-    worker = Worker(store, generators, concurrency=max(1, settings.job_workers),
-                    lease_seconds=settings.job_lease_seconds, poll_interval=settings.job_poll_interval,
-                    retry_base=settings.job_retry_base, retry_max=settings.job_retry_max)
+    generators = build_generators(
+        settings.pattern_step_delay, settings.generator_http_url or None, settings.generator_http_timeout
+    )
+    worker = Worker(
+        store,
+        generators,
+        concurrency=max(1, settings.job_workers),
+        lease_seconds=settings.job_lease_seconds,
+        poll_interval=settings.job_poll_interval,
+        retry_base=settings.job_retry_base,
+        retry_max=settings.job_retry_max,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     worker.start()
-    logs.log(logging.INFO, "worker_started", worker=worker.worker_id, store=backend,
-             generators=sorted(generators), concurrency=worker.concurrency)
+    logs.log(
+        logging.INFO,
+        "worker_started",
+        worker=worker.worker_id,
+        store=backend,
+        generators=sorted(generators),
+        concurrency=worker.concurrency,
+    )
     await stop.wait()
     await worker.stop()  # jobs cut short keep their leases and are reclaimed when those expire
     await store.close()

@@ -52,6 +52,7 @@ class ClusterRoom(Protocol):
 
     canvas_id: str
     document: RoomDocument
+
     @property
     def connections(self) -> Mapping[Peer, None]: ...
 
@@ -67,6 +68,7 @@ class ClusterRoom(Protocol):
     def take_over(self, conditional: bool, older_than: float | None = None) -> int: ...
 
     def expire_peer_presence(self, before: float) -> None: ...
+
 
 UPDATE, AWARENESS, SYNC, SYNC_REPLY, DELETED, DURABLE = b"u", b"a", b"s", b"t", b"x", b"d"
 PEER_COMMIT_TIMEOUT = 3.0  # a relayed change its sender has not confirmed durable by then is stored here
@@ -84,8 +86,13 @@ class Cluster:
     """``rooms``: the loaded canvases by id (a live mapping); ``is_loading``: is a load of this id under way.
     ``on_deleted`` is told when another process deleted a canvas (the hub closes its sockets)."""
 
-    def __init__(self, pubsub: PubSub, rooms: Mapping[str, ClusterRoom], is_loading: Callable[[str], bool],
-                 on_deleted: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        pubsub: PubSub,
+        rooms: Mapping[str, ClusterRoom],
+        is_loading: Callable[[str], bool],
+        on_deleted: Callable[[str], None],
+    ) -> None:
         self.pubsub = pubsub
         self.rooms = rooms
         self.is_loading = is_loading
@@ -135,8 +142,9 @@ class Cluster:
         """Subscribe first, so nothing published while we load is missed (it waits in a buffer)."""
         async with self._lock(canvas_id):
             self._early.setdefault(canvas_id, [])
-            await self.pubsub.subscribe(self.channel(canvas_id),
-                                        lambda sender, payload: self._on_message(canvas_id, sender, payload))
+            await self.pubsub.subscribe(
+                self.channel(canvas_id), lambda sender, payload: self._on_message(canvas_id, sender, payload)
+            )
 
     def loaded(self, room: ClusterRoom) -> None:
         """The room is registered: apply what arrived during the load, then ask the others what we lack."""
@@ -200,8 +208,7 @@ class Cluster:
             if kind == UPDATE:
                 reader = Reader(body)
                 number = reader.var_uint()
-                room.apply_peer_update(sender, number or -self._next_anonymous(), body[reader.pos:],
-                                       time.monotonic())
+                room.apply_peer_update(sender, number or -self._next_anonymous(), body[reader.pos :], time.monotonic())
             elif kind == DURABLE:
                 reader = Reader(body)
                 room.peer_confirmed(sender, reader.var_uint())
@@ -224,8 +231,14 @@ class Cluster:
             raise
         except BaseException as exc:  # noqa: BLE001 - a bad message must not stop the reader (yrs panics too)
             self.rejected += 1
-            log(logging.WARNING, "cluster_message_rejected", canvas=canvas_id, sender=sender,
-                kind=kind.decode("latin-1"), error=repr(exc)[:200])
+            log(
+                logging.WARNING,
+                "cluster_message_rejected",
+                canvas=canvas_id,
+                sender=sender,
+                kind=kind.decode("latin-1"),
+                error=repr(exc)[:200],
+            )
 
     def _next_anonymous(self) -> int:
         self._anonymous += 1
@@ -248,5 +261,9 @@ class Cluster:
             room.expire_peer_presence(before)
 
     def status(self) -> dict[str, object]:
-        return {**self.pubsub.status(), "messages_received": self.received, "messages_rejected": self.rejected,
-                "updates_taken_over": self.taken_over}
+        return {
+            **self.pubsub.status(),
+            "messages_received": self.received,
+            "messages_rejected": self.rejected,
+            "updates_taken_over": self.taken_over,
+        }

@@ -59,8 +59,9 @@ def replay(loaded: LoadedCanvas, canvas_id: str, *, strict: bool) -> Doc:
     return doc
 
 
-async def compact_canvas(store: Store, canvas_id: str, keep_versions: int, timeout: float,
-                         attempts: int = 5) -> CompactionResult | None:
+async def compact_canvas(
+    store: Store, canvas_id: str, keep_versions: int, timeout: float, attempts: int = 5
+) -> CompactionResult | None:
     """Fold the log into a new snapshot; None if there is nothing to fold (or no such canvas)."""
     for attempt in range(1, attempts + 1):
         loaded = await asyncio.wait_for(store.load(canvas_id), timeout)
@@ -69,8 +70,9 @@ async def compact_canvas(store: Store, canvas_id: str, keep_versions: int, timeo
         snapshot = replay(loaded, canvas_id, strict=True).get_update()
         changed = snapshot != loaded.snapshot
         version = await asyncio.wait_for(
-            store.compact(canvas_id, loaded.version, snapshot, loaded.updates[-1][0], keep_versions,
-                          record_version=changed),
+            store.compact(
+                canvas_id, loaded.version, snapshot, loaded.updates[-1][0], keep_versions, record_version=changed
+            ),
             timeout,
         )
         if version is not None:
@@ -85,9 +87,19 @@ class Compactor:
     overall (replaying a canvas is CPU work on the event loop).
     """
 
-    def __init__(self, store: Store, metrics: Metrics, *, every_updates: int, interval: float,
-                 keep_versions: int, timeout: float, slow_seconds: float,
-                 on_compacted: Callable[[str, int], None] | None = None, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        every_updates: int,
+        interval: float,
+        keep_versions: int,
+        timeout: float,
+        slow_seconds: float,
+        on_compacted: Callable[[str, int], None] | None = None,
+        concurrency: int = 1,
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.every_updates = every_updates
@@ -166,9 +178,18 @@ class Compactor:
                 self.metrics.compactions += 1
                 self.metrics.compaction_conflicts += result.attempts - 1
                 level = logging.WARNING if ms > self.slow_seconds * 1000 else logging.INFO
-                log(level, "compaction", canvas=canvas_id, version=result.version, rows=result.rows,
-                    bytes=result.bytes, recorded=result.recorded, attempts=result.attempts, ms=ms,
-                    slow=ms > self.slow_seconds * 1000)
+                log(
+                    level,
+                    "compaction",
+                    canvas=canvas_id,
+                    version=result.version,
+                    rows=result.rows,
+                    bytes=result.bytes,
+                    recorded=result.recorded,
+                    attempts=result.attempts,
+                    ms=ms,
+                    slow=ms > self.slow_seconds * 1000,
+                )
                 if self.on_compacted is not None:
                     self.on_compacted(canvas_id, result.version)
         finally:

@@ -69,14 +69,50 @@ _ids = itertools.count(1)
 class Connection:
     """Outbound side of one socket: bounded queue plus writer task."""
 
-    __slots__ = ("id", "room", "canvas_id", "metrics", "_send", "_queue", "_queued_bytes", "_max_messages",
-                 "_max_bytes", "_waiter", "closing", "close_code", "_close_reason", "idle", "writer",
-                 "events", "save", "requests", "principal", "may_write", "may_announce",
-                 "denied_told", "ip", "message_bucket", "byte_bucket", "expiry")
+    __slots__ = (
+        "id",
+        "room",
+        "canvas_id",
+        "metrics",
+        "_send",
+        "_queue",
+        "_queued_bytes",
+        "_max_messages",
+        "_max_bytes",
+        "_waiter",
+        "closing",
+        "close_code",
+        "_close_reason",
+        "idle",
+        "writer",
+        "events",
+        "save",
+        "requests",
+        "principal",
+        "may_write",
+        "may_announce",
+        "denied_told",
+        "ip",
+        "message_bucket",
+        "byte_bucket",
+        "expiry",
+    )
 
-    def __init__(self, room: Room, send: Send, *, max_messages: int, max_bytes: int, metrics: Metrics,
-                 principal: Principal, ip: str, rates: tuple[TokenBucket, TokenBucket] | None,
-                 events: bool = False, announce: bool = True, jobs: JobService | None = None) -> None:
+    def __init__(
+        self,
+        room: Room,
+        send: Send,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        metrics: Metrics,
+        principal: Principal,
+        ip: str,
+        rates: tuple[TokenBucket, TokenBucket] | None,
+        events: bool = False,
+        announce: bool = True,
+        jobs: JobService | None = None,
+    ) -> None:
         """Complete when constructed: ``rates`` are the (frames, bytes) buckets (None: unlimited);
         ``announce``: relay presence even if the role may not write; ``jobs`` answers events-channel
         requests (a socket that opted into events may send them)."""
@@ -153,8 +189,14 @@ class Connection:
         Leaving the room is deferred to the next loop turn because we may be inside
         the room's broadcast loop over its connections."""
         self.metrics.slow_client_disconnects += 1
-        log(logging.WARNING, "slow_client_disconnected", canvas=self.canvas_id, conn=self.id,
-            queued_frames=len(self._queue), queued_bytes=self._queued_bytes)
+        log(
+            logging.WARNING,
+            "slow_client_disconnected",
+            canvas=self.canvas_id,
+            conn=self.id,
+            queued_frames=len(self._queue),
+            queued_bytes=self._queued_bytes,
+        )
         self.close(CloseCode.TRY_AGAIN_LATER, "send queue full: client is not reading", flush=False)
         asyncio.get_running_loop().call_soon(self.room.leave, self)
 
@@ -216,8 +258,18 @@ class WebSocketEndpoint:
     (403), token (401) and its canvas and role (403), shutdown (503), connections per IP (403).
     """
 
-    def __init__(self, canvases: Hub, *, auth: Authenticator, origins: OriginPolicy, ip_connections: ConnectionCounter,
-                 upgrades: UpgradePacer, jobs: JobService | None, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        canvases: Hub,
+        *,
+        auth: Authenticator,
+        origins: OriginPolicy,
+        ip_connections: ConnectionCounter,
+        upgrades: UpgradePacer,
+        jobs: JobService | None,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
         self.canvases = canvases
         self.auth = auth
         self.origins = origins
@@ -253,8 +305,15 @@ class WebSocketEndpoint:
             principal = self.auth.authenticate(token)
             self.auth.authorize(principal, canvas_id, "read")
         except AccessDenied as exc:
-            offences.record(logging.WARNING, "ws_auth_refused", ip, status_of(exc), canvas=canvas_id,
-                            status=status_of(exc), reason=exc.message)
+            offences.record(
+                logging.WARNING,
+                "ws_auth_refused",
+                ip,
+                status_of(exc),
+                canvas=canvas_id,
+                status=status_of(exc),
+                reason=exc.message,
+            )
             await reject(scope, send, exc)
             return
         if self.canvases.shutting_down:
@@ -270,8 +329,17 @@ class WebSocketEndpoint:
         finally:
             self.ip_connections.release(ip)
 
-    async def _serve(self, scope: dict[str, Any], receive: Receive, send: Send, canvas_id: str,
-                     principal: Principal, subprotocol: str | None, ip: str, query: list[tuple[str, str]]) -> None:
+    async def _serve(
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        canvas_id: str,
+        principal: Principal,
+        subprotocol: str | None,
+        ip: str,
+        query: list[tuple[str, str]],
+    ) -> None:
         canvases, settings, metrics = self.canvases, self.settings, self.metrics
         try:
             room = await canvases.registry.acquire(canvas_id)
@@ -280,11 +348,23 @@ class WebSocketEndpoint:
             await reject(scope, send, StoreUnavailable("canvas storage is unavailable, retry later"))
             return
         now = time.monotonic()
-        rates = (TokenBucket(settings.rate_messages_per_second, settings.rate_messages_burst, now),
-                 TokenBucket(settings.rate_bytes_per_second, max(settings.rate_bytes_burst, settings.max_frame_bytes), now))
-        conn = Connection(room, send, max_messages=settings.send_queue_messages, max_bytes=settings.send_queue_bytes,
-                          metrics=metrics, principal=principal, ip=ip, rates=rates, events=wants_events(query),
-                          announce=settings.viewer_awareness, jobs=self.jobs)
+        rates = (
+            TokenBucket(settings.rate_messages_per_second, settings.rate_messages_burst, now),
+            TokenBucket(settings.rate_bytes_per_second, max(settings.rate_bytes_burst, settings.max_frame_bytes), now),
+        )
+        conn = Connection(
+            room,
+            send,
+            max_messages=settings.send_queue_messages,
+            max_bytes=settings.send_queue_bytes,
+            metrics=metrics,
+            principal=principal,
+            ip=ip,
+            rates=rates,
+            events=wants_events(query),
+            announce=settings.viewer_awareness,
+            jobs=self.jobs,
+        )
         loop = asyncio.get_running_loop()
         try:
             accept: dict[str, Any] = {"type": "websocket.accept"}
@@ -294,8 +374,9 @@ class WebSocketEndpoint:
             full = settings.max_connections_per_canvas and len(room.connections) >= settings.max_connections_per_canvas
             if room.deleted or full:  # deleted while we were accepting, or no room for one more
                 if full:
-                    limit_exceeded("connections_per_canvas", ip=ip, canvas=canvas_id,
-                                   maximum=settings.max_connections_per_canvas)
+                    limit_exceeded(
+                        "connections_per_canvas", ip=ip, canvas=canvas_id, maximum=settings.max_connections_per_canvas
+                    )
                     conn.close(CloseCode.TRY_AGAIN_LATER, "canvas is full, retry later", flush=False)
                 else:
                     conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
@@ -312,8 +393,7 @@ class WebSocketEndpoint:
             if principal.expires_at is not None:
                 conn.expiry = loop.call_later(max(0.0, principal.expires_at - time.time()), conn.expire)
             conn.writer = loop.create_task(conn.run_writer())
-            log(logging.DEBUG, "ws_open", canvas=canvas_id, conn=conn.id, user=principal.user_id,
-                role=principal.role)
+            log(logging.DEBUG, "ws_open", canvas=canvas_id, conn=conn.id, user=principal.user_id, role=principal.role)
             metrics.connections_opened += 1
             await read_loop(conn, receive, settings.max_frame_bytes, metrics)
         finally:
@@ -402,8 +482,16 @@ def status_of(exc: ServerError) -> int:
 
 def refuse(conn: Connection, code: int, reason: str, *, flush: bool = False) -> None:
     """The one place a protocol error becomes a close: leave the room, then close this socket only."""
-    offences.record(logging.WARNING, "ws_protocol_error", conn.ip, int(code), canvas=conn.canvas_id, conn=conn.id,
-                    code=int(code), reason=reason)
+    offences.record(
+        logging.WARNING,
+        "ws_protocol_error",
+        conn.ip,
+        int(code),
+        canvas=conn.canvas_id,
+        conn=conn.id,
+        code=int(code),
+        reason=reason,
+    )
     conn.room.leave(conn)
     conn.close(code, reason[:120], flush=flush)  # close reasons are capped at 123 bytes
 
@@ -420,11 +508,13 @@ async def reject(scope: dict[str, Any], send: Send, error: ServerError) -> None:
     assert answer is not None
     if "websocket.http.response" in scope.get("extensions", {}):
         body = orjson.dumps({"error": error_body(error, answer)})
-        await send({
-            "type": "websocket.http.response.start",
-            "status": answer.status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        })
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": answer.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1008})

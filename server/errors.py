@@ -37,8 +37,9 @@ class CloseCode(IntEnum):
 class ServerError(Exception):
     """An error with a row in ``TABLE``. ``message`` is safe to show to the client."""
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None,
-                 errors: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, errors: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers  # extra HTTP headers (e.g. ETag on a failed precondition)

@@ -40,7 +40,9 @@ class EventRequests:
         except orjson.JSONDecodeError:
             self._refuse(None, "invalid", "request is not JSON")
             return
-        kind, request_id = (request.get("type"), request.get("request_id")) if isinstance(request, dict) else (None, None)
+        kind, request_id = (
+            (request.get("type"), request.get("request_id")) if isinstance(request, dict) else (None, None)
+        )
         if kind in ("generate", "cancel_generation") and not self.principal.can("generate"):
             self._refuse(request_id, "forbidden", f"role {self.principal.role!r} may not start or cancel generations")
             return
@@ -59,8 +61,14 @@ class EventRequests:
             self.in_flight -= 1
 
     def _refuse(self, request_id: Any, error_type: str, message: str) -> None:
-        self.send_event({"type": "response", "request_id": request_id, "ok": False,
-                         "error": {"type": error_type, "message": message}})
+        self.send_event(
+            {
+                "type": "response",
+                "request_id": request_id,
+                "ok": False,
+                "error": {"type": error_type, "message": message},
+            }
+        )
 
     def cancel(self) -> None:
         """The socket is gone: its answers are no longer wanted."""

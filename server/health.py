@@ -18,8 +18,14 @@ PROBE_TIMEOUT = 1.0  # seconds one probe may take
 
 
 class HealthMonitor:
-    def __init__(self, probe: Callable[[], Awaitable[bool]], *, period: float = PROBE_PERIOD,
-                 timeout: float = PROBE_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[bool]],
+        *,
+        period: float = PROBE_PERIOD,
+        timeout: float = PROBE_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._probe = probe
         self.period = period
         self.timeout = timeout

@@ -108,8 +108,13 @@ def error_response_for(exc: BaseException, answer: Answer) -> Response:
     return json_response({"error": error_body(exc, answer)}, answer.status, headers or None)
 
 
-def error_response(status: int, error_type: str, message: str, headers: dict[str, str] | None = None,
-                   errors: list[dict[str, str]] | None = None) -> Response:
+def error_response(
+    status: int,
+    error_type: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, str]] | None = None,
+) -> Response:
     """Every API error has this shape: ``{"error": {"type", "message"}}`` (422s add ``errors``)."""
     error: dict[str, Any] = {"type": error_type, "message": message}
     if errors:
@@ -212,7 +217,8 @@ def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]]
                 if canvas_id is not None and not is_valid_canvas_id(canvas_id):
                     raise InvalidRequest(f"canvas id must be {CANVAS_ID_RULE}")
                 if request.method not in ("GET", "HEAD") and not self.origins.allows(
-                        request.headers.get("origin"), request.headers.get("host")):
+                    request.headers.get("origin"), request.headers.get("host")
+                ):
                     # Browsers send Origin on cross-site writes: without this, any page could write to an
                     # open-mode server its visitor can reach (simple requests need no CORS preflight).
                     limit_exceeded("origin", ip=request.client.host if request.client else None, canvas=canvas_id)
@@ -242,8 +248,9 @@ NUL_MESSAGE = "NUL characters are not accepted in paths, query parameters or JSO
 
 def has_nul(request: Request) -> bool:
     """A NUL in a path or query parameter (storage cannot keep it in text, and no id or cursor has one)."""
-    return any("\x00" in value for value in request.path_params.values() if isinstance(value, str)) or \
-        any("\x00" in key or "\x00" in value for key, value in request.query_params.multi_items())
+    return any("\x00" in value for value in request.path_params.values() if isinstance(value, str)) or any(
+        "\x00" in key or "\x00" in value for key, value in request.query_params.multi_items()
+    )
 
 
 async def read_json(request: Request, limit: int, schema: dict[str, Any] | None = None) -> Any:
@@ -289,8 +296,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def page_response(key: str, rows: list, limit: int, item: Callable[[Any], Any],
-                  cursor_of: Callable[[Any], str]) -> Response:
+def page_response(
+    key: str, rows: list, limit: int, item: Callable[[Any], Any], cursor_of: Callable[[Any], str]
+) -> Response:
     """One page of a cursor-paginated listing; ``rows`` was fetched with ``limit + 1`` to learn if more follow."""
     more = len(rows) > limit
     rows = rows[:limit]
@@ -301,8 +309,9 @@ class OperationsApi:
     """``/healthz``, ``/readyz`` and ``/metrics``: what load balancers and operators poll. Nothing here
     waits on the store (its health is probed in the background, server/health.py)."""
 
-    def __init__(self, hub: Hub, persister: Persister, health: HealthMonitor, cluster: Cluster, metrics: Metrics,
-                 backend: str) -> None:
+    def __init__(
+        self, hub: Hub, persister: Persister, health: HealthMonitor, cluster: Cluster, metrics: Metrics, backend: str
+    ) -> None:
         self.hub = hub
         self.persister = persister
         self.health = health
@@ -336,8 +345,9 @@ class OperationsApi:
             status, code = "backlog_full", 503
         else:
             status, code = "ready", 200
-        return json_response({"status": status, **self.hub.stats(), "storage": storage,
-                              "pubsub": self.cluster.status()}, code)
+        return json_response(
+            {"status": status, **self.hub.stats(), "storage": storage, "pubsub": self.cluster.status()}, code
+        )
 
     async def metrics(self, request: Request) -> Response:
         body = self.metrics_registry.render({k: float(v) for k, v in self.hub.stats().items()})
@@ -347,8 +357,15 @@ class OperationsApi:
 class HttpApi:
     """The canvas, history, generation and asset endpoints under ``/api`` (and ``/assets``)."""
 
-    def __init__(self, canvases: Hub, store: Store, jobs: JobService, auth: Authenticator, origins: OriginPolicy,
-                 settings: Settings) -> None:
+    def __init__(
+        self,
+        canvases: Hub,
+        store: Store,
+        jobs: JobService,
+        auth: Authenticator,
+        origins: OriginPolicy,
+        settings: Settings,
+    ) -> None:
         self.canvases = canvases
         self.store = store
         self.jobs = jobs
@@ -368,9 +385,13 @@ class HttpApi:
     async def list_canvases(self, request: Request) -> Response:
         limit, cursor = page_args(request)
         rows = await self._bounded(self.store.list_canvases(cursor, limit + 1))
-        return page_response("canvases", rows, limit,
-                             lambda r: {"id": r.canvas_id, "version": r.version, "updated_at": iso(r.updated_at)},
-                             lambda r: r.canvas_id)
+        return page_response(
+            "canvases",
+            rows,
+            limit,
+            lambda r: {"id": r.canvas_id, "version": r.version, "updated_at": iso(r.updated_at)},
+            lambda r: r.canvas_id,
+        )
 
     @handler("read")
     async def get_canvas(self, request: Request) -> Response:
@@ -413,8 +434,12 @@ class HttpApi:
         except ProtocolError as exc:
             raise UnprocessableBody(exc.reason, errors=[{"path": "", "message": exc.reason}]) from None
         size = len(orjson.dumps(fields))
-        return await self._write(request, canvas_id, size,
-                                 lambda document: document.transact(lambda doc: patch_element(doc, element_id, fields)))
+        return await self._write(
+            request,
+            canvas_id,
+            size,
+            lambda document: document.transact(lambda doc: patch_element(doc, element_id, fields)),
+        )
 
     @handler("delete")
     async def delete_canvas(self, request: Request) -> Response:
@@ -437,9 +462,13 @@ class HttpApi:
         rows = await self._bounded(self.store.list_versions(canvas_id, before, limit + 1))
         if not rows and cursor is None and await self.canvases.read_document(canvas_id) is None:
             raise NotFound(f"canvas {canvas_id!r} does not exist")
-        return page_response("versions", rows, limit,
-                             lambda r: {"number": r.number, "created_at": iso(r.created_at), "size": r.size},
-                             lambda r: str(r.number))
+        return page_response(
+            "versions",
+            rows,
+            limit,
+            lambda r: {"number": r.number, "created_at": iso(r.created_at), "size": r.size},
+            lambda r: str(r.number),
+        )
 
     async def _version(self, canvas_id: str, number: int) -> tuple[Any, Doc, bytes]:
         if not 1 <= number < MAX_VERSION:  # number + 1 below must fit too
@@ -460,20 +489,30 @@ class HttpApi:
         headers = {"Vary": "Accept"}
         if binary:
             return Response(snapshot, media_type=BINARY_TYPE, headers=headers)
-        return json_response({"id": canvas_id, "number": info.number, "created_at": iso(info.created_at),
-                              "size": info.size, **document_json(doc)}, headers=headers)
+        return json_response(
+            {
+                "id": canvas_id,
+                "number": info.number,
+                "created_at": iso(info.created_at),
+                "size": info.size,
+                **document_json(doc),
+            },
+            headers=headers,
+        )
 
     @handler("restore")
     async def restore_version(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
         number = request.path_params["number"]
         _, target, snapshot = await self._version(canvas_id, number)
-        return await self._write(request, canvas_id, len(snapshot),
-                                 lambda document: document.transact(lambda doc: restore_to(doc, target)))
+        return await self._write(
+            request, canvas_id, len(snapshot), lambda document: document.transact(lambda doc: restore_to(doc, target))
+        )
 
     # -- shared write path -----------------------------------------------------------------
-    async def _write(self, request: Request, canvas_id: str, size: int,
-                     change: Callable[[RoomDocument], Any]) -> Response:
+    async def _write(
+        self, request: Request, canvas_id: str, size: int, change: Callable[[RoomDocument], Any]
+    ) -> Response:
         etag, done = await self.canvases.write(canvas_id, change, request.headers.get("if-match"), size)
         headers = {"ETag": etag}
         if done is None:
@@ -482,8 +521,9 @@ class HttpApi:
             seq = await asyncio.wait_for(asyncio.shield(done), self.settings.http_durable_timeout)
         except TimeoutError:
             return json_response({"id": canvas_id, "changed": True, "durable": False, "etag": etag}, 202, headers)
-        return json_response({"id": canvas_id, "changed": True, "durable": True, "seq": seq, "etag": etag},
-                             headers=headers)
+        return json_response(
+            {"id": canvas_id, "changed": True, "durable": True, "seq": seq, "etag": etag}, headers=headers
+        )
 
     # -- generations -----------------------------------------------------------------------
     @handler("generate")
@@ -491,8 +531,9 @@ class HttpApi:
         canvas_id = request.path_params["canvas_id"]
         body = await read_json(request, self.settings.max_json_body_bytes)
         job, created = await self._bounded(self.jobs.create(canvas_id, body))
-        return json_response({"job": job_json(job), "created": created}, 202,
-                             {"Location": f"/api/generations/{job.id}"})
+        return json_response(
+            {"job": job_json(job), "created": created}, 202, {"Location": f"/api/generations/{job.id}"}
+        )
 
     @handler("read")
     async def list_generations(self, request: Request) -> Response:

@@ -34,17 +34,31 @@ class Hub:
     persister, compactor, cluster, metrics) from the composition root (server/app.py) and builds only
     its own room table."""
 
-    def __init__(self, settings: Settings, store: CanvasStore, persister: Persister, compactor: Compactor,
-                 cluster: Cluster, metrics: Metrics, rooms: dict[str, Room] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: CanvasStore,
+        persister: Persister,
+        compactor: Compactor,
+        cluster: Cluster,
+        metrics: Metrics,
+        rooms: dict[str, Room] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.persister = persister
         self.compactor = compactor
         self.cluster = cluster
         self.metrics = metrics
-        self.registry = RoomRegistry(self._load_room, self._unload_room, settings.room_grace_seconds,
-                                     settled=lambda room: self.persister.is_durable(room.canvas_id),
-                                     loaded=self._room_loaded, unloaded=self._room_dropped, rooms=rooms)
+        self.registry = RoomRegistry(
+            self._load_room,
+            self._unload_room,
+            settings.room_grace_seconds,
+            settled=lambda room: self.persister.is_durable(room.canvas_id),
+            loaded=self._room_loaded,
+            unloaded=self._room_dropped,
+            rooms=rooms,
+        )
         self.job_events: JobWatcher | None = None  # set by the composition root when jobs are on
         self._background: set[asyncio.Task[None]] = set()
         self.shutting_down = False
@@ -144,8 +158,16 @@ class Hub:
             if len(loaded.updates) >= self.settings.compact_every_updates:
                 self.compactor.schedule(canvas_id)
         log(logging.INFO, "room_loaded", canvas=canvas_id, version=version, log_rows=rows, replay_ms=replay_ms)
-        return Room(canvas_id, document, self.persister, self.cluster, version, updated_at,
-                    max_bytes=self.settings.max_document_bytes, size=size)
+        return Room(
+            canvas_id,
+            document,
+            self.persister,
+            self.cluster,
+            version,
+            updated_at,
+            max_bytes=self.settings.max_document_bytes,
+            size=size,
+        )
 
     def _room_loaded(self, room: Room) -> None:
         self.cluster.loaded(room)
@@ -193,8 +215,9 @@ class Hub:
         doc = replay(loaded, canvas_id, strict=False)
         return doc, content_etag(doc), loaded.version, loaded.updated_at
 
-    async def write(self, canvas_id: str, change: Callable[[RoomDocument], Effects],
-                    if_match: str | None = None, size: int = 0) -> tuple[str, asyncio.Future[int] | None]:
+    async def write(
+        self, canvas_id: str, change: Callable[[RoomDocument], Effects], if_match: str | None = None, size: int = 0
+    ) -> tuple[str, asyncio.Future[int] | None]:
         """Apply a server-side change (HTTP import/edit, restore, a job's result) to the canvas's room,
         loading it if needed.
 
@@ -211,8 +234,9 @@ class Hub:
         room = await self.registry.acquire(canvas_id)
         try:
             # If-Match (even "*") never matches a canvas that does not exist yet (RFC 9110 13.1.1).
-            if if_match is not None and not (room.exists and (etag_matches(if_match, room.etag)
-                                                              or etag_matches(if_match, binary_etag(room.etag)))):
+            if if_match is not None and not (
+                room.exists and (etag_matches(if_match, room.etag) or etag_matches(if_match, binary_etag(room.etag)))
+            ):
                 raise PreconditionFailed(room.etag)
             room.check_growth(size)
             try:

@@ -88,8 +88,18 @@ def job_json(job: Job) -> dict[str, Any]:
 class Worker:
     """Claims and runs jobs, at most ``concurrency`` at a time."""
 
-    def __init__(self, store: Store, generators: dict[str, Generator], *, concurrency: int, lease_seconds: float,
-                 poll_interval: float, retry_base: float, retry_max: float, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        generators: dict[str, Generator],
+        *,
+        concurrency: int,
+        lease_seconds: float,
+        poll_interval: float,
+        retry_base: float,
+        retry_max: float,
+        worker_id: str | None = None,
+    ) -> None:
         self.store = store
         self.generators = generators
         self.concurrency = concurrency
@@ -147,8 +157,9 @@ class Worker:
             self.changed.set()
 
     async def _run(self, job: Job) -> None:
-        log(logging.INFO, "job_started", job=job.id, canvas=job.canvas_id, generator=job.generator,
-            attempt=job.attempts)
+        log(
+            logging.INFO, "job_started", job=job.id, canvas=job.canvas_id, generator=job.generator, attempt=job.attempts
+        )
         self._signal()
         generator = self.generators.get(job.generator)
         if generator is None:
@@ -213,21 +224,39 @@ class Worker:
             work.cancel()
             raise
 
-    async def _finish(self, job: Job, status: str, result: dict | None = None,
-                      error: tuple[str, str] | None = None) -> None:
-        finished = await self.store.finish_job(job.id, self.worker_id, status, result=result,
-                                               error_type=error[0] if error else None,
-                                               error_message=error[1] if error else None)
-        log(logging.INFO if status != "failed" else logging.WARNING, "job_finished", job=job.id, status=status,
-            error=error[0] if error else None, lease_lost=finished is None)
+    async def _finish(
+        self, job: Job, status: str, result: dict | None = None, error: tuple[str, str] | None = None
+    ) -> None:
+        finished = await self.store.finish_job(
+            job.id,
+            self.worker_id,
+            status,
+            result=result,
+            error_type=error[0] if error else None,
+            error_message=error[1] if error else None,
+        )
+        log(
+            logging.INFO if status != "failed" else logging.WARNING,
+            "job_finished",
+            job=job.id,
+            status=status,
+            error=error[0] if error else None,
+            lease_lost=finished is None,
+        )
         self._signal()
 
     async def _failed(self, job: Job, error_type: str, message: str, retryable: bool) -> None:
         if retryable and job.attempts < job.max_attempts:
             delay = random.uniform(0.5, 1.0) * min(self.retry_max, self.retry_base * 2 ** (job.attempts - 1))
             await self.store.retry_job(job.id, self.worker_id, time.time() + delay, error_type, message[:500])
-            log(logging.WARNING, "job_retry", job=job.id, attempt=job.attempts, error=error_type,
-                retry_in_ms=round(delay * 1000))
+            log(
+                logging.WARNING,
+                "job_retry",
+                job=job.id,
+                attempt=job.attempts,
+                error=error_type,
+                retry_in_ms=round(delay * 1000),
+            )
             self._signal()
             return
         await self._finish(job, "failed", error=(error_type, message[:500]))
@@ -262,8 +291,9 @@ class LiveCanvases(Protocol):
     def send_event(self, canvas_id: str, event: dict[str, Any]) -> None:
         """Send a canvashub event to every socket on the canvas that opted in."""
 
-    async def write(self, canvas_id: str, change: Callable[[RoomDocument], Effects], if_match: str | None = None,
-                    size: int = 0) -> tuple[str, asyncio.Future[int] | None]:
+    async def write(
+        self, canvas_id: str, change: Callable[[RoomDocument], Effects], if_match: str | None = None, size: int = 0
+    ) -> tuple[str, asyncio.Future[int] | None]:
         """Apply a server-side change to the canvas (loading it if needed): its ETag and commit future."""
 
 
@@ -361,8 +391,9 @@ class JobWatcher:
             # the canvas; every other process does when it sees the job marked applied.
             if job.result_applied and self._applied_here.pop(job.id, None) is None:
                 result = job.result or {}
-                self._announce(job, {"element_id": result.get("element_id") or element_id_for(job.id),
-                                     "src": result.get("src")})
+                self._announce(
+                    job, {"element_id": result.get("element_id") or element_id_for(job.id), "src": result.get("src")}
+                )
             return
         self._announce(job)
 
@@ -397,8 +428,9 @@ class JobWatcher:
             element = dict(result.get("element") or {})
             element_id = result.get("element_id") or element_id_for(job.id)
             try:
-                _, done = await self.canvases.write(job.canvas_id, element_patch(element_id, element),
-                                                    size=len(orjson.dumps(element)))
+                _, done = await self.canvases.write(
+                    job.canvas_id, element_patch(element_id, element), size=len(orjson.dumps(element))
+                )
             except CanvasTooLarge as exc:  # the job succeeded but its element cannot be added
                 log(logging.WARNING, "job_result_refused", job=job.id, canvas=job.canvas_id, reason=exc.reason)
                 self._applied(job.id)
@@ -433,8 +465,6 @@ def generation_event(job: Job, extra: dict[str, Any] | None = None) -> dict[str,
     return event
 
 
-
-
 JOB_ID = re.compile(r"[0-9a-f]{1,64}")  # what ``new_job_id`` makes (and any shorter hex id)
 
 
@@ -452,17 +482,36 @@ class IdempotencyConflict(Conflict):
 class JobService:
     """What the server exposes: create, look up, list and cancel jobs; runs the watcher (and workers)."""
 
-    def __init__(self, canvases: LiveCanvases, store: Store, generators: dict[str, Generator], *, workers: int,
-                 lease_seconds: float, poll_interval: float, watch_interval: float, max_attempts: int,
-                 retry_base: float, retry_max: float, store_timeout: float) -> None:
+    def __init__(
+        self,
+        canvases: LiveCanvases,
+        store: Store,
+        generators: dict[str, Generator],
+        *,
+        workers: int,
+        lease_seconds: float,
+        poll_interval: float,
+        watch_interval: float,
+        max_attempts: int,
+        retry_base: float,
+        retry_max: float,
+        store_timeout: float,
+    ) -> None:
         self.store = store
         self.generators = generators
         self.max_attempts = max_attempts
         self.watcher = JobWatcher(canvases, store, watch_interval, store_timeout)
         self.worker: Worker | None = None
         if workers > 0:
-            self.worker = Worker(store, generators, concurrency=workers, lease_seconds=lease_seconds,
-                                 poll_interval=poll_interval, retry_base=retry_base, retry_max=retry_max)
+            self.worker = Worker(
+                store,
+                generators,
+                concurrency=workers,
+                lease_seconds=lease_seconds,
+                poll_interval=poll_interval,
+                retry_base=retry_base,
+                retry_max=retry_max,
+            )
             self.worker.changed = self.watcher.changed
 
     def start(self) -> None:
@@ -483,14 +532,17 @@ class JobService:
             raise InvalidJobRequest(str(exc), exc.errors) from None
         generator = body["generator"]
         if generator not in self.generators:
-            raise InvalidJobRequest(f"unknown generator {generator!r}; available: {sorted(self.generators)}",
-                                    [{"path": "generator", "message": "unknown generator"}])
+            raise InvalidJobRequest(
+                f"unknown generator {generator!r}; available: {sorted(self.generators)}",
+                [{"path": "generator", "message": "unknown generator"}],
+            )
         if contains_nul(body):
             raise InvalidJobRequest("NUL characters are not accepted", [{"path": "", "message": "NUL character"}])
         params = body.get("params") or {}
         if len(orjson.dumps(params)) > MAX_PARAMS_BYTES:
-            raise InvalidJobRequest(f"params must be at most {MAX_PARAMS_BYTES} bytes of JSON",
-                                    [{"path": "params", "message": "too large"}])
+            raise InvalidJobRequest(
+                f"params must be at most {MAX_PARAMS_BYTES} bytes of JSON", [{"path": "params", "message": "too large"}]
+            )
         params_schema = getattr(self.generators[generator], "params_schema", None)
         if params_schema:
             try:
@@ -501,11 +553,11 @@ class JobService:
 
     async def create(self, canvas_id: str, body: Any) -> tuple[Job, bool]:
         generator, prompt, params, key = self.validate(body)
-        job, created = await self.store.create_job(new_job_id(), canvas_id, generator, prompt, params, key,
-                                                   self.max_attempts)
+        job, created = await self.store.create_job(
+            new_job_id(), canvas_id, generator, prompt, params, key, self.max_attempts
+        )
         if not created and (job.generator, job.prompt, job.params) != (generator, prompt, params):
-            raise IdempotencyConflict(f"idempotency key {key!r} was used for a different request "
-                                      f"(generation {job.id})")
+            raise IdempotencyConflict(f"idempotency key {key!r} was used for a different request (generation {job.id})")
         if created:
             log(logging.INFO, "job_queued", job=job.id, canvas=canvas_id, generator=generator)
             self.watcher.observe(job)  # `queued` goes out now, before any worker can start it
@@ -530,8 +582,12 @@ async def answer_request(service: JobService | None, canvas_id: str, request: An
     request_id = request.get("request_id") if isinstance(request, dict) else None
 
     def fail(error_type: str, message: str) -> dict[str, Any]:
-        return {"type": "response", "request_id": request_id, "ok": False,
-                "error": {"type": error_type, "message": message}}
+        return {
+            "type": "response",
+            "request_id": request_id,
+            "ok": False,
+            "error": {"type": error_type, "message": message},
+        }
 
     if not isinstance(request, dict):
         return fail("invalid", "a request must be a JSON object")
@@ -549,7 +605,9 @@ async def answer_request(service: JobService | None, canvas_id: str, request: An
             if not JOB_ID.fullmatch(job_id):
                 return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
             found = await service.store.get_job(job_id)
-            if found is None or found.canvas_id != canvas_id:  # checked before cancelling: a socket acts on its canvas only
+            if (
+                found is None or found.canvas_id != canvas_id
+            ):  # checked before cancelling: a socket acts on its canvas only
                 return fail("not_found", f"generation {job_id!r} does not exist on this canvas")
             job = found
             if kind == "cancel_generation":

@@ -158,8 +158,7 @@ class OffenceLog:
     Past ``max_keys`` distinct keys in one period, new ones are only counted.
     """
 
-    def __init__(self, period: float = 10.0, max_keys: int = 1000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, period: float = 10.0, max_keys: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
         self.period = period
         self.max_keys = max_keys
         self._clock = clock
@@ -190,10 +189,17 @@ class OffenceLog:
 
     def flush(self) -> None:
         if self._suppressed:
-            counts = [{"event": event, "ip": ip, "detail": detail, "count": count}
-                      for (event, ip, detail), count in self._suppressed.most_common()]
-            log(logging.WARNING, "offences_suppressed", seconds=round(self._clock() - self._started, 1),
-                total=sum(self._suppressed.values()), counts=counts)
+            counts = [
+                {"event": event, "ip": ip, "detail": detail, "count": count}
+                for (event, ip, detail), count in self._suppressed.most_common()
+            ]
+            log(
+                logging.WARNING,
+                "offences_suppressed",
+                seconds=round(self._clock() - self._started, 1),
+                total=sum(self._suppressed.values()),
+                counts=counts,
+            )
         self._started = self._clock()
         self._logged.clear()
         self._suppressed.clear()
@@ -238,10 +244,12 @@ def preauth_protocol(base: type, timeout: float, on_timeout: Callable[[], None] 
             super().connection_lost(exc)
 
         if hasattr(base, "on_headers_complete"):  # httptools
+
             def on_headers_complete(self) -> None:
                 self._preauth_done()
                 super().on_headers_complete()
         else:  # h11: headers are complete once any request event was parsed
+
             def handle_events(self) -> None:
                 super().handle_events()
                 if self.cycle is not None:

@@ -137,8 +137,14 @@ class FailureLog:
     all, ``failing_seconds``). Other attempts are logged at debug only.
     """
 
-    def __init__(self, name: str, *, level: int = logging.WARNING, summary_every: float = SUMMARY_EVERY,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        level: int = logging.WARNING,
+        summary_every: float = SUMMARY_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self.level = level
         self.summary_every = summary_every
@@ -163,8 +169,14 @@ class FailureLog:
             return
         self._unreported += 1
         if now - self._last_line >= self.summary_every:
-            log(self.level, f"{self.name}_still_failing", failures=self._unreported,
-                failing_seconds=round(now - self._since, 1), last_error=error, **fields)
+            log(
+                self.level,
+                f"{self.name}_still_failing",
+                failures=self._unreported,
+                failing_seconds=round(now - self._since, 1),
+                last_error=error,
+                **fields,
+            )
             self._last_line = now
             self._unreported = 0
         else:
@@ -173,8 +185,13 @@ class FailureLog:
     def recovered(self, **fields: object) -> None:
         if self._since is None:
             return
-        log(logging.INFO, f"{self.name}_recovered", failures=self.failures,
-            failing_seconds=round(self._clock() - self._since, 3), **fields)
+        log(
+            logging.INFO,
+            f"{self.name}_recovered",
+            failures=self.failures,
+            failing_seconds=round(self._clock() - self._since, 3),
+            **fields,
+        )
         self._since = None
         self.failures = 0
         self._unreported = 0

@@ -38,13 +38,25 @@ class Metrics:
             metric(name, "gauge", name.replace("_", " "), [("", value)])
         metric("frames_received_total", "counter", "binary frames received from clients", [("", self.frames_received)])
         metric("bytes_received_total", "counter", "bytes received in frames", [("", self.bytes_received)])
-        metric("frame_handling_max_seconds", "gauge", "longest time one inbound frame held the event loop",
-               [("", self.frame_handling_max_seconds)])
+        metric(
+            "frame_handling_max_seconds",
+            "gauge",
+            "longest time one inbound frame held the event loop",
+            [("", self.frame_handling_max_seconds)],
+        )
         metric("connections_opened_total", "counter", "WebSocket connections accepted", [("", self.connections_opened)])
-        metric("closes_total", "counter", "connections closed by the server, by close code",
-               [(f'{{code="{code}"}}', n) for code, n in sorted(self.closes_by_code.items())])
-        metric("slow_client_disconnects_total", "counter", "clients dropped because their send queue filled",
-               [("", self.slow_client_disconnects)])
+        metric(
+            "closes_total",
+            "counter",
+            "connections closed by the server, by close code",
+            [(f'{{code="{code}"}}', n) for code, n in sorted(self.closes_by_code.items())],
+        )
+        metric(
+            "slow_client_disconnects_total",
+            "counter",
+            "clients dropped because their send queue filled",
+            [("", self.slow_client_disconnects)],
+        )
         for attr, help in (
             ("batches_committed", "group-commit batches appended to the update log"),
             ("updates_committed", "updates made durable"),

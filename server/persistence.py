@@ -56,9 +56,20 @@ class Pending:
 
 
 class Persister:
-    def __init__(self, store: Store, metrics: Metrics, *, interval: float, max_updates: int,
-                 max_backlog_bytes: int, timeout: float, retry_max_delay: float, slow_seconds: float,
-                 slow_notice: float = 1.0, compactor: Compactor | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        interval: float,
+        max_updates: int,
+        max_backlog_bytes: int,
+        timeout: float,
+        retry_max_delay: float,
+        slow_seconds: float,
+        slow_notice: float = 1.0,
+        compactor: Compactor | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.interval = interval
@@ -109,9 +120,18 @@ class Persister:
         """May a write of ``size`` bytes be accepted now? False past the backlog cap."""
         return self.backlog_bytes + size <= self.max_backlog_bytes
 
-    def submit(self, canvas_id: str, update: bytes, writer: SaveStatus | None = None,
-               want_result: bool = False, clocks: dict[int, int] | None = None, *, published: int = 0,
-               needed: Callable[[], bool] | None = None, state: bytes | None = None) -> asyncio.Future[int] | None:
+    def submit(
+        self,
+        canvas_id: str,
+        update: bytes,
+        writer: SaveStatus | None = None,
+        want_result: bool = False,
+        clocks: dict[int, int] | None = None,
+        *,
+        published: int = 0,
+        needed: Callable[[], bool] | None = None,
+        state: bytes | None = None,
+    ) -> asyncio.Future[int] | None:
         number = 0
         if writer is not None:
             number = writer.submit()
@@ -210,8 +230,13 @@ class Persister:
                 future.exception()
         self._inflight_waiters = []
         if self.backlog_updates:
-            log(logging.ERROR, "backlog_abandoned", updates=self.backlog_updates, bytes=self.backlog_bytes,
-                note="never acknowledged; clients still hold these changes and resend them on reconnect")
+            log(
+                logging.ERROR,
+                "backlog_abandoned",
+                updates=self.backlog_updates,
+                bytes=self.backlog_bytes,
+                note="never acknowledged; clients still hold these changes and resend them on reconnect",
+            )
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -263,10 +288,16 @@ class Persister:
                 slow.cancel()
             attempt += 1
             self.metrics.append_failures += 1
-            delay = random.uniform(0, min(self.retry_max_delay, 0.05 * 2 ** attempt))
+            delay = random.uniform(0, min(self.retry_max_delay, 0.05 * 2**attempt))
             self._set_retrying(error, attempt, delay)
-            self._failures.failed(error, attempt=attempt, rows=len(rows), bytes=size,
-                                  backlog_bytes=self.backlog_bytes, retry_in_ms=round(delay * 1000))
+            self._failures.failed(
+                error,
+                attempt=attempt,
+                rows=len(rows),
+                bytes=size,
+                backlog_bytes=self.backlog_bytes,
+                retry_in_ms=round(delay * 1000),
+            )
             self._notify_retrying(batch)
             await asyncio.sleep(delay)
         ms = (time.perf_counter() - started) * 1000
@@ -279,8 +310,15 @@ class Persister:
         self.last_error = None
         canvases = len({cid for cid, _ in rows})
         was_slow = ms > self.slow_seconds * 1000
-        log(logging.WARNING if was_slow else logging.INFO, "batch_committed", rows=len(rows), bytes=size,
-            canvases=canvases, ms=round(ms, 2), slow=was_slow)
+        log(
+            logging.WARNING if was_slow else logging.INFO,
+            "batch_committed",
+            rows=len(rows),
+            bytes=size,
+            canvases=canvases,
+            ms=round(ms, 2),
+            slow=was_slow,
+        )
         positions = iter(stored)
         self._acknowledge(batch, [next(positions) if kept else 0 for kept in keep])
 
@@ -339,8 +377,9 @@ class Persister:
     def _attempt_slow(self, batch: list[Pending], attempt: int) -> None:
         """Attempt ``attempt`` is still running after ``slow_notice``: it is abandoned (and retried)
         at ``timeout`` at the latest."""
-        self._set_retrying(f"commit not complete after {float(self.slow_notice)} s", attempt,
-                           max(self.timeout - self.slow_notice, 0.0))
+        self._set_retrying(
+            f"commit not complete after {float(self.slow_notice)} s", attempt, max(self.timeout - self.slow_notice, 0.0)
+        )
         self._notify_retrying(batch)
 
     def _notify_retrying(self, batch: list[Pending]) -> None:

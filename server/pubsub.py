@@ -142,9 +142,16 @@ class MemoryPubSub:
         """Accepted for the Protocol's sake: an in-process broker never goes away."""
 
     def status(self) -> dict[str, Any]:
-        return {"backend": "memory", "healthy": self.healthy, "node_id": self.node_id,
-                "channels": len(self._handlers), "queued": 0, "dropped": self._dropped,
-                "reconnects": 0, "last_error": None}
+        return {
+            "backend": "memory",
+            "healthy": self.healthy,
+            "node_id": self.node_id,
+            "channels": len(self._handlers),
+            "queued": 0,
+            "dropped": self._dropped,
+            "reconnects": 0,
+            "last_error": None,
+        }
 
     def _enqueue(self, sender: str, channel: str, payload: bytes) -> None:
         if self._loop is not None and self.healthy:
@@ -268,8 +275,12 @@ class _Session:
                 data = reply[2]
                 if handler is None or len(data) < NODE_ID_BYTES or data[:NODE_ID_BYTES] == own:
                     continue
-                _call(handler, data[:NODE_ID_BYTES].decode("ascii", "replace"), data[NODE_ID_BYTES:],
-                      event="pubsub_handler_failed")
+                _call(
+                    handler,
+                    data[:NODE_ID_BYTES].decode("ascii", "replace"),
+                    data[NODE_ID_BYTES:],
+                    event="pubsub_handler_failed",
+                )
             elif kind == b"subscribe":
                 queue = self.waiters.get(reply[1])
                 if queue:
@@ -345,10 +356,20 @@ class RedisPubSub:
     are up and every registered channel is subscribed.
     """
 
-    def __init__(self, url: str, *, prefix: str = "canvashub:", node_id: str | None = None,
-                 max_queue: int = 10_000, retry_max_delay: float = 2.0,
-                 max_queue_bytes: int = 64 * 1024 * 1024, connect_timeout: float = 2.0,
-                 ping_interval: float = 1.0, ping_timeout: float = 1.0, command_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "canvashub:",
+        node_id: str | None = None,
+        max_queue: int = 10_000,
+        retry_max_delay: float = 2.0,
+        max_queue_bytes: int = 64 * 1024 * 1024,
+        connect_timeout: float = 2.0,
+        ping_interval: float = 1.0,
+        ping_timeout: float = 1.0,
+        command_timeout: float = 5.0,
+    ) -> None:
         self.node_id = _checked_node_id(node_id)
         self.healthy = False
         self._node_bytes = self.node_id.encode("ascii")
@@ -370,7 +391,9 @@ class RedisPubSub:
         if str(self._pool.connection_kwargs.get("protocol")) != "2":
             raise ValueError("RedisPubSub speaks RESP2: remove protocol= from the Redis URL")
         self._pool.connection_kwargs.update(  # over any the URL's query string set
-            socket_connect_timeout=connect_timeout, socket_timeout=None, retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=None,
+            retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
         self._handlers: dict[bytes, MessageHandler] = {}
@@ -434,8 +457,11 @@ class RedisPubSub:
             await session.unsubscribe(key)
 
     def publish(self, channel: str, payload: bytes) -> bool:
-        if (not self.healthy or len(self._queue) >= self._max_queue
-                or self._queued_bytes + len(payload) > self._max_queue_bytes):
+        if (
+            not self.healthy
+            or len(self._queue) >= self._max_queue
+            or self._queued_bytes + len(payload) > self._max_queue_bytes
+        ):
             self._dropped += 1
             return False
         data = self._node_bytes + payload
@@ -448,9 +474,16 @@ class RedisPubSub:
         self._callbacks.append(callback)
 
     def status(self) -> dict[str, Any]:
-        return {"backend": "redis", "healthy": self.healthy, "node_id": self.node_id,
-                "channels": len(self._handlers), "queued": len(self._queue), "dropped": self._dropped,
-                "reconnects": self._reconnects, "last_error": self._last_error}
+        return {
+            "backend": "redis",
+            "healthy": self.healthy,
+            "node_id": self.node_id,
+            "channels": len(self._handlers),
+            "queued": len(self._queue),
+            "dropped": self._dropped,
+            "reconnects": self._reconnects,
+            "last_error": self._last_error,
+        }
 
     # -- connection lifecycle -----------------------------------------------------------------
 
@@ -494,8 +527,12 @@ class RedisPubSub:
                 self._signal_first_attempt()
                 if connected_before:
                     self._reconnects += 1
-                    log(logging.INFO, "pubsub_up", reconnects=self._reconnects,
-                        down_seconds=round(loop.time() - (down_since or loop.time()), 3))
+                    log(
+                        logging.INFO,
+                        "pubsub_up",
+                        reconnects=self._reconnects,
+                        down_seconds=round(loop.time() - (down_since or loop.time()), 3),
+                    )
                     for callback in list(self._callbacks):
                         _call(callback, event="pubsub_reconnect_callback_failed")
                 else:

@@ -28,12 +28,39 @@ from .savestatus import SaveStatus
 
 
 class Room:
-    __slots__ = ("canvas_id", "document", "persister", "connections", "holders", "_unload_timer", "version",
-                 "updated_at", "_etag", "deleted", "max_bytes", "size_estimate", "_measured_at", "cluster",
-                 "unconfirmed", "taking_over", "durable_state", "storage_watchers")
+    __slots__ = (
+        "canvas_id",
+        "document",
+        "persister",
+        "connections",
+        "holders",
+        "_unload_timer",
+        "version",
+        "updated_at",
+        "_etag",
+        "deleted",
+        "max_bytes",
+        "size_estimate",
+        "_measured_at",
+        "cluster",
+        "unconfirmed",
+        "taking_over",
+        "durable_state",
+        "storage_watchers",
+    )
 
-    def __init__(self, canvas_id: str, document: RoomDocument, persister: Persister, cluster: Cluster | None = None,
-                 version: int = 0, updated_at: float | None = None, *, max_bytes: int = 0, size: int = 0) -> None:
+    def __init__(
+        self,
+        canvas_id: str,
+        document: RoomDocument,
+        persister: Persister,
+        cluster: Cluster | None = None,
+        version: int = 0,
+        updated_at: float | None = None,
+        *,
+        max_bytes: int = 0,
+        size: int = 0,
+    ) -> None:
         self.canvas_id = canvas_id
         self.document = document
         self.persister = persister
@@ -133,8 +160,13 @@ class Room:
                 clocks = advanced_clocks(before, state)
             self._store(update, conn.save, clocks, state=state)
         if effects.awareness_refused:
-            log(logging.WARNING, "awareness_refused", canvas=self.canvas_id, conn=conn.id,
-                entries=effects.awareness_refused)
+            log(
+                logging.WARNING,
+                "awareness_refused",
+                canvas=self.canvas_id,
+                conn=conn.id,
+                entries=effects.awareness_refused,
+            )
 
     def apply_local(self, effects: Effects) -> asyncio.Future[int] | None:
         """Relay and store a change made on the server (HTTP, restore, a job); returns the commit future."""
@@ -149,8 +181,14 @@ class Room:
                 if conn is not skip:
                     conn.enqueue(out)
 
-    def _store(self, update: bytes, writer: SaveStatus | None = None, clocks: dict[int, int] | None = None,
-               want_result: bool = False, state: bytes | None = None) -> asyncio.Future[int] | None:
+    def _store(
+        self,
+        update: bytes,
+        writer: SaveStatus | None = None,
+        clocks: dict[int, int] | None = None,
+        want_result: bool = False,
+        state: bytes | None = None,
+    ) -> asyncio.Future[int] | None:
         """A change made on this process: published to the other processes, then queued for storage
         behind any relayed change it may depend on that its sender has not confirmed durable.
 
@@ -163,8 +201,9 @@ class Room:
         published = self.cluster.publish_update(self.canvas_id, update) if self.cluster is not None else 0
         if state is None and len(self.durable_state) <= MAX_CLOCK_TRACKING_BYTES:
             state = self.document.doc.get_state()
-        return self.persister.submit(self.canvas_id, update, writer, want_result, clocks, published=published,
-                                     state=state)
+        return self.persister.submit(
+            self.canvas_id, update, writer, want_result, clocks, published=published, state=state
+        )
 
     def apply_peer_update(self, node: str, number: int, update: bytes, now: float) -> None:
         """A change another process applied (and stores): relay it to our clients; never republish it.
@@ -309,11 +348,16 @@ Unloader = Callable[[Room], Awaitable[None]]
 class RoomRegistry:
     """Loaded rooms by canvas id; one load in flight per id; unload after a grace period once durable."""
 
-    def __init__(self, loader: Loader, unloader: Unloader, grace_seconds: float,
-                 settled: Callable[[Room], bool] = lambda room: True,
-                 loaded: Callable[[Room], None] = lambda room: None,
-                 unloaded: Callable[[str], None] = lambda canvas_id: None,
-                 rooms: dict[str, Room] | None = None) -> None:
+    def __init__(
+        self,
+        loader: Loader,
+        unloader: Unloader,
+        grace_seconds: float,
+        settled: Callable[[Room], bool] = lambda room: True,
+        loaded: Callable[[Room], None] = lambda room: None,
+        unloaded: Callable[[str], None] = lambda canvas_id: None,
+        rooms: dict[str, Room] | None = None,
+    ) -> None:
         self._loader = loader
         self._loaded = loaded  # called right after a room is registered (same step)
         self._unloaded = unloaded  # called right after a room is dropped (unloaded or deleted)

@@ -49,8 +49,9 @@ class SaveStatus:
     def canvas_state(self, status: str, clock: dict[int, int], backlog: int, error: str | None) -> None:
         """The canvas's storage state (``scope: canvas``): sent on joining and, until ``saved``, on changes."""
         extra: dict[str, Any] = {"error": error} if error is not None else {}
-        self._send(self._event(status, scope="canvas", clock={str(k): v for k, v in clock.items()},
-                               backlog=backlog, **extra))
+        self._send(
+            self._event(status, scope="canvas", clock={str(k): v for k, v in clock.items()}, backlog=backlog, **extra)
+        )
 
     def _event(self, status: str, **extra: Any) -> dict[str, Any]:
         return {

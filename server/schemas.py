@@ -68,8 +68,12 @@ def check(schema: dict[str, Any], value: Any, at: str = "") -> None:
     ``value`` inside the request body (e.g. ``params``), prefixed to each problem's path."""
     problems = sorted(_validator(schema).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
     if problems:
-        raise SchemaViolation([{"path": ".".join([at] * bool(at) + [str(p) for p in e.absolute_path]),
-                                "message": e.message[:300]} for e in problems[:20]])
+        raise SchemaViolation(
+            [
+                {"path": ".".join([at] * bool(at) + [str(p) for p in e.absolute_path]), "message": e.message[:300]}
+                for e in problems[:20]
+            ]
+        )
 
 
 def contains_nul(value: Any) -> bool:

@@ -64,8 +64,15 @@ def _origins_check(value: str) -> str | None:
             parts.port  # type: ignore[union-attr]  # noqa: B018 - raises on a port that is not a number in range
         except ValueError:
             parts = None
-        if (parts is None or not _SCHEME.fullmatch(parts.scheme) or not parts.hostname or "@" in parts.netloc
-                or parts.path not in ("", "/") or parts.query or parts.fragment):
+        if (
+            parts is None
+            or not _SCHEME.fullmatch(parts.scheme)
+            or not parts.hostname
+            or "@" in parts.netloc
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
             return f"each entry must be * or an origin like https://app.example.com[:port], got {item!r}"
     return None
 
@@ -74,86 +81,317 @@ def _not_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
-def _opt(default: Any, env: str, help: str, *, low: float | None = None, above: float | None = None,
-         high: float | None = None, choices: tuple[str, ...] | None = None,
-         check: Callable[[Any], str | None] | None = None, worker: bool = False) -> Any:
+def _opt(
+    default: Any,
+    env: str,
+    help: str,
+    *,
+    low: float | None = None,
+    above: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    worker: bool = False,
+) -> Any:
     """A setting: ``low``/``high`` inclusive bounds, ``above`` an exclusive lower bound, ``choices`` the
     allowed strings, ``check`` any other rule (returns the problem or None); ``worker``: read by
     ``canvashub worker`` too."""
-    return field(default=default, metadata={"env": env, "help": help, "low": low, "above": above, "high": high,
-                                            "choices": choices, "check": check, "worker": worker})
+    return field(
+        default=default,
+        metadata={
+            "env": env,
+            "help": help,
+            "low": low,
+            "above": above,
+            "high": high,
+            "choices": choices,
+            "check": check,
+            "worker": worker,
+        },
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
     host: str = _opt("127.0.0.1", "CANVASHUB_HOST", "interface to listen on", check=_not_empty)
     port: int = _opt(8000, "PORT", "TCP port to listen on (0: any free port)", low=0, high=65535)
-    log_level: str = _opt("info", "CANVASHUB_LOG_LEVEL", "debug, info, warning or error", choices=LOG_LEVELS,
-                          worker=True)
+    log_level: str = _opt(
+        "info", "CANVASHUB_LOG_LEVEL", "debug, info, warning or error", choices=LOG_LEVELS, worker=True
+    )
     demo_dir: str = _opt(str(DEFAULT_DEMO_DIR), "CANVASHUB_DEMO_DIR", "directory of the demo page served at /")
-    max_frame_bytes: int = _opt(8 * 1024 * 1024, "CANVASHUB_MAX_FRAME_BYTES", "largest WebSocket frame accepted (close 1009 above)", low=1024)
-    max_awareness_state_bytes: int = _opt(8192, "CANVASHUB_MAX_AWARENESS_STATE_BYTES", "largest awareness JSON state per client", low=64)
-    max_awareness_ids_per_connection: int = _opt(8, "CANVASHUB_MAX_AWARENESS_IDS", "awareness client ids one connection may own", low=1)
-    send_queue_messages: int = _opt(2048, "CANVASHUB_SEND_QUEUE_MESSAGES", "frames queued for one client before it is disconnected", low=1)
-    send_queue_bytes: int = _opt(32 * 1024 * 1024, "CANVASHUB_SEND_QUEUE_BYTES", "bytes queued for one client before it is disconnected", low=1024)
+    max_frame_bytes: int = _opt(
+        8 * 1024 * 1024, "CANVASHUB_MAX_FRAME_BYTES", "largest WebSocket frame accepted (close 1009 above)", low=1024
+    )
+    max_awareness_state_bytes: int = _opt(
+        8192, "CANVASHUB_MAX_AWARENESS_STATE_BYTES", "largest awareness JSON state per client", low=64
+    )
+    max_awareness_ids_per_connection: int = _opt(
+        8, "CANVASHUB_MAX_AWARENESS_IDS", "awareness client ids one connection may own", low=1
+    )
+    send_queue_messages: int = _opt(
+        2048, "CANVASHUB_SEND_QUEUE_MESSAGES", "frames queued for one client before it is disconnected", low=1
+    )
+    send_queue_bytes: int = _opt(
+        32 * 1024 * 1024,
+        "CANVASHUB_SEND_QUEUE_BYTES",
+        "bytes queued for one client before it is disconnected",
+        low=1024,
+    )
     room_grace_seconds: float = _opt(5.0, "CANVASHUB_ROOM_GRACE_SECONDS", "seconds an empty room stays loaded", low=0)
-    keepalive_seconds: float = _opt(10.0, "CANVASHUB_KEEPALIVE_SECONDS", "send a no-op frame to a client idle this long (stock clients reconnect after 30 s of silence)", above=0)
+    keepalive_seconds: float = _opt(
+        10.0,
+        "CANVASHUB_KEEPALIVE_SECONDS",
+        "send a no-op frame to a client idle this long (stock clients reconnect after 30 s of silence)",
+        above=0,
+    )
     ws_ping_interval: float = _opt(20.0, "CANVASHUB_WS_PING_INTERVAL", "seconds between WebSocket pings", above=0)
-    ws_ping_timeout: float = _opt(20.0, "CANVASHUB_WS_PING_TIMEOUT", "seconds to wait for a pong before dropping the socket", above=0)
-    per_message_deflate: bool = _opt(False, "CANVASHUB_PER_MESSAGE_DEFLATE", "negotiate permessage-deflate (costs CPU, see docs/benchmarks.md)")
-    shutdown_timeout: float = _opt(10.0, "CANVASHUB_SHUTDOWN_TIMEOUT", "seconds to flush clients and pending writes on shutdown", low=0)
-    startup_timeout: float = _opt(30.0, "CANVASHUB_STARTUP_TIMEOUT", "seconds to keep retrying an unreachable database at start-up before giving up", above=0, worker=True)
+    ws_ping_timeout: float = _opt(
+        20.0, "CANVASHUB_WS_PING_TIMEOUT", "seconds to wait for a pong before dropping the socket", above=0
+    )
+    per_message_deflate: bool = _opt(
+        False, "CANVASHUB_PER_MESSAGE_DEFLATE", "negotiate permessage-deflate (costs CPU, see docs/benchmarks.md)"
+    )
+    shutdown_timeout: float = _opt(
+        10.0, "CANVASHUB_SHUTDOWN_TIMEOUT", "seconds to flush clients and pending writes on shutdown", low=0
+    )
+    startup_timeout: float = _opt(
+        30.0,
+        "CANVASHUB_STARTUP_TIMEOUT",
+        "seconds to keep retrying an unreachable database at start-up before giving up",
+        above=0,
+        worker=True,
+    )
     # -- storage ---------------------------------------------------------------
-    database_url: str = _opt("", "DATABASE_URL", "PostgreSQL DSN; unset: SQLite file under the data directory", check=_url_check("postgres", "postgresql"), worker=True)
-    data_dir: str = _opt(".canvashub-data", "CANVASHUB_DATA_DIR", "directory of the embedded SQLite store (created if missing)", check=_not_empty, worker=True)
-    db_pool_size: int = _opt(10, "CANVASHUB_DB_POOL_SIZE", "PostgreSQL connections per process (processes x this must fit max_connections)", low=1, worker=True)
-    db_acquire_timeout: float = _opt(5.0, "CANVASHUB_DB_ACQUIRE_TIMEOUT", "seconds to wait for a pooled connection (and to connect)", above=0, worker=True)
-    store_timeout: float = _opt(10.0, "CANVASHUB_STORE_TIMEOUT", "seconds before one storage call is abandoned (and retried, for appends)", above=0)
-    store_slow_notice: float = _opt(1.0, "CANVASHUB_STORE_SLOW_NOTICE", "seconds an append may take before its writers get a `retrying` save event (it goes on until the store timeout)", above=0)
-    commit_interval: float = _opt(0.01, "CANVASHUB_COMMIT_INTERVAL", "group commit: seconds to gather updates before one append round-trip", low=0)
-    commit_max_updates: int = _opt(512, "CANVASHUB_COMMIT_MAX_UPDATES", "group commit: a batch this large is written at once", low=1)
-    backlog_max_bytes: int = _opt(64 * 1024 * 1024, "CANVASHUB_BACKLOG_MAX_BYTES", "updates not yet durable, per process; past it new writes are refused (close 1013)", low=1024)
-    retry_max_delay: float = _opt(5.0, "CANVASHUB_RETRY_MAX_DELAY", "cap of the exponential backoff between append retries, seconds", above=0)
-    compact_every_updates: int = _opt(1000, "CANVASHUB_COMPACT_EVERY_UPDATES", "compact a canvas after this many logged updates", low=1)
-    compact_interval: float = _opt(60.0, "CANVASHUB_COMPACT_INTERVAL", "also compact canvases with any logged updates this often, seconds", above=0)
-    keep_versions: int = _opt(20, "CANVASHUB_KEEP_VERSIONS", "snapshot versions kept per canvas for history and restore", low=1)
-    slow_query_seconds: float = _opt(0.5, "CANVASHUB_SLOW_QUERY_SECONDS", "log storage calls slower than this as warnings", low=0)
+    database_url: str = _opt(
+        "",
+        "DATABASE_URL",
+        "PostgreSQL DSN; unset: SQLite file under the data directory",
+        check=_url_check("postgres", "postgresql"),
+        worker=True,
+    )
+    data_dir: str = _opt(
+        ".canvashub-data",
+        "CANVASHUB_DATA_DIR",
+        "directory of the embedded SQLite store (created if missing)",
+        check=_not_empty,
+        worker=True,
+    )
+    db_pool_size: int = _opt(
+        10,
+        "CANVASHUB_DB_POOL_SIZE",
+        "PostgreSQL connections per process (processes x this must fit max_connections)",
+        low=1,
+        worker=True,
+    )
+    db_acquire_timeout: float = _opt(
+        5.0,
+        "CANVASHUB_DB_ACQUIRE_TIMEOUT",
+        "seconds to wait for a pooled connection (and to connect)",
+        above=0,
+        worker=True,
+    )
+    store_timeout: float = _opt(
+        10.0,
+        "CANVASHUB_STORE_TIMEOUT",
+        "seconds before one storage call is abandoned (and retried, for appends)",
+        above=0,
+    )
+    store_slow_notice: float = _opt(
+        1.0,
+        "CANVASHUB_STORE_SLOW_NOTICE",
+        "seconds an append may take before its writers get a `retrying` save event (it goes on until the store timeout)",
+        above=0,
+    )
+    commit_interval: float = _opt(
+        0.01, "CANVASHUB_COMMIT_INTERVAL", "group commit: seconds to gather updates before one append round-trip", low=0
+    )
+    commit_max_updates: int = _opt(
+        512, "CANVASHUB_COMMIT_MAX_UPDATES", "group commit: a batch this large is written at once", low=1
+    )
+    backlog_max_bytes: int = _opt(
+        64 * 1024 * 1024,
+        "CANVASHUB_BACKLOG_MAX_BYTES",
+        "updates not yet durable, per process; past it new writes are refused (close 1013)",
+        low=1024,
+    )
+    retry_max_delay: float = _opt(
+        5.0, "CANVASHUB_RETRY_MAX_DELAY", "cap of the exponential backoff between append retries, seconds", above=0
+    )
+    compact_every_updates: int = _opt(
+        1000, "CANVASHUB_COMPACT_EVERY_UPDATES", "compact a canvas after this many logged updates", low=1
+    )
+    compact_interval: float = _opt(
+        60.0, "CANVASHUB_COMPACT_INTERVAL", "also compact canvases with any logged updates this often, seconds", above=0
+    )
+    keep_versions: int = _opt(
+        20, "CANVASHUB_KEEP_VERSIONS", "snapshot versions kept per canvas for history and restore", low=1
+    )
+    slow_query_seconds: float = _opt(
+        0.5, "CANVASHUB_SLOW_QUERY_SECONDS", "log storage calls slower than this as warnings", low=0
+    )
     # -- generations (background jobs) -----------------------------------------
-    job_workers: int = _opt(2, "CANVASHUB_JOB_WORKERS", "generation jobs run at once inside the server process (0: only `canvashub worker` runs them); for `canvashub worker`, its concurrency", low=0, worker=True)
-    job_lease_seconds: float = _opt(15.0, "CANVASHUB_JOB_LEASE_SECONDS", "a running job whose worker sends no heartbeat this long is reclaimed", above=0, worker=True)
-    job_max_attempts: int = _opt(3, "CANVASHUB_JOB_MAX_ATTEMPTS", "tries per job (retryable failures and lost workers) before it fails", low=1)
-    job_retry_base: float = _opt(1.0, "CANVASHUB_JOB_RETRY_BASE", "first retry delay of a failed job, seconds (doubles per attempt, jittered)", above=0, worker=True)
-    job_retry_max: float = _opt(60.0, "CANVASHUB_JOB_RETRY_MAX", "cap of the job retry delay, seconds", above=0, worker=True)
-    job_poll_interval: float = _opt(0.5, "CANVASHUB_JOB_POLL_INTERVAL", "how often idle workers look for queued jobs, seconds", above=0, worker=True)
-    job_watch_interval: float = _opt(0.2, "CANVASHUB_JOB_WATCH_INTERVAL", "how often the server follows job changes for events and results, seconds", above=0)
-    pattern_step_delay: float = _opt(0.25, "CANVASHUB_PATTERN_STEP_DELAY", "the built-in `pattern` generator's delay per step (8 steps), seconds", low=0, worker=True)
-    generator_http_url: str = _opt("", "CANVASHUB_GENERATOR_HTTP_URL", "base URL of the external generation service (enables the `http` generator)", check=_url_check("http", "https"), worker=True)
-    generator_http_timeout: float = _opt(30.0, "CANVASHUB_GENERATOR_HTTP_TIMEOUT", "timeout of one request to the external generation service, seconds", above=0, worker=True)
-    http_durable_timeout: float = _opt(5.0, "CANVASHUB_HTTP_DURABLE_TIMEOUT", "HTTP writes wait this long for the commit (202 if not yet durable)", low=0)
+    job_workers: int = _opt(
+        2,
+        "CANVASHUB_JOB_WORKERS",
+        "generation jobs run at once inside the server process (0: only `canvashub worker` runs them); for `canvashub worker`, its concurrency",
+        low=0,
+        worker=True,
+    )
+    job_lease_seconds: float = _opt(
+        15.0,
+        "CANVASHUB_JOB_LEASE_SECONDS",
+        "a running job whose worker sends no heartbeat this long is reclaimed",
+        above=0,
+        worker=True,
+    )
+    job_max_attempts: int = _opt(
+        3, "CANVASHUB_JOB_MAX_ATTEMPTS", "tries per job (retryable failures and lost workers) before it fails", low=1
+    )
+    job_retry_base: float = _opt(
+        1.0,
+        "CANVASHUB_JOB_RETRY_BASE",
+        "first retry delay of a failed job, seconds (doubles per attempt, jittered)",
+        above=0,
+        worker=True,
+    )
+    job_retry_max: float = _opt(
+        60.0, "CANVASHUB_JOB_RETRY_MAX", "cap of the job retry delay, seconds", above=0, worker=True
+    )
+    job_poll_interval: float = _opt(
+        0.5, "CANVASHUB_JOB_POLL_INTERVAL", "how often idle workers look for queued jobs, seconds", above=0, worker=True
+    )
+    job_watch_interval: float = _opt(
+        0.2,
+        "CANVASHUB_JOB_WATCH_INTERVAL",
+        "how often the server follows job changes for events and results, seconds",
+        above=0,
+    )
+    pattern_step_delay: float = _opt(
+        0.25,
+        "CANVASHUB_PATTERN_STEP_DELAY",
+        "the built-in `pattern` generator's delay per step (8 steps), seconds",
+        low=0,
+        worker=True,
+    )
+    generator_http_url: str = _opt(
+        "",
+        "CANVASHUB_GENERATOR_HTTP_URL",
+        "base URL of the external generation service (enables the `http` generator)",
+        check=_url_check("http", "https"),
+        worker=True,
+    )
+    generator_http_timeout: float = _opt(
+        30.0,
+        "CANVASHUB_GENERATOR_HTTP_TIMEOUT",
+        "timeout of one request to the external generation service, seconds",
+        above=0,
+        worker=True,
+    )
+    http_durable_timeout: float = _opt(
+        5.0,
+        "CANVASHUB_HTTP_DURABLE_TIMEOUT",
+        "HTTP writes wait this long for the commit (202 if not yet durable)",
+        low=0,
+    )
 
     # -- scale-out (see docs/operations.md) ---------------------------------------
-    redis_url: str = _opt("", "REDIS_URL", "Redis URL: processes holding the same canvas relay changes and presence through it (unset: one process)", check=_url_check("redis", "rediss", "unix"))
+    redis_url: str = _opt(
+        "",
+        "REDIS_URL",
+        "Redis URL: processes holding the same canvas relay changes and presence through it (unset: one process)",
+        check=_url_check("redis", "rediss", "unix"),
+    )
     redis_prefix: str = _opt("canvashub:", "CANVASHUB_REDIS_PREFIX", "prefix of canvashub's Redis channel names")
     # -- security (see docs/security.md) ----------------------------------------
-    auth_secret: str = _opt("", "CANVASHUB_AUTH_SECRET", "HS256 secret for access tokens (>= 32 bytes); unset with no public key: open development mode")
-    auth_public_key: str = _opt("", "CANVASHUB_AUTH_PUBLIC_KEY", "PEM public key (or path to one) for RS256/ES256 access tokens")
-    open: bool = _opt(False, "CANVASHUB_OPEN", "serve without access control on a non-loopback address (no secret or public key set): anyone who can reach the port may read, edit and delete every canvas")
-    role_to_delete: str = _opt("owner", "CANVASHUB_ROLE_TO_DELETE", "least role that may delete a canvas (viewer, editor or owner)", choices=ROLES)
-    role_to_restore: str = _opt("owner", "CANVASHUB_ROLE_TO_RESTORE", "least role that may restore a version", choices=ROLES)
-    role_to_generate: str = _opt("owner", "CANVASHUB_ROLE_TO_GENERATE", "least role that may start or cancel a generation", choices=ROLES)
+    auth_secret: str = _opt(
+        "",
+        "CANVASHUB_AUTH_SECRET",
+        "HS256 secret for access tokens (>= 32 bytes); unset with no public key: open development mode",
+    )
+    auth_public_key: str = _opt(
+        "", "CANVASHUB_AUTH_PUBLIC_KEY", "PEM public key (or path to one) for RS256/ES256 access tokens"
+    )
+    open: bool = _opt(
+        False,
+        "CANVASHUB_OPEN",
+        "serve without access control on a non-loopback address (no secret or public key set): anyone who can reach the port may read, edit and delete every canvas",
+    )
+    role_to_delete: str = _opt(
+        "owner",
+        "CANVASHUB_ROLE_TO_DELETE",
+        "least role that may delete a canvas (viewer, editor or owner)",
+        choices=ROLES,
+    )
+    role_to_restore: str = _opt(
+        "owner", "CANVASHUB_ROLE_TO_RESTORE", "least role that may restore a version", choices=ROLES
+    )
+    role_to_generate: str = _opt(
+        "owner", "CANVASHUB_ROLE_TO_GENERATE", "least role that may start or cancel a generation", choices=ROLES
+    )
     viewer_awareness: bool = _opt(False, "CANVASHUB_VIEWER_AWARENESS", "relay viewers' presence (cursors) to others")
-    allowed_origins: str = _opt("", "CANVASHUB_ALLOWED_ORIGINS", "comma-separated browser origins allowed besides the server's own (WebSocket Origin check and CORS); * allows any", check=_origins_check)
-    rate_messages_per_second: float = _opt(200.0, "CANVASHUB_RATE_MESSAGES_PER_SECOND", "sustained frames per second per connection (close 1008 above; 0: off)", low=0)
-    rate_messages_burst: int = _opt(2000, "CANVASHUB_RATE_MESSAGES_BURST", "frames a connection may send at once before the rate applies", low=1)
-    rate_bytes_per_second: int = _opt(4 * 1024 * 1024, "CANVASHUB_RATE_BYTES_PER_SECOND", "sustained bytes per second per connection (close 1008 above; 0: off)", low=0)
-    rate_bytes_burst: int = _opt(16 * 1024 * 1024, "CANVASHUB_RATE_BYTES_BURST", "bytes a connection may send at once (at least the frame cap)", low=1)
-    upgrade_rate_per_ip: float = _opt(100.0, "CANVASHUB_UPGRADE_RATE_PER_IP", "new WebSockets per second per client IP after the burst; more wait their turn (up to 10 s, then 503), never refused outright (0: off)", low=0)
-    upgrade_burst_per_ip: int = _opt(200, "CANVASHUB_UPGRADE_BURST_PER_IP", "new WebSockets one client IP may open at once before pacing applies", low=1)
-    max_connections_per_ip: int = _opt(0, "CANVASHUB_MAX_CONNECTIONS_PER_IP", "open WebSockets per client IP (403 at upgrade above; 0: off)", low=0)
-    max_connections_per_canvas: int = _opt(1000, "CANVASHUB_MAX_CONNECTIONS_PER_CANVAS", "open WebSockets per canvas on this process (close 1013 above; 0: off)", low=0)
-    max_document_bytes: int = _opt(64 * 1024 * 1024, "CANVASHUB_MAX_DOCUMENT_BYTES", "encoded size a canvas may grow to; a write past it is refused (close 4413, HTTP 413; 0: off)", low=0)
-    preauth_timeout: float = _opt(10.0, "CANVASHUB_PREAUTH_TIMEOUT", "seconds a new TCP connection has to send its request headers (and token); 0: off", low=0)
-    max_json_body_bytes: int = _opt(1024 * 1024, "CANVASHUB_MAX_JSON_BODY_BYTES", "largest JSON request body (413 above)", low=1)
+    allowed_origins: str = _opt(
+        "",
+        "CANVASHUB_ALLOWED_ORIGINS",
+        "comma-separated browser origins allowed besides the server's own (WebSocket Origin check and CORS); * allows any",
+        check=_origins_check,
+    )
+    rate_messages_per_second: float = _opt(
+        200.0,
+        "CANVASHUB_RATE_MESSAGES_PER_SECOND",
+        "sustained frames per second per connection (close 1008 above; 0: off)",
+        low=0,
+    )
+    rate_messages_burst: int = _opt(
+        2000, "CANVASHUB_RATE_MESSAGES_BURST", "frames a connection may send at once before the rate applies", low=1
+    )
+    rate_bytes_per_second: int = _opt(
+        4 * 1024 * 1024,
+        "CANVASHUB_RATE_BYTES_PER_SECOND",
+        "sustained bytes per second per connection (close 1008 above; 0: off)",
+        low=0,
+    )
+    rate_bytes_burst: int = _opt(
+        16 * 1024 * 1024,
+        "CANVASHUB_RATE_BYTES_BURST",
+        "bytes a connection may send at once (at least the frame cap)",
+        low=1,
+    )
+    upgrade_rate_per_ip: float = _opt(
+        100.0,
+        "CANVASHUB_UPGRADE_RATE_PER_IP",
+        "new WebSockets per second per client IP after the burst; more wait their turn (up to 10 s, then 503), never refused outright (0: off)",
+        low=0,
+    )
+    upgrade_burst_per_ip: int = _opt(
+        200,
+        "CANVASHUB_UPGRADE_BURST_PER_IP",
+        "new WebSockets one client IP may open at once before pacing applies",
+        low=1,
+    )
+    max_connections_per_ip: int = _opt(
+        0, "CANVASHUB_MAX_CONNECTIONS_PER_IP", "open WebSockets per client IP (403 at upgrade above; 0: off)", low=0
+    )
+    max_connections_per_canvas: int = _opt(
+        1000,
+        "CANVASHUB_MAX_CONNECTIONS_PER_CANVAS",
+        "open WebSockets per canvas on this process (close 1013 above; 0: off)",
+        low=0,
+    )
+    max_document_bytes: int = _opt(
+        64 * 1024 * 1024,
+        "CANVASHUB_MAX_DOCUMENT_BYTES",
+        "encoded size a canvas may grow to; a write past it is refused (close 4413, HTTP 413; 0: off)",
+        low=0,
+    )
+    preauth_timeout: float = _opt(
+        10.0,
+        "CANVASHUB_PREAUTH_TIMEOUT",
+        "seconds a new TCP connection has to send its request headers (and token); 0: off",
+        low=0,
+    )
+    max_json_body_bytes: int = _opt(
+        1024 * 1024, "CANVASHUB_MAX_JSON_BODY_BYTES", "largest JSON request body (413 above)", low=1
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -168,8 +406,12 @@ class Settings:
         return not (self.open or self.auth_secret or self.auth_public_key or is_loopback(self.host))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], options: Mapping[str, str | None] | None = None,
-                 names: Collection[str] | None = None) -> Settings:
+    def from_env(
+        cls,
+        environ: Mapping[str, str],
+        options: Mapping[str, str | None] | None = None,
+        names: Collection[str] | None = None,
+    ) -> Settings:
         """Build settings from environment variables, then command-line ``options`` (raw strings by
         field name; None: not given). ``names``: only these fields are read, the rest keep their defaults."""
         values: dict[str, Any] = {}

@@ -36,8 +36,9 @@ def report(exc: BaseException) -> None:
     if isinstance(exc, StartupFailed):
         log(logging.ERROR, "startup_failed", step=exc.step, error=exc.error, **exc.fields)
     else:
-        logger.error("startup_failed", exc_info=exc,
-                     extra={"fields": {"step": "start", "error": f"{type(exc).__name__}: {exc}"}})
+        logger.error(
+            "startup_failed", exc_info=exc, extra={"fields": {"step": "start", "error": f"{type(exc).__name__}: {exc}"}}
+        )
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -49,8 +50,9 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupFailed("listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                            host=host, port=port) from None
+        raise StartupFailed(
+            "listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}", host=host, port=port
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -71,10 +73,14 @@ async def open_store(store: Store, timeout: float) -> None:
             if isinstance(exc, (ValueError, TypeError)):
                 raise StartupFailed("store", error, store=repr(store)) from None
             failures.failed(error, store=repr(store))
-            delay = random.uniform(0, min(MAX_RETRY_DELAY, FIRST_RETRY_DELAY * 2 ** attempt))
+            delay = random.uniform(0, min(MAX_RETRY_DELAY, FIRST_RETRY_DELAY * 2**attempt))
             if loop.time() + delay >= deadline:
-                raise StartupFailed("store", f"store unreachable for {timeout:g} s: {error}", store=repr(store),
-                                    attempts=failures.failures) from None
+                raise StartupFailed(
+                    "store",
+                    f"store unreachable for {timeout:g} s: {error}",
+                    store=repr(store),
+                    attempts=failures.failures,
+                ) from None
             attempt += 1
             await asyncio.sleep(delay)  # backoff between attempts
         else:

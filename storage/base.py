@@ -280,8 +280,9 @@ class JobStore(StoreLifecycle, Protocol):
         """Queued: cancelled at once. Running: cancel_requested (the worker sees it on its next
         heartbeat). Terminal: unchanged. Returns the job, or None if unknown."""
 
-    async def claim_results(self, claimer: str, limit: int, lease_seconds: float,
-                            now: float | None = None) -> list[Job]:
+    async def claim_results(
+        self, claimer: str, limit: int, lease_seconds: float, now: float | None = None
+    ) -> list[Job]:
         """Atomically claim up to ``limit`` results to apply, oldest first (id ascending).
 
         Claimable: succeeded, result not applied, and no live claim (never claimed, or

@@ -98,7 +98,9 @@ class PostgresStore:
             updates = await conn.fetch(
                 "SELECT seq, data FROM canvas_updates WHERE canvas_id = $1 ORDER BY seq", canvas_id
             )
-        return LoadedCanvas(row["snapshot"], row["version"], [(r["seq"], r["data"]) for r in updates], row["updated_at"])
+        return LoadedCanvas(
+            row["snapshot"], row["version"], [(r["seq"], r["data"]) for r in updates], row["updated_at"]
+        )
 
     async def compact(
         self,
@@ -217,13 +219,21 @@ class PostgresStore:
                     f"VALUES ($1, $2, $3, $4, $5::jsonb, 'queued', $6, $7, $8, $8, $8) "
                     f"ON CONFLICT (canvas_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
                     f"RETURNING {_COLUMNS}",
-                    job_id, canvas_id, generator, prompt, params_text, max_attempts, idempotency_key, now,
+                    job_id,
+                    canvas_id,
+                    generator,
+                    prompt,
+                    params_text,
+                    max_attempts,
+                    idempotency_key,
+                    now,
                 )
                 if row is not None:
                     return self._job(row), True
                 existing = await conn.fetchrow(
                     f"SELECT {_COLUMNS} FROM jobs WHERE canvas_id = $1 AND idempotency_key = $2",
-                    canvas_id, idempotency_key,
+                    canvas_id,
+                    idempotency_key,
                 )
                 if existing is not None:
                     return self._job(existing), False
@@ -266,14 +276,18 @@ class PostgresStore:
                     await conn.execute(
                         "UPDATE jobs SET status = 'cancelled', finished_at = $1, updated_at = $1, lease_owner = NULL, "
                         "lease_expires = NULL WHERE id = $2",
-                        now, expired.id,
+                        now,
+                        expired.id,
                     )
                     continue
                 if expired is not None and expired.attempts >= expired.max_attempts:
                     await conn.execute(
                         "UPDATE jobs SET status = 'failed', error_type = $1, error_message = $2, finished_at = $3, "
                         "updated_at = $3, lease_owner = NULL, lease_expires = NULL WHERE id = $4",
-                        LEASE_EXPIRED, lease_expired_message(expired), now, expired.id,
+                        LEASE_EXPIRED,
+                        lease_expired_message(expired),
+                        now,
+                        expired.id,
                     )
                     continue
                 queued = self._job_or_none(
@@ -293,7 +307,10 @@ class PostgresStore:
                         f"UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires = $2, "
                         f"attempts = attempts + 1, progress = 0, started_at = COALESCE(started_at, $3), "
                         f"updated_at = $3 WHERE id = $4 RETURNING {_COLUMNS}",
-                        worker_id, expires, now, pick.id,
+                        worker_id,
+                        expires,
+                        now,
+                        pick.id,
                     )
                 )
 
@@ -313,7 +330,11 @@ class PostgresStore:
         return await self._update_job(
             "UPDATE jobs SET lease_expires = $1, progress = COALESCE($2::float8, progress), updated_at = $3 "
             "WHERE id = $4 AND status = 'running' AND lease_owner = $5",
-            now + float(lease_seconds), clamp_progress(progress), now, job_id, worker_id,
+            now + float(lease_seconds),
+            clamp_progress(progress),
+            now,
+            job_id,
+            worker_id,
         )
 
     async def finish_job(
@@ -333,7 +354,13 @@ class PostgresStore:
             "UPDATE jobs SET status = $1, result = $2::jsonb, error_type = $3, error_message = $4, finished_at = $5, "
             "updated_at = $5, progress = CASE WHEN $1 = 'succeeded' THEN 1.0 ELSE progress END, "
             "lease_owner = NULL, lease_expires = NULL WHERE id = $6 AND status = 'running' AND lease_owner = $7",
-            status, result_text, error_type, error_message, now, job_id, worker_id,
+            status,
+            result_text,
+            error_type,
+            error_message,
+            now,
+            job_id,
+            worker_id,
         )
 
     async def retry_job(
@@ -351,7 +378,12 @@ class PostgresStore:
             "finished_at = CASE WHEN cancel_requested THEN $1 ELSE finished_at END, "
             "run_after = $2, error_type = $3, error_message = $4, progress = 0, updated_at = $1, "
             "lease_owner = NULL, lease_expires = NULL WHERE id = $5 AND status = 'running' AND lease_owner = $6",
-            now, float(run_after), error_type, error_message, job_id, worker_id,
+            now,
+            float(run_after),
+            error_type,
+            error_message,
+            job_id,
+            worker_id,
         )
 
     async def cancel_job(self, job_id: str, now: float | None = None) -> Job | None:
@@ -364,14 +396,16 @@ class PostgresStore:
                 "cancel_requested = true, updated_at = $1 "
                 "WHERE id = $2 AND (status = 'queued' OR (status = 'running' AND NOT cancel_requested)) "
                 f"RETURNING {_COLUMNS}",
-                now, job_id,
+                now,
+                job_id,
             )
             if row is None:
                 row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
         return self._job_or_none(row)
 
-    async def claim_results(self, claimer: str, limit: int, lease_seconds: float,
-                            now: float | None = None) -> list[Job]:
+    async def claim_results(
+        self, claimer: str, limit: int, lease_seconds: float, now: float | None = None
+    ) -> list[Job]:
         if limit <= 0:
             return []
         now = float(time.time() if now is None else now)
@@ -385,7 +419,10 @@ class PostgresStore:
                 f"SELECT id FROM jobs WHERE status = 'succeeded' AND NOT result_applied "
                 f"AND (result_claim_expires IS NULL OR result_claim_expires < $3) "
                 f"ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}",
-                claimer, expires, now, int(limit),
+                claimer,
+                expires,
+                now,
+                int(limit),
             )
         return sorted((self._job(r) for r in rows), key=lambda j: j.id)
 
@@ -396,7 +433,8 @@ class PostgresStore:
                 "UPDATE jobs SET result_applied = true, "
                 "updated_at = CASE WHEN $1 > updated_at THEN $1 ELSE updated_at + 0.001 END "
                 "WHERE id = $2 AND NOT result_applied",
-                now, job_id,
+                now,
+                job_id,
             )
 
     async def unapplied_results(self, limit: int) -> list[Job]:
@@ -409,7 +447,10 @@ class PostgresStore:
             await conn.execute(
                 "INSERT INTO assets (id, content_type, data, created_at) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT (id) DO NOTHING",
-                asset_id, content_type, bytes(data), now,
+                asset_id,
+                content_type,
+                bytes(data),
+                now,
             )
 
     async def get_asset(self, asset_id: str) -> Asset | None:

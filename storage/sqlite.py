@@ -284,7 +284,8 @@ class SQLiteStore:
     async def list_jobs(self, canvas_id: str, before: str | None, limit: int) -> list[Job]:
         return await self._run(
             lambda conn: self._jobs(
-                conn, "WHERE canvas_id = ? AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+                conn,
+                "WHERE canvas_id = ? AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
                 (canvas_id, before, before, limit),
             )
         )
@@ -421,8 +422,9 @@ class SQLiteStore:
 
         return await self._run(lambda conn: self._tx(conn, body))
 
-    async def claim_results(self, claimer: str, limit: int, lease_seconds: float,
-                            now: float | None = None) -> list[Job]:
+    async def claim_results(
+        self, claimer: str, limit: int, lease_seconds: float, now: float | None = None
+    ) -> list[Job]:
         now = float(time.time() if now is None else now)
         expires = now + float(lease_seconds)
 
@@ -513,4 +515,3 @@ _CANCEL_SQL = (
     "cancel_requested = 1, updated_at = ? "
     "WHERE id = ? AND (status = 'queued' OR (status = 'running' AND NOT cancel_requested))"
 )
-

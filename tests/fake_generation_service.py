@@ -44,7 +44,7 @@ def make_png(width: int, height: int, seed: bytes = b"fake") -> bytes:
         pixels += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
         counter += 1
     stride = width * 3
-    raw = b"".join(b"\x00" + pixels[row * stride:(row + 1) * stride] for row in range(height))
+    raw = b"".join(b"\x00" + pixels[row * stride : (row + 1) * stride] for row in range(height))
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
@@ -88,12 +88,14 @@ class FakeGenerationService:
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.port = 0
-        self.app = Starlette(routes=[
-            Route("/generate", self._generate, methods=["POST"]),
-            Route("/jobs/{remote_id}", self._poll, methods=["GET"]),
-            Route("/jobs/{remote_id}/cancel", self._cancel, methods=["POST"]),
-            Route("/outputs/{remote_id}", self._output, methods=["GET"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/generate", self._generate, methods=["POST"]),
+                Route("/jobs/{remote_id}", self._poll, methods=["GET"]),
+                Route("/jobs/{remote_id}/cancel", self._cancel, methods=["POST"]),
+                Route("/outputs/{remote_id}", self._output, methods=["GET"]),
+            ]
+        )
 
     # Behaviours -------------------------------------------------------------
 
@@ -120,8 +122,15 @@ class FakeGenerationService:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, timeout: float = 10.0) -> FakeGenerationService:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="off", log_level="warning",
-                                access_log=False, timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=0,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
         self._server = _QuietServer(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve())
         loop = asyncio.get_running_loop()
@@ -171,8 +180,9 @@ class FakeGenerationService:
             await self._release.wait()
         job["polls"] += 1
         if self.mode == "always_fail":
-            return JSONResponse({"status": "failed", "progress": 0.5, "error": "model exploded",
-                                 "retryable": self.retryable_failure})
+            return JSONResponse(
+                {"status": "failed", "progress": 0.5, "error": "model exploded", "retryable": self.retryable_failure}
+            )
         if self.mode == "slow" or job["polls"] <= self.polls_before_done:
             done = min(job["polls"], self.polls_before_done) / (self.polls_before_done + 1)
             return JSONResponse({"status": "running", "progress": done if self.mode != "slow" else 0.1})
@@ -197,7 +207,7 @@ class FakeGenerationService:
         async def body() -> AsyncIterator[bytes]:
             try:
                 for start in range(0, len(data), 256):
-                    yield data[start:start + 256]
+                    yield data[start : start + 256]
                     if stall:
                         await release.wait()
                         return

@@ -145,8 +145,11 @@ def more_valid_frames(rng: random.Random, count: int) -> list[bytes]:
             before = shared.get_state()
             shared.apply_update(peer.get_update(before))
             if len(updates) and shared.get_state() != before:
-                frames.append(codec.encode_update(updates[-1]) if rng.random() < 0.7
-                              else codec.encode_sync_step2(peer.get_update(before)))
+                frames.append(
+                    codec.encode_update(updates[-1])
+                    if rng.random() < 0.7
+                    else codec.encode_sync_step2(peer.get_update(before))
+                )
         elif kind == 3:
             frames.append(codec.encode_sync_step1(shared.get_state()))
         elif kind == 4:
@@ -154,8 +157,13 @@ def more_valid_frames(rng: random.Random, count: int) -> list[bytes]:
         elif kind == 5:
             entries = []
             for _ in range(rng.randrange(1, 4)):
-                state = b"null" if rng.random() < 0.3 else orjson.dumps(
-                    {"user": {"name": rng.choice(["Ana", "Zoë", "李"]), "color": "#0af"}, "selection": [i, None]})
+                state = (
+                    b"null"
+                    if rng.random() < 0.3
+                    else orjson.dumps(
+                        {"user": {"name": rng.choice(["Ana", "Zoë", "李"]), "color": "#0af"}, "selection": [i, None]}
+                    )
+                )
                 entries.append(AwarenessEntry(rng.randrange(1, 1 << 53), rng.randrange(0, 1 << 20), state))
             frames.append(codec.encode_awareness(encode_awareness_payload(entries)))
         else:

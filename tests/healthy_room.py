@@ -65,12 +65,12 @@ class HealthyRoom:
                 got = await asyncio.wait_for(reader.recv(), 5)
                 if got == frame:
                     break
-                assert isinstance(got, bytes) and got[:1] == b"\x01", \
+                assert isinstance(got, bytes) and got[:1] == b"\x01", (
                     f"unexpected frame in the healthy room: {got[:16]!r}"
+                )
         return clock() - started
 
-    async def run(self, samples: list[float], *, count: int | None = None,
-                  stop: asyncio.Event | None = None) -> None:
+    async def run(self, samples: list[float], *, count: int | None = None, stop: asyncio.Event | None = None) -> None:
         """Paced writer: one update per ``interval`` (never bursts to catch up)."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()

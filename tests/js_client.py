@@ -58,15 +58,31 @@ class JsClient:
         ]
 
     @classmethod
-    async def start(cls, ws_base: str, room: str, *, name: str = "client", connect: bool = True,
-                    events: bool = False, timeout: float = 10.0, token: str | None = None,
-                    protocols: list[str] | None = None) -> JsClient:
+    async def start(
+        cls,
+        ws_base: str,
+        room: str,
+        *,
+        name: str = "client",
+        connect: bool = True,
+        events: bool = False,
+        timeout: float = 10.0,
+        token: str | None = None,
+        protocols: list[str] | None = None,
+    ) -> JsClient:
         node = require_node()
         options = {"connect": connect, "events": events, "token": token, "protocols": protocols}
         proc = await asyncio.create_subprocess_exec(
-            node, str(CLIENT_SCRIPT), ws_base, room, json.dumps(options),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd=str(JS_DIR), limit=STDOUT_LIMIT,
+            node,
+            str(CLIENT_SCRIPT),
+            ws_base,
+            room,
+            json.dumps(options),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=str(JS_DIR),
+            limit=STDOUT_LIMIT,
         )
         client = cls(proc, name)
         ready = await client.wait_event("ready", timeout=timeout)
@@ -151,8 +167,9 @@ class JsClient:
         """Position in the event log: pass as ``since`` to wait only for later events."""
         return len(self.events)
 
-    async def wait_event(self, name: str, timeout: float = 5.0, *, since: int = 0,
-                         where: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    async def wait_event(
+        self, name: str, timeout: float = 5.0, *, since: int = 0, where: Callable[[dict[str, Any]], Any] | None = None
+    ) -> dict[str, Any]:
         """The first event named ``name`` at or after ``since`` for which ``where`` holds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -56,7 +56,8 @@ async def _postgres_backend() -> AsyncIterator[Backend]:
             return [
                 (r["version"], r["applied_at"])
                 for r in await admin.fetch(
-                    f'SELECT version, applied_at FROM "{schema}".schema_migrations ORDER BY version')
+                    f'SELECT version, applied_at FROM "{schema}".schema_migrations ORDER BY version'
+                )
             ]
 
         yield Backend(

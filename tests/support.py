@@ -110,7 +110,6 @@ class ProcessServer(ServerAddress):
         self.proc = proc
         self.port = port
 
-
     def rss_bytes(self) -> int:
         with open(f"/proc/{self.proc.pid}/status") as status:
             for line in status:
@@ -126,8 +125,9 @@ class ProcessServer(ServerAddress):
         return await asyncio.wait_for(self.proc.wait(), 30)
 
 
-async def start_process_server(env: dict[str, str] | None = None, *args: str,
-                               log_path: str | None = None) -> ProcessServer:
+async def start_process_server(
+    env: dict[str, str] | None = None, *args: str, log_path: str | None = None
+) -> ProcessServer:
     """``canvashub serve`` on a free port; its stdout and stderr (the log) go to ``log_path`` if given."""
     import sys
 
@@ -137,8 +137,18 @@ async def start_process_server(env: dict[str, str] | None = None, *args: str,
     log_file = await asyncio.to_thread(open, log_path, "ab") if log_path else None
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "canvashub.server", "serve", "--host", "127.0.0.1", "--port", str(port), *args,
-            env={**os.environ, **(env or {})}, stdout=log_file, stderr=log_file,
+            sys.executable,
+            "-m",
+            "canvashub.server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+            env={**os.environ, **(env or {})},
+            stdout=log_file,
+            stderr=log_file,
         )
     finally:
         if log_file is not None:

@@ -17,12 +17,14 @@ from .support import wait_until
 
 async def test_client_that_never_reads_is_disconnected(process_server_factory):
     """A client that stops reading is dropped (1013) while 40 MB flows through its room; RSS stays flat."""
-    server = await process_server_factory({
-        "CANVASHUB_SEND_QUEUE_MESSAGES": "256",
-        "CANVASHUB_SEND_QUEUE_BYTES": str(1024 * 1024),
-        "CANVASHUB_RATE_MESSAGES_PER_SECOND": "0",  # this test floods on purpose
-        "CANVASHUB_RATE_BYTES_PER_SECOND": "0",
-    })
+    server = await process_server_factory(
+        {
+            "CANVASHUB_SEND_QUEUE_MESSAGES": "256",
+            "CANVASHUB_SEND_QUEUE_BYTES": str(1024 * 1024),
+            "CANVASHUB_RATE_MESSAGES_PER_SECOND": "0",  # this test floods on purpose
+            "CANVASHUB_RATE_BYTES_PER_SECOND": "0",
+        }
+    )
     # A small receive buffer (which also turns off Linux's autotuning up to 32 MB) and
     # max_queue=1, so the client library stops reading once one frame is buffered.
     raw = socket.socket()

@@ -32,6 +32,7 @@ UNLIMITED = {"rate_messages_per_second": 0, "rate_bytes_per_second": 0}
 
 # -- the reference: a strict decoder written from y-protocols' and lib0's documentation -------------------
 
+
 class Refused(Exception):
     """The reference decoder refuses the frame (the server must close it with 1002)."""
 
@@ -133,6 +134,7 @@ def codec_decode(frame: bytes) -> tuple[str, bytes]:
 
 # -- re-encodings of one message ---------------------------------------------------------------------
 
+
 def var(value: int, extra_groups: int = 0) -> bytes:
     """``value`` as a varint; with ``extra_groups`` > 0, non-minimal (padded with 0x80 ... 0x00)."""
     out = bytearray()
@@ -230,8 +232,13 @@ def cases(seed: int) -> list[Case]:
             for pad in range(4):  # non-minimal varints inside the awareness payload
                 client_id = rng.randrange(1 << 20, 1 << 31)
                 payload = awareness_payload(client_id, 1, {"cursor": pad}, pad=pad)
-                found.append(Case(f"awareness: non-minimal payload varint #{pad}",
-                                  codec.encode_awareness(payload), client_id=client_id))
+                found.append(
+                    Case(
+                        f"awareness: non-minimal payload varint #{pad}",
+                        codec.encode_awareness(payload),
+                        client_id=client_id,
+                    )
+                )
         else:
             for label, frame in shape.variants().items():
                 found.append(Case(f"{name}: {label}", frame))
@@ -243,6 +250,7 @@ def _same_variant(shape: Shape, label: str) -> bytes:
 
 
 # -- pure: the codec agrees with the reference --------------------------------------------------------
+
 
 def corpus(seed: int) -> list[bytes]:
     rng = random.Random(seed)
@@ -300,6 +308,7 @@ def test_varints_over_64_bits_are_malformed():
 
 # -- over real sockets: the server's decision is the parsed message's ----------------------------------
 
+
 def expected_outcome(frame: bytes, role: str) -> str:
     """What the server must do with ``frame`` from a socket with ``role`` (viewer presence not relayed)."""
     try:
@@ -322,6 +331,7 @@ def token(canvas: str, role: str, user: str) -> str:
 async def settle(client: WireClient) -> None:
     """Every frame sent so far is handled: the server answered a query-awareness sent after them
     (it answers in order), or closed the socket."""
+
     def awareness_frames() -> int:
         return sum(1 for frame in client.frames if frame[:1] == b"\x01")
 

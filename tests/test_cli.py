@@ -32,10 +32,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in names and not k.startswith("CANVASHUB_")}, **extra}
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess:
     """``python -m canvashub.server ARGS`` to completion (in ``cwd``, where it may find a ``.env``)."""
-    return subprocess.run([sys.executable, "-m", "canvashub.server", *args], cwd=cwd, env=clean_env(**(env or {})),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "canvashub.server", *args],
+        cwd=cwd,
+        env=clean_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class Running:
@@ -81,8 +89,15 @@ async def spawn(tmp_path) -> AsyncIterator:
 
     async def start(*args: str, env: dict[str, str] | None = None) -> Running:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "canvashub.server", *args, cwd=tmp_path, env=clean_env(**(env or {})),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "canvashub.server",
+            *args,
+            cwd=tmp_path,
+            env=clean_env(**(env or {})),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         running = Running(proc)
         started.append(running)
         return running
@@ -115,6 +130,7 @@ def serve_args(tmp_path: Path, port: int = 0, *extra: str) -> list[str]:
 
 # -- 1. version -----------------------------------------------------------------------------------
 
+
 def test_version_prints_the_installed_version(tmp_path):
     """``canvashub --version`` prints the version of the installed distribution and exits 0."""
     out = run_cli("--version", cwd=tmp_path)
@@ -124,48 +140,91 @@ def test_version_prints_the_installed_version(tmp_path):
 
 # -- 2. every setting checked at start-up ---------------------------------------------------------
 
+
 def assert_refused(out: subprocess.CompletedProcess, message: str) -> None:
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [f"canvashub: {message}"]
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--job-workers", "-3", "--job-workers (CANVASHUB_JOB_WORKERS): must be at least 0, got -3"),
-    ("--keep-versions", "0", "--keep-versions (CANVASHUB_KEEP_VERSIONS): must be at least 1, got 0"),
-    ("--allowed-origins", "not a url", "--allowed-origins (CANVASHUB_ALLOWED_ORIGINS): each entry must be * or "
-                                       "an origin like https://app.example.com[:port], got 'not a url'"),
-    ("--log-level", "verbose", "--log-level (CANVASHUB_LOG_LEVEL): must be one of debug, info, warning, error, "
-                               "got 'verbose'"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--job-workers", "-3", "--job-workers (CANVASHUB_JOB_WORKERS): must be at least 0, got -3"),
+        ("--keep-versions", "0", "--keep-versions (CANVASHUB_KEEP_VERSIONS): must be at least 1, got 0"),
+        (
+            "--allowed-origins",
+            "not a url",
+            "--allowed-origins (CANVASHUB_ALLOWED_ORIGINS): each entry must be * or "
+            "an origin like https://app.example.com[:port], got 'not a url'",
+        ),
+        (
+            "--log-level",
+            "verbose",
+            "--log-level (CANVASHUB_LOG_LEVEL): must be one of debug, info, warning, error, got 'verbose'",
+        ),
+    ],
+)
 def test_an_out_of_bounds_option_stops_the_start_naming_option_and_variable(tmp_path, option, value, message):
     """A value out of its bounds exits 2 with one line naming the option and its variable, no traceback."""
     assert_refused(run_cli(*serve_args(tmp_path), option, value, cwd=tmp_path, timeout=15), message)
 
 
-@pytest.mark.parametrize("env, value, message", [
-    ("PORT", "70000", "--port (PORT): must be at most 65535, got 70000"),
-    ("PORT", "http", "--port (PORT): expected an integer, got 'http'"),
-    ("CANVASHUB_STORE_TIMEOUT", "0", "--store-timeout (CANVASHUB_STORE_TIMEOUT): must be greater than 0, got 0.0"),
-    ("CANVASHUB_RATE_MESSAGES_PER_SECOND", "nan",
-     "--rate-messages-per-second (CANVASHUB_RATE_MESSAGES_PER_SECOND): expected a finite number, got nan"),
-    ("CANVASHUB_DB_POOL_SIZE", "0", "--db-pool-size (CANVASHUB_DB_POOL_SIZE): must be at least 1, got 0"),
-    ("CANVASHUB_ROLE_TO_DELETE", "admin",
-     "--role-to-delete (CANVASHUB_ROLE_TO_DELETE): must be one of viewer, editor, owner, got 'admin'"),
-    ("CANVASHUB_PER_MESSAGE_DEFLATE", "maybe",
-     "--per-message-deflate (CANVASHUB_PER_MESSAGE_DEFLATE): expected true or false, got 'maybe'"),
-    ("DATABASE_URL", "mysql://db/canvases",
-     "--database-url (DATABASE_URL): must be a postgres:// or postgresql:// URL, got 'mysql://db/canvases'"),
-    ("REDIS_URL", "localhost:6379",
-     "--redis-url (REDIS_URL): must be a redis://, rediss:// or unix:// URL, got 'localhost:6379'"),
-    ("CANVASHUB_GENERATOR_HTTP_URL", "ftp://gen",
-     "--generator-http-url (CANVASHUB_GENERATOR_HTTP_URL): must be a http:// or https:// URL, got 'ftp://gen'"),
-    ("CANVASHUB_ALLOWED_ORIGINS", "https://ok.example, https://app.example/path",
-     "--allowed-origins (CANVASHUB_ALLOWED_ORIGINS): each entry must be * or an origin like "
-     "https://app.example.com[:port], got 'https://app.example/path'"),
-    ("CANVASHUB_MAX_FRAME_BYTES", "10", "--max-frame-bytes (CANVASHUB_MAX_FRAME_BYTES): must be at least 1024, got 10"),
-    ("CANVASHUB_STARTUP_TIMEOUT", "-1", "--startup-timeout (CANVASHUB_STARTUP_TIMEOUT): must be greater than 0, got -1.0"),
-])
+@pytest.mark.parametrize(
+    "env, value, message",
+    [
+        ("PORT", "70000", "--port (PORT): must be at most 65535, got 70000"),
+        ("PORT", "http", "--port (PORT): expected an integer, got 'http'"),
+        ("CANVASHUB_STORE_TIMEOUT", "0", "--store-timeout (CANVASHUB_STORE_TIMEOUT): must be greater than 0, got 0.0"),
+        (
+            "CANVASHUB_RATE_MESSAGES_PER_SECOND",
+            "nan",
+            "--rate-messages-per-second (CANVASHUB_RATE_MESSAGES_PER_SECOND): expected a finite number, got nan",
+        ),
+        ("CANVASHUB_DB_POOL_SIZE", "0", "--db-pool-size (CANVASHUB_DB_POOL_SIZE): must be at least 1, got 0"),
+        (
+            "CANVASHUB_ROLE_TO_DELETE",
+            "admin",
+            "--role-to-delete (CANVASHUB_ROLE_TO_DELETE): must be one of viewer, editor, owner, got 'admin'",
+        ),
+        (
+            "CANVASHUB_PER_MESSAGE_DEFLATE",
+            "maybe",
+            "--per-message-deflate (CANVASHUB_PER_MESSAGE_DEFLATE): expected true or false, got 'maybe'",
+        ),
+        (
+            "DATABASE_URL",
+            "mysql://db/canvases",
+            "--database-url (DATABASE_URL): must be a postgres:// or postgresql:// URL, got 'mysql://db/canvases'",
+        ),
+        (
+            "REDIS_URL",
+            "localhost:6379",
+            "--redis-url (REDIS_URL): must be a redis://, rediss:// or unix:// URL, got 'localhost:6379'",
+        ),
+        (
+            "CANVASHUB_GENERATOR_HTTP_URL",
+            "ftp://gen",
+            "--generator-http-url (CANVASHUB_GENERATOR_HTTP_URL): must be a http:// or https:// URL, got 'ftp://gen'",
+        ),
+        (
+            "CANVASHUB_ALLOWED_ORIGINS",
+            "https://ok.example, https://app.example/path",
+            "--allowed-origins (CANVASHUB_ALLOWED_ORIGINS): each entry must be * or an origin like "
+            "https://app.example.com[:port], got 'https://app.example/path'",
+        ),
+        (
+            "CANVASHUB_MAX_FRAME_BYTES",
+            "10",
+            "--max-frame-bytes (CANVASHUB_MAX_FRAME_BYTES): must be at least 1024, got 10",
+        ),
+        (
+            "CANVASHUB_STARTUP_TIMEOUT",
+            "-1",
+            "--startup-timeout (CANVASHUB_STARTUP_TIMEOUT): must be greater than 0, got -1.0",
+        ),
+    ],
+)
 def test_an_out_of_bounds_variable_stops_the_start_naming_option_and_variable(tmp_path, env, value, message):
     """The same check applies to environment variables: exit 2, one line naming both, no traceback."""
     args = serve_args(tmp_path)
@@ -176,12 +235,16 @@ def test_an_out_of_bounds_variable_stops_the_start_naming_option_and_variable(tm
 
 def test_every_numeric_setting_declares_its_bounds():
     """Each int or float setting has a lower bound in its metadata (a new setting must decide one)."""
-    unbounded = [f.name for f in dataclasses.fields(Settings)
-                 if f.type in ("int", "float", int, float) and f.metadata["low"] is None and f.metadata["above"] is None]
+    unbounded = [
+        f.name
+        for f in dataclasses.fields(Settings)
+        if f.type in ("int", "float", int, float) and f.metadata["low"] is None and f.metadata["above"] is None
+    ]
     assert unbounded == []
 
 
 # -- 3. the worker's own options ------------------------------------------------------------------
+
 
 def test_worker_accepts_only_the_settings_it_uses(tmp_path):
     """``canvashub worker --help`` lists job and storage settings but no server ones, and a server option
@@ -196,14 +259,19 @@ def test_worker_accepts_only_the_settings_it_uses(tmp_path):
 
 async def test_worker_ignores_the_servers_variables(spawn, tmp_path):
     """A worker sharing the server's environment starts even if a server-only variable is invalid for it."""
-    worker = await spawn("worker", "--data-dir", str(tmp_path / "data"),
-                         env={"CANVASHUB_MAX_FRAME_BYTES": "not a number", "CANVASHUB_HOST": "0.0.0.0"})
+    worker = await spawn(
+        "worker",
+        "--data-dir",
+        str(tmp_path / "data"),
+        env={"CANVASHUB_MAX_FRAME_BYTES": "not a number", "CANVASHUB_HOST": "0.0.0.0"},
+    )
     await wait_until(lambda: worker.has("worker_started") or worker.proc.returncode is not None, 20, "worker start")
     assert worker.has("worker_started"), worker.lines
     assert await worker.stop() == 0
 
 
 # -- 4. start-up failures: one JSON line, non-zero exit -------------------------------------------
+
 
 async def test_a_busy_port_is_one_startup_failed_line(spawn, tmp_path):
     """With the port taken, ``serve`` exits 1 with one ``startup_failed`` JSON line naming the address."""
@@ -244,8 +312,9 @@ async def test_a_database_that_comes_back_within_the_window_lets_the_server_star
     proxy.cut()
     port = free_port()
     server = await spawn(*serve_args(tmp_path, port), env={"DATABASE_URL": dsn, "CANVASHUB_STARTUP_TIMEOUT": "30"})
-    await wait_until(lambda: server.has("store_open_failed") or server.proc.returncode is not None, 20,
-                     "the first failed attempt")
+    await wait_until(
+        lambda: server.has("store_open_failed") or server.proc.returncode is not None, 20, "the first failed attempt"
+    )
     assert server.proc.returncode is None, server.lines
     proxy.restore()
     await wait_healthy(server, port)
@@ -255,6 +324,7 @@ async def test_a_database_that_comes_back_within_the_window_lets_the_server_star
 
 
 # -- 5. uvicorn's own lines -----------------------------------------------------------------------
+
 
 async def test_uvicorns_own_lines_are_json_lines(spawn, tmp_path):
     """uvicorn's own log lines (here: a malformed HTTP request) reach stderr through the JSON formatter."""
@@ -274,6 +344,7 @@ async def test_uvicorns_own_lines_are_json_lines(spawn, tmp_path):
 
 # -- 6. room_loaded once per load -----------------------------------------------------------------
 
+
 async def test_room_loaded_is_logged_once_per_load_with_its_figures(server_factory, capfd):
     """Each load of a canvas (new, then again after it unloaded) is one ``room_loaded`` line with
     ``version``, ``log_rows`` and ``replay_ms``."""
@@ -282,8 +353,11 @@ async def test_room_loaded_is_logged_once_per_load_with_its_figures(server_facto
     await asyncio.wait_for(ws.recv(), 5)
     await ws.send(codec.encode_update(make_update("k", "v")))
     await ws.close()
-    await wait_until(lambda: "loaded-once" not in server.hub.registry.rooms and server.hub.persister.is_durable(
-        "loaded-once"), 10, "unload")
+    await wait_until(
+        lambda: "loaded-once" not in server.hub.registry.rooms and server.hub.persister.is_durable("loaded-once"),
+        10,
+        "unload",
+    )
     ws = await server.connect("loaded-once")
     await asyncio.wait_for(ws.recv(), 5)
     await ws.close()
@@ -295,11 +369,14 @@ async def test_room_loaded_is_logged_once_per_load_with_its_figures(server_facto
 
 # -- 7. .env --------------------------------------------------------------------------------------
 
+
 def test_serve_reads_dotenv_in_the_working_directory(tmp_path):
     """Settings in ``./.env`` apply (here an invalid one, which stops the start)."""
     (tmp_path / ".env").write_text("# deployment settings\nCANVASHUB_KEEP_VERSIONS=0\n")
-    assert_refused(run_cli(*serve_args(tmp_path), cwd=tmp_path, timeout=15),
-                   "--keep-versions (CANVASHUB_KEEP_VERSIONS): must be at least 1, got 0")
+    assert_refused(
+        run_cli(*serve_args(tmp_path), cwd=tmp_path, timeout=15),
+        "--keep-versions (CANVASHUB_KEEP_VERSIONS): must be at least 1, got 0",
+    )
 
 
 def test_real_environment_variables_win_over_dotenv(tmp_path):
@@ -322,6 +399,7 @@ async def test_worker_reads_dotenv(spawn, tmp_path):
 
 # -- 8. no access control on a public address only when asked -------------------------------------
 
+
 def test_serving_other_machines_without_access_control_is_refused(tmp_path):
     """``serve --host 0.0.0.0`` with no secret or public key exits 2 with one line pointing at --open."""
     out = run_cli(*serve_args(tmp_path), "--host", "0.0.0.0", cwd=tmp_path, timeout=15)
@@ -330,11 +408,14 @@ def test_serving_other_machines_without_access_control_is_refused(tmp_path):
     assert "--host 0.0.0.0" in line and "CANVASHUB_AUTH_SECRET" in line and "--open" in line
 
 
-@pytest.mark.parametrize("extra, env", [
-    (["--open"], {}),
-    ([], {"CANVASHUB_OPEN": "true"}),
-    ([], {"CANVASHUB_AUTH_SECRET": SECRET}),
-])
+@pytest.mark.parametrize(
+    "extra, env",
+    [
+        (["--open"], {}),
+        ([], {"CANVASHUB_OPEN": "true"}),
+        ([], {"CANVASHUB_AUTH_SECRET": SECRET}),
+    ],
+)
 async def test_serving_other_machines_starts_with_a_secret_or_explicitly_open(spawn, tmp_path, extra, env):
     """On a non-loopback address the server starts with a secret, or with --open (CANVASHUB_OPEN=true),
     which logs the ``open_mode`` warning."""

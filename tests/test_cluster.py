@@ -23,10 +23,10 @@ from .wire import WireClient, key_updates
 
 async def cluster(server_factory, storage_backend, count: int = 2, **overrides):
     broker = MemoryBroker()
-    return [await server_factory(pubsub=MemoryPubSub(broker), **storage_backend.overrides, **overrides)
-            for _ in range(count)]
-
-
+    return [
+        await server_factory(pubsub=MemoryPubSub(broker), **storage_backend.overrides, **overrides)
+        for _ in range(count)
+    ]
 
 
 async def test_edits_cross_processes_and_are_stored_once(server_factory, storage_backend):
@@ -124,12 +124,18 @@ async def test_presence_crosses_and_leaves_and_echoes_are_ignored(server_factory
     a, b = await cluster(server_factory, storage_backend)
     alice = await WireClient.connect(a, "p")
     bob = await WireClient.connect(b, "p")
-    await alice.ws.send(codec.encode_awareness(encode_awareness_payload(
-        [AwarenessEntry(11, 1, orjson.dumps({"user": {"name": "Alice"}}))])))
+    await alice.ws.send(
+        codec.encode_awareness(
+            encode_awareness_payload([AwarenessEntry(11, 1, orjson.dumps({"user": {"name": "Alice"}}))])
+        )
+    )
     await bob.wait(lambda: bob.awareness_states().get(11) == {"user": {"name": "Alice"}}, 5, "alice's presence on b")
     # Bob's stock client would echo Alice's state back: it must not become Bob's on B.
-    await bob.ws.send(codec.encode_awareness(encode_awareness_payload(
-        [AwarenessEntry(11, 1, orjson.dumps({"user": {"name": "Alice"}}))])))
+    await bob.ws.send(
+        codec.encode_awareness(
+            encode_awareness_payload([AwarenessEntry(11, 1, orjson.dumps({"user": {"name": "Alice"}}))])
+        )
+    )
     late = await WireClient.connect(b, "p")  # newcomers on B see Alice too
     await late.wait(lambda: 11 in late.awareness_states(), 5, "presence for newcomers")
     await bob.close()

@@ -169,6 +169,7 @@ def test_etag_changes_on_insert_and_on_field_update():
 
 def test_etag_rejects_an_unexpected_layout():
     """A document whose update has a struct layout the digest does not expect raises ValueError."""
+
     class Fake:
         def get_state(self) -> bytes:
             return b"\x00"
@@ -189,9 +190,7 @@ def test_patch_element_creates_sets_and_deletes_in_one_update():
     doc = Doc()
     mirror = Doc()
     with captured(doc) as updates:
-        patch_element(
-            doc, "el-1", {"type": "rect", "x": 10, "w": 2.5, "locked": False, "style": {"dash": [1, 2]}}
-        )
+        patch_element(doc, "el-1", {"type": "rect", "x": 10, "w": 2.5, "locked": False, "style": {"dash": [1, 2]}})
     assert len(updates) == 1
     mirror.apply_update(updates[0])
     assert elements(mirror).to_py() == {
@@ -327,8 +326,16 @@ def _everything(doc):
         edit(doc)
 
 
-SCENARIOS = [_add_element, _remove_element, _change_field, _add_field, _remove_field, _bool_to_number,
-             _map_to_plain, _everything]
+SCENARIOS = [
+    _add_element,
+    _remove_element,
+    _change_field,
+    _add_field,
+    _remove_field,
+    _bool_to_number,
+    _map_to_plain,
+    _everything,
+]
 
 
 @pytest.mark.parametrize("edit", SCENARIOS, ids=lambda f: f.__name__.strip("_"))
@@ -376,9 +383,7 @@ def test_restore_to_touches_only_differing_fields():
     _change_field(doc)
     changed: list[tuple[list, set]] = []
     els = elements(doc)  # unobserve needs the same wrapper object that observed
-    subscription = els.observe_deep(
-        lambda events: changed.extend((list(e.path), set(e.keys)) for e in events)
-    )
+    subscription = els.observe_deep(lambda events: changed.extend((list(e.path), set(e.keys)) for e in events))
     restore_to(doc, target)
     els.unobserve(subscription)
     assert changed == [(["a"], {"x"})]
@@ -416,5 +421,3 @@ def test_restore_to_copies_bytes_and_text_values():
     with captured(doc) as updates:
         restore_to(doc, target)
     assert updates == []
-
-

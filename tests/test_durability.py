@@ -20,8 +20,11 @@ def durable_clock(client: JsClient) -> int:
     """The highest own-clock any save event has reported durable to this client."""
     best = 0
     for event in client.events:
-        if event["event"] == "canvashub" and event["payload"].get("type") == "save" \
-                and event["payload"]["status"] == "saved":
+        if (
+            event["event"] == "canvashub"
+            and event["payload"].get("type") == "save"
+            and event["payload"]["status"] == "saved"
+        ):
             best = max(best, event["payload"]["clock"].get(str(client.client_id), 0))
     return best
 
@@ -106,8 +109,11 @@ async def test_postgres_outage_edits_continue_and_flush(server_factory, pg_proxy
         for i in range(10):
             last = await edit(writer, f"during{i}", i)
         retrying = await writer.wait_event(
-            "canvashub", 15, since=mark,
-            where=lambda e: e["payload"].get("type") == "save" and e["payload"]["status"] == "retrying")
+            "canvashub",
+            15,
+            since=mark,
+            where=lambda e: e["payload"].get("type") == "save" and e["payload"]["status"] == "retrying",
+        )
         assert retrying["payload"]["pending"] > 0
         # Relaying does not wait for the database.
         await has_elements(watcher, {f"during{i}" for i in range(10)})

@@ -10,8 +10,11 @@ from canvashub.server.errors import CloseCode, ServerError, answer_for
 
 
 def server_errors() -> list[type[ServerError]]:
-    return [cls for _, cls in inspect.getmembers(errors, inspect.isclass)
-            if issubclass(cls, ServerError) and cls is not ServerError]
+    return [
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, ServerError) and cls is not ServerError
+    ]
 
 
 def test_every_server_error_has_a_row():
@@ -24,8 +27,12 @@ def test_every_server_error_has_a_row():
 
 def test_protocol_errors_close_with_their_own_code_and_are_400_over_http():
     """A protocol error keeps the close code it carries; over HTTP it is a 400 ``invalid``."""
-    for exc, code in [(MalformedFrame("x"), 1002), (InvalidPayload("x"), 1007), (PolicyViolation("x"), 1008),
-                      (FrameTooBig("x"), 1009)]:
+    for exc, code in [
+        (MalformedFrame("x"), 1002),
+        (InvalidPayload("x"), 1007),
+        (PolicyViolation("x"), 1008),
+        (FrameTooBig("x"), 1009),
+    ]:
         answer = answer_for(exc)
         assert answer is not None and (answer.status, answer.error_type, answer.close_code) == (400, "invalid", code)
 

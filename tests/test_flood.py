@@ -50,14 +50,18 @@ def test_offence_log_writes_the_first_line_per_key_then_one_summary():
         offences.record(logging.WARNING, "limit_exceeded", "10.0.0.3", "origin", limit="origin")  # past max_keys
         offences.flush_due()  # not due yet
         assert [(r.getMessage(), r.fields["ip"]) for r in lines.records] == [
-            ("ws_protocol_error", "10.0.0.1"), ("ws_protocol_error", "10.0.0.1"), ("ws_protocol_error", "10.0.0.2")]
+            ("ws_protocol_error", "10.0.0.1"),
+            ("ws_protocol_error", "10.0.0.1"),
+            ("ws_protocol_error", "10.0.0.2"),
+        ]
         now[0] = 10.0
         offences.flush_due()
         summary = lines.records[-1]
         assert summary.getMessage() == "offences_suppressed" and summary.fields["total"] == 5
         assert summary.fields["counts"] == [
             {"event": "ws_protocol_error", "ip": "10.0.0.1", "detail": "1002", "count": 4},
-            {"event": "limit_exceeded", "ip": "10.0.0.3", "detail": "origin", "count": 1}]
+            {"event": "limit_exceeded", "ip": "10.0.0.3", "detail": "origin", "count": 1},
+        ]
         offences.record(logging.WARNING, "ws_protocol_error", "10.0.0.1", 1002, code=1002)  # a new period
         assert lines.records[-1].getMessage() == "ws_protocol_error"
     finally:
@@ -70,8 +74,7 @@ async def flood(port: int, canvas_id: str, sockets: int = FLOOD_SOCKETS) -> coll
     rng = random.Random(12)
     kinds = list(raw_ws.FLOOD_KINDS)
     upgrade = raw_ws.upgrade_request(port, canvas_id)
-    wires = [(kinds[i % len(kinds)], raw_ws.flood_wire(kinds[i % len(kinds)], rng, FRAME_CAP))
-             for i in range(sockets)]
+    wires = [(kinds[i % len(kinds)], raw_ws.flood_wire(kinds[i % len(kinds)], rng, FRAME_CAP)) for i in range(sockets)]
     outcomes: collections.Counter = collections.Counter()
     pending = iter(wires)
 

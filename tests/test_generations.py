@@ -52,8 +52,10 @@ async def test_pattern_generation_reaches_every_client(server_factory, storage_b
     b = await WireClient.connect(server, "gen", sync=True)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         started = time.perf_counter()
-        response = await http.post("/api/canvases/gen/generations",
-                                   json={"generator": "pattern", "prompt": "blue waves", "params": {"duration": 2}})
+        response = await http.post(
+            "/api/canvases/gen/generations",
+            json={"generator": "pattern", "prompt": "blue waves", "params": {"duration": 2}},
+        )
         elapsed = time.perf_counter() - started
         assert response.status_code == 202, response.text
         job = response.json()["job"]
@@ -101,8 +103,12 @@ async def test_cancellation_stops_the_job_and_adds_nothing(server_factory, stora
     server = await server_factory(**storage_backend.overrides, **FAST)
     client = await WireClient.connect(server, "cancel", sync=True)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        job = (await http.post("/api/canvases/cancel/generations",
-                               json={"generator": "pattern", "prompt": "x", "params": {"duration": 5}})).json()["job"]
+        job = (
+            await http.post(
+                "/api/canvases/cancel/generations",
+                json={"generator": "pattern", "prompt": "x", "params": {"duration": 5}},
+            )
+        ).json()["job"]
         await client.wait(lambda: "started" in statuses(client, job["id"]), 10, "started")
         response = await http.post(f"/api/generations/{job['id']}/cancel")
         assert response.status_code == 200
@@ -127,11 +133,14 @@ async def test_idempotency_key_gives_one_job(server_factory, storage_backend):
         assert [j["id"] for j in listed] == list(ids)
         # Validation: unknown generator, bad prompt, bad params, unknown fields are 422 with the problems
         # listed; a body that is not JSON is 400.
-        for bad, path in (({"generator": "nope", "prompt": "x"}, "generator"),
-                          ({"generator": "pattern", "prompt": 5}, "prompt"),
-                          ({"generator": "pattern", "params": []}, "params"),
-                          ({"generator": "pattern", "params": {"x": "left"}}, "params.x"),
-                          ({"generator": "pattern", "colour": "red"}, ""), ({"prompt": "x"}, "")):
+        for bad, path in (
+            ({"generator": "nope", "prompt": "x"}, "generator"),
+            ({"generator": "pattern", "prompt": 5}, "prompt"),
+            ({"generator": "pattern", "params": []}, "params"),
+            ({"generator": "pattern", "params": {"x": "left"}}, "params.x"),
+            ({"generator": "pattern", "colour": "red"}, ""),
+            ({"prompt": "x"}, ""),
+        ):
             response = await http.post("/api/canvases/idem/generations", json=bad)
             assert response.status_code == 422 and response.json()["error"]["type"] == "invalid", bad
             assert path in [e["path"] for e in response.json()["error"]["errors"]], response.json()
@@ -150,8 +159,12 @@ async def test_killed_worker_process_job_is_reclaimed_once(server_factory, stora
     first = await worker_factory(env)
     client = await WireClient.connect(server, "reclaim", sync=True)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        job = (await http.post("/api/canvases/reclaim/generations",
-                               json={"generator": "pattern", "prompt": "r", "params": {"duration": 3}})).json()["job"]
+        job = (
+            await http.post(
+                "/api/canvases/reclaim/generations",
+                json={"generator": "pattern", "prompt": "r", "params": {"duration": 3}},
+            )
+        ).json()["job"]
         await wait_job(http, job["id"], lambda j: j["status"] == "running" and j["progress"] > 0)
         first.send_signal(signal.SIGKILL)
         await first.wait()
@@ -175,8 +188,9 @@ async def worker_factory():
     started: list[asyncio.subprocess.Process] = []
 
     async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "canvashub.server", "worker",
-                                                    "--job-workers", "1", env={**os.environ, **env})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "canvashub.server", "worker", "--job-workers", "1", env={**os.environ, **env}
+        )
         started.append(proc)
         return proc
 
@@ -203,8 +217,9 @@ async def test_http_generator_retries_until_the_service_recovers(server_factory,
     server = await server_factory(**storage_backend.overrides, **FAST, generator_http_url=fake_service.base_url)
     client = await WireClient.connect(server, "remote", sync=True)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        job = (await http.post("/api/canvases/remote/generations",
-                               json={"generator": "http", "prompt": "a cat"})).json()["job"]
+        job = (
+            await http.post("/api/canvases/remote/generations", json={"generator": "http", "prompt": "a cat"})
+        ).json()["job"]
         final = await wait_job(http, job["id"], lambda j: j["status"] in ("succeeded", "failed"), 30)
         assert final["status"] == "succeeded" and final["attempts"] == 3, final
         await client.wait(lambda: "succeeded" in statuses(client, job["id"]), 10, "succeeded")
@@ -218,12 +233,14 @@ async def test_http_generator_that_always_fails_ends_failed(server_factory, stor
     """A service whose jobs always fail (retryably) exhausts the retry limit: the job ends `failed`
     with a classified error type, clients get a `failed` event, and no element appears."""
     fake_service.always_fail(retryable=True)
-    server = await server_factory(**storage_backend.overrides, **FAST, generator_http_url=fake_service.base_url,
-                                  job_max_attempts=3)
+    server = await server_factory(
+        **storage_backend.overrides, **FAST, generator_http_url=fake_service.base_url, job_max_attempts=3
+    )
     client = await WireClient.connect(server, "broken", sync=True)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        job = (await http.post("/api/canvases/broken/generations",
-                               json={"generator": "http", "prompt": "nope"})).json()["job"]
+        job = (
+            await http.post("/api/canvases/broken/generations", json={"generator": "http", "prompt": "nope"})
+        ).json()["job"]
         final = await wait_job(http, job["id"], lambda j: j["status"] in ("succeeded", "failed"), 30)
     assert final["status"] == "failed" and final["attempts"] == 3, final
     assert final["error"]["type"] == "upstream"
@@ -245,15 +262,21 @@ async def test_requests_over_the_events_channel(server_factory):
 
     async def ask(payload: dict) -> dict:
         await client.ws.send(encode_event(orjson.dumps(payload)))
-        return await client.wait(lambda: next((e for e in client.events_of("response")
-                                               if e["request_id"] == payload.get("request_id")), None), 10)
+        return await client.wait(
+            lambda: next(
+                (e for e in client.events_of("response") if e["request_id"] == payload.get("request_id")), None
+            ),
+            10,
+        )
 
-    created = await ask({"type": "generate", "request_id": "r1", "generator": "pattern", "prompt": "ws",
-                         "idempotency_key": "same"})
+    created = await ask(
+        {"type": "generate", "request_id": "r1", "generator": "pattern", "prompt": "ws", "idempotency_key": "same"}
+    )
     assert created["ok"] and created["job"]["status"] == "queued" and created["created"] is True
     job_id = created["job"]["id"]
-    again = await ask({"type": "generate", "request_id": "r2", "generator": "pattern", "prompt": "ws",
-                       "idempotency_key": "same"})
+    again = await ask(
+        {"type": "generate", "request_id": "r2", "generator": "pattern", "prompt": "ws", "idempotency_key": "same"}
+    )
     assert again["ok"] and again["job"]["id"] == job_id and again["created"] is False
     got = await ask({"type": "get_generation", "request_id": "r3", "job_id": job_id})
     assert got["ok"] and got["job"]["id"] == job_id
@@ -298,8 +321,11 @@ async def test_two_servers_apply_a_result_once_and_both_announce_it(server_facto
     element_id = stored.result["element_id"]
     # Both watchers have seen the job marked applied: no other `succeeded` can follow.
     watchers = [server.app.state.jobs.watcher for server in servers]
-    await wait_until(lambda: all(w._seen.get(job["id"]) == stored.updated_at for w in watchers), 10,
-                     "both watchers saw the job applied")
+    await wait_until(
+        lambda: all(w._seen.get(job["id"]) == stored.updated_at for w in watchers),
+        10,
+        "both watchers saw the job applied",
+    )
     for client in clients:
         (done,) = [e for e in client.events_of("generation") if e["status"] == "succeeded"]
         assert done["job"]["id"] == job["id"]

@@ -107,8 +107,9 @@ async def test_pattern_is_deterministic() -> None:
     assert named.data != first.data and named.data != painted.data
 
 
-@pytest.mark.parametrize("prompt", ["blue waves", "", "<script>alert(1)</script> & \"q\" 'a' ]]> \x00\x1b\ufffe é 🎨",
-                                    "x" * 5000])
+@pytest.mark.parametrize(
+    "prompt", ["blue waves", "", "<script>alert(1)</script> & \"q\" 'a' ]]> \x00\x1b\ufffe é 🎨", "x" * 5000]
+)
 async def test_pattern_svg_is_well_formed_and_inert(prompt: str) -> None:
     """Whatever the prompt, the pattern SVG is well-formed, inert (no scripts, links or handlers) and titled.
     The title is the prompt without characters XML cannot hold, cut to 200 characters."""
@@ -148,12 +149,29 @@ async def test_pattern_duration_param_overrides_step_delay() -> None:
     await run(PatternGenerator(step_delay=60), request("zero", {"duration": 0}), timeout=5)
 
 
-@pytest.mark.parametrize("params", [
-    {"width": 8}, {"width": 4096}, {"width": "512"}, {"width": True}, {"height": 1.5}, {"height": 0},
-    {"duration": -1}, {"duration": 601}, {"duration": "1"}, {"duration": float("nan")}, {"duration": False},
-    {"palette": "nope"}, {"palette": ["red"]}, {"palette": []}, {"palette": ["#fff"] * 17},
-    {"palette": ["#fff\" onload=\"x"]}, {"palette": 3}, [],
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"width": 8},
+        {"width": 4096},
+        {"width": "512"},
+        {"width": True},
+        {"height": 1.5},
+        {"height": 0},
+        {"duration": -1},
+        {"duration": 601},
+        {"duration": "1"},
+        {"duration": float("nan")},
+        {"duration": False},
+        {"palette": "nope"},
+        {"palette": ["red"]},
+        {"palette": []},
+        {"palette": ["#fff"] * 17},
+        {"palette": ['#fff" onload="x']},
+        {"palette": 3},
+        [],
+    ],
+)
 async def test_pattern_invalid_params_are_permanent(params) -> None:
     """Invalid pattern params fail with a permanent "invalid" error before any progress is reported."""
     progress = Progress()
@@ -174,7 +192,8 @@ async def test_pattern_cancellation_propagates_promptly() -> None:
     """Cancelling a pattern job stops it at once, between steps or in a long sleep, and no step runs after."""
     progress = Progress()
     task = asyncio.get_running_loop().create_task(
-        PatternGenerator(step_delay=0.01, steps=100_000).generate(request(), progress))
+        PatternGenerator(step_delay=0.01, steps=100_000).generate(request(), progress)
+    )
     await asyncio.wait_for(progress.first.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -295,11 +314,19 @@ async def test_http_connection_refused_is_unavailable() -> None:
     assert caught.value.error_type == "unavailable"
 
 
-@pytest.mark.parametrize("status, error_class, error_type", [
-    (400, PermanentError, "invalid"), (422, PermanentError, "invalid"), (401, PermanentError, "upstream"),
-    (404, PermanentError, "upstream"), (408, RetryableError, "timeout"), (429, RetryableError, "unavailable"),
-    (500, RetryableError, "unavailable"), (502, RetryableError, "unavailable"),
-])
+@pytest.mark.parametrize(
+    "status, error_class, error_type",
+    [
+        (400, PermanentError, "invalid"),
+        (422, PermanentError, "invalid"),
+        (401, PermanentError, "upstream"),
+        (404, PermanentError, "upstream"),
+        (408, RetryableError, "timeout"),
+        (429, RetryableError, "unavailable"),
+        (500, RetryableError, "unavailable"),
+        (502, RetryableError, "unavailable"),
+    ],
+)
 async def test_http_status_classification(fake: FakeGenerationService, status: int, error_class, error_type) -> None:
     """Error statuses map to error classes: 400/422 invalid, 401/404 upstream, 408 timeout, 429/5xx unavailable."""
     fake.reject_with = status

@@ -156,8 +156,10 @@ def scan_server_log(path: str) -> tuple[collections.Counter, list[str]]:
                 except orjson.JSONDecodeError:
                     bad.append(line)
                     continue
-                if record.get("logger") == "uvicorn.error" \
-                        and record.get("event") == "Invalid UTF-8 sequence received from client.":
+                if (
+                    record.get("logger") == "uvicorn.error"
+                    and record.get("event") == "Invalid UTF-8 sequence received from client."
+                ):
                     # uvicorn's own handling of a text frame that is not UTF-8: it closes with 1007 (checked
                     # by the client) but logs an ERROR with a traceback per socket. Counted, reported, tolerated.
                     events["uvicorn_invalid_utf8_traceback"] += 1
@@ -293,8 +295,9 @@ async def test_hostile_input_run(process_server_factory, tmp_path):
                 assert canvas_id != "healthy", "the healthy canvas was not stored"
                 continue
             stored_canvases += 1
-            rows = ([("snapshot", loaded.snapshot)] if loaded.snapshot else []) + \
-                [(f"seq {seq}", update) for seq, update in loaded.updates]
+            rows = ([("snapshot", loaded.snapshot)] if loaded.snapshot else []) + [
+                (f"seq {seq}", update) for seq, update in loaded.updates
+            ]
             stored_rows += len(rows)
             for what, row in rows:
                 try:

@@ -71,16 +71,19 @@ async def test_json_and_binary_exports_have_their_own_etags_and_vary_on_accept(h
     assert ok.status_code == 200
 
 
-@pytest.mark.parametrize("accept, binary", [
-    ("application/octet-stream", True),
-    ("application/json", False),
-    ("*/*", False),
-    ("application/octet-stream;q=0, application/json", False),
-    ("application/json;q=0.5, application/octet-stream", True),
-    ("application/json;q=0.9, application/octet-stream;q=0.1", False),
-    ("text/html,application/xhtml+xml,*/*;q=0.8", False),
-    ("application/x-octet-stream-nope", None),
-])
+@pytest.mark.parametrize(
+    "accept, binary",
+    [
+        ("application/octet-stream", True),
+        ("application/json", False),
+        ("*/*", False),
+        ("application/octet-stream;q=0, application/json", False),
+        ("application/json;q=0.5, application/octet-stream", True),
+        ("application/json;q=0.9, application/octet-stream;q=0.1", False),
+        ("text/html,application/xhtml+xml,*/*;q=0.8", False),
+        ("application/x-octet-stream-nope", None),
+    ],
+)
 async def test_accept_is_parsed_with_q_values(http, accept, binary):
     """The export's format follows the highest-q acceptable media type, not a substring; nothing
     acceptable is a JSON 406."""
@@ -95,13 +98,19 @@ async def test_accept_is_parsed_with_q_values(http, accept, binary):
 
 async def test_generation_params_are_checked_when_posted(http):
     """Params a generator would refuse are a 422 at ``POST`` with the offending path, not a failed job."""
-    for params, path in [({"duration": 100000}, "params.duration"), ({"width": 3}, "params.width"),
-                         ({"palette": "nope"}, "params.palette"), ({"width": "wide"}, "params.width")]:
+    for params, path in [
+        ({"duration": 100000}, "params.duration"),
+        ({"width": 3}, "params.width"),
+        ({"palette": "nope"}, "params.palette"),
+        ({"width": "wide"}, "params.width"),
+    ]:
         response = await http.post("/api/canvases/g/generations", json={"generator": "pattern", "params": params})
         error = assert_error(response, 422, "invalid")
         assert path in [e["path"] for e in error["errors"]], error
-    ok = await http.post("/api/canvases/g/generations",
-                         json={"generator": "pattern", "params": {"duration": 0, "width": 64, "palette": "warm"}})
+    ok = await http.post(
+        "/api/canvases/g/generations",
+        json={"generator": "pattern", "params": {"duration": 0, "width": 64, "palette": "warm"}},
+    )
     assert ok.status_code == 202, ok.text
 
 
@@ -120,8 +129,12 @@ async def test_an_idempotency_key_reused_with_another_body_is_409(http):
 
 async def test_unknown_canvas_is_the_same_404_on_every_per_canvas_endpoint(http):
     """Reads of a canvas that does not exist answer one 404 ``not_found``, whichever endpoint."""
-    for path in ("/api/canvases/ghost", "/api/canvases/ghost/versions", "/api/canvases/ghost/versions/1",
-                 "/api/canvases/ghost/generations"):
+    for path in (
+        "/api/canvases/ghost",
+        "/api/canvases/ghost/versions",
+        "/api/canvases/ghost/versions/1",
+        "/api/canvases/ghost/generations",
+    ):
         error = assert_error(await http.get(path), 404, "not_found")
         assert "ghost" in error["message"]
     assert_error(await http.delete("/api/canvases/ghost"), 404, "not_found")

@@ -117,8 +117,7 @@ async def test_get_unknown_and_invalid_canvas_ids(server_factory, storage_backen
         # 64 characters is still a valid id (and unknown).
         assert_error(await http.get("/api/canvases/" + "x" * 64), 404, "not_found")
         # Every route with a canvas id validates it.
-        assert_error(await http.post("/api/canvases/a.b/updates", content=b"\x00\x00", headers=BINARY),
-                     400, "invalid")
+        assert_error(await http.post("/api/canvases/a.b/updates", content=b"\x00\x00", headers=BINARY), 400, "invalid")
         assert_error(await http.patch("/api/canvases/a.b/elements/e1", json={"x": 1}), 400, "invalid")
         assert_error(await http.delete("/api/canvases/a.b"), 400, "invalid")
         assert_error(await http.get("/api/canvases/a.b/versions"), 400, "invalid")
@@ -148,8 +147,9 @@ async def test_get_exports_json_binary_and_conditional(server_factory, storage_b
         assert not_modified.content == b""
         assert not_modified.headers["etag"] == etag
         # Weak comparison and lists work too; a different tag gets the full body.
-        assert (await http.get("/api/canvases/export",
-                               headers={"If-None-Match": f'"other", W/{etag}'})).status_code == 304
+        assert (
+            await http.get("/api/canvases/export", headers={"If-None-Match": f'"other", W/{etag}'})
+        ).status_code == 304
         other = await http.get("/api/canvases/export", headers={"If-None-Match": '"0123456789abcdef0123456789abcdef"'})
         assert other.status_code == 200 and other.json()["elements"] == body["elements"]
 
@@ -218,8 +218,9 @@ async def test_get_same_from_live_room_and_from_storage(server_factory, storage_
         assert_iso(cold.json()["updated_at"])
         cold_binary = await http.get("/api/canvases/both", headers={"Accept": "application/octet-stream"})
         assert elements_of(cold_binary.content) == elements_of(live_binary.content) == {"k0": 0, "k2": 2, "k3": 3}
-        assert (await http.get("/api/canvases/both",
-                               headers={"If-None-Match": live.headers["etag"]})).status_code == 304
+        assert (
+            await http.get("/api/canvases/both", headers={"If-None-Match": live.headers["etag"]})
+        ).status_code == 304
 
 
 async def test_writes_not_yet_durable_answer_202_and_are_readable(server_factory, storage_backend):
@@ -310,22 +311,25 @@ async def test_post_update_if_match(server_factory, storage_backend):
         assert current != stale
 
         _, mine = key_updates(2, prefix="h")
-        refused = await http.post("/api/canvases/guarded/updates", content=mine[0],
-                                  headers={**BINARY, "If-Match": stale})
+        refused = await http.post(
+            "/api/canvases/guarded/updates", content=mine[0], headers={**BINARY, "If-Match": stale}
+        )
         assert_error(refused, 412, "conflict")
         assert refused.headers["etag"] == current
         after = await http.get("/api/canvases/guarded")
         assert after.headers["etag"] == current
         assert after.json()["elements"] == {"k0": 0, "k1": 1}
 
-        accepted = await http.post("/api/canvases/guarded/updates", content=mine[0],
-                                   headers={**BINARY, "If-Match": current})
+        accepted = await http.post(
+            "/api/canvases/guarded/updates", content=mine[0], headers={**BINARY, "If-Match": current}
+        )
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["etag"] != current
         assert await next_update(client, 0) == mine[0]  # the refused write was never relayed
 
-        wildcard = await http.post("/api/canvases/guarded/updates", content=mine[1],
-                                   headers={**BINARY, "If-Match": "*"})
+        wildcard = await http.post(
+            "/api/canvases/guarded/updates", content=mine[1], headers={**BINARY, "If-Match": "*"}
+        )
         assert wildcard.status_code == 200
         assert (await http.get("/api/canvases/guarded")).json()["elements"] == {"k0": 0, "k1": 1, "h0": 0, "h1": 1}
     loaded = await stored(storage_backend, "guarded")
@@ -342,15 +346,15 @@ async def test_post_update_rejects_garbage_and_empty_bodies(server_factory, stor
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         before = await http.get("/api/canvases/strict")
         for garbage in (b"\x01\x01\xff\xff\xff\x0f\x00\x07\x00", b"not an update at all", b"\x00"):
-            assert_error(await http.post("/api/canvases/strict/updates", content=garbage, headers=BINARY),
-                         400, "invalid")
+            assert_error(
+                await http.post("/api/canvases/strict/updates", content=garbage, headers=BINARY), 400, "invalid"
+            )
         assert_error(await http.post("/api/canvases/strict/updates", content=b"", headers=BINARY), 400, "invalid")
         after = await http.get("/api/canvases/strict")
         assert after.headers["etag"] == before.headers["etag"]
         assert after.json()["elements"] == {"k0": 0, "k1": 1}
 
-        assert_error(await http.post("/api/canvases/never/updates", content=b"junk", headers=BINARY),
-                     400, "invalid")
+        assert_error(await http.post("/api/canvases/never/updates", content=b"junk", headers=BINARY), 400, "invalid")
         assert_error(await http.post("/api/canvases/never2/updates", content=b"", headers=BINARY), 400, "invalid")
         assert [c["id"] for c in (await http.get("/api/canvases")).json()["canvases"]] == ["strict"]
         # The socket is still open and saw no update frame from the refused posts: prove ordering with a
@@ -377,12 +381,11 @@ async def test_post_update_too_large(server_factory):
 
     async def chunks():
         for start in range(0, len(big), 1000):
-            yield big[start:start + 1000]
+            yield big[start : start + 1000]
 
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         assert_error(await http.post("/api/canvases/huge/updates", content=big, headers=BINARY), 413, "too_large")
-        assert_error(await http.post("/api/canvases/huge/updates", content=chunks(), headers=BINARY),
-                     413, "too_large")
+        assert_error(await http.post("/api/canvases/huge/updates", content=chunks(), headers=BINARY), 413, "too_large")
         assert_error(await http.get("/api/canvases/huge"), 404, "not_found")
         ok = await http.post("/api/canvases/huge/updates", content=small, headers=BINARY)
         assert ok.status_code == 200, ok.text
@@ -437,15 +440,15 @@ async def test_patch_element_rejects_bad_input_and_stale_etags(server_factory, s
         etag = first.headers["etag"]
         url = "/api/canvases/shapes/elements/e1"
         for body in (b"{", b"", b"{'x': 1}"):  # not JSON: 400
-            assert_error(await http.patch(url, content=body, headers={"Content-Type": "application/json"}),
-                         400, "invalid")
+            assert_error(
+                await http.patch(url, content=body, headers={"Content-Type": "application/json"}), 400, "invalid"
+            )
         for body in (b"[1, 2]", b'"text"', b"42", b"null", b'{"x": 9007199254740993}'):  # wrong shape: 422
             response = await http.patch(url, content=body, headers={"Content-Type": "application/json"})
             assert_error(response, 422, "invalid")
             assert response.json()["error"]["errors"], body
         for element_id in ("a.b", "x" * 65, "a%20b"):
-            assert_error(await http.patch(f"/api/canvases/shapes/elements/{element_id}", json={"x": 1}),
-                         400, "invalid")
+            assert_error(await http.patch(f"/api/canvases/shapes/elements/{element_id}", json={"x": 1}), 400, "invalid")
         got = await http.get("/api/canvases/shapes")
         assert got.headers["etag"] == etag
         assert got.json()["elements"] == {"e1": {"x": 1}}
@@ -566,8 +569,8 @@ async def test_versions_list_get_and_restore(server_factory, storage_backend):
     a live client) without rewriting history."""
     server = await server_factory(**storage_backend.overrides, compact_every_updates=5)
     client = await WireClient.connect(server, "hist")
-    doc, first = key_updates(5)                                    # v1: k0..k4
-    _, second = key_updates(5, prefix="m", doc=doc)                # v2: k0..k4, m0..m4
+    doc, first = key_updates(5)  # v1: k0..k4
+    _, second = key_updates(5, prefix="m", doc=doc)  # v2: k0..k4, m0..m4
     third = capture(doc, lambda elements: [elements.__delitem__(f"k{i}") for i in range(5)])  # v3: m0..m4
     assert len(third) == 5
     expected = [
@@ -616,8 +619,9 @@ async def test_versions_list_get_and_restore(server_factory, storage_backend):
             assert body["elements"] == want
             assert_iso(body["created_at"])
             assert body["size"] == next(v["size"] for v in versions if v["number"] == number)
-            raw = await http.get(f"/api/canvases/hist/versions/{number}",
-                                 headers={"Accept": "application/octet-stream"})
+            raw = await http.get(
+                f"/api/canvases/hist/versions/{number}", headers={"Accept": "application/octet-stream"}
+            )
             assert raw.headers["content-type"] == "application/octet-stream"
             assert elements_of(raw.content) == want
         assert_error(await http.get(f"/api/canvases/hist/versions/{numbers[0] + 100}"), 404, "not_found")
@@ -647,8 +651,9 @@ async def test_versions_list_get_and_restore(server_factory, storage_backend):
         assert (await http.get(f"/api/canvases/hist/versions/{numbers[0]}")).json()["elements"] == expected[2]
 
         # If-Match applies to restores too.
-        refused = await http.post(f"/api/canvases/hist/versions/{numbers[0]}/restore",
-                                  headers={"If-Match": current.headers["etag"]})
+        refused = await http.post(
+            f"/api/canvases/hist/versions/{numbers[0]}/restore", headers={"If-Match": current.headers["etag"]}
+        )
         assert_error(refused, 412, "conflict")
         assert refused.headers["etag"] == restored.headers["etag"]
         assert (await http.get("/api/canvases/hist")).json()["elements"] == expected[0]
@@ -701,14 +706,18 @@ async def test_refused_write_does_not_make_a_canvas_appear(server_factory):
     versions and DELETE (it used to read as an empty canvas until the room's grace period ended)."""
     server = await server_factory()
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        assert_error(await http.post("/api/canvases/phantom/updates", content=b"junk", headers=BINARY),
-                     400, "invalid")
+        assert_error(await http.post("/api/canvases/phantom/updates", content=b"junk", headers=BINARY), 400, "invalid")
         assert_error(await http.patch("/api/canvases/phantom2/elements/a.b", json={"x": 1}), 400, "invalid")
         # If-Match, even "*", never matches a canvas that does not exist (RFC 9110 13.1.1).
         _, updates = key_updates(1)
         for tag in ("*", '"abc"'):
-            assert_error(await http.post("/api/canvases/phantom3/updates", content=updates[0],
-                                         headers={**BINARY, "If-Match": tag}), 412, "conflict")
+            assert_error(
+                await http.post(
+                    "/api/canvases/phantom3/updates", content=updates[0], headers={**BINARY, "If-Match": tag}
+                ),
+                412,
+                "conflict",
+            )
         for canvas_id in ("phantom", "phantom2", "phantom3"):
             assert_error(await http.get(f"/api/canvases/{canvas_id}"), 404, "not_found")
             assert_error(await http.get(f"/api/canvases/{canvas_id}/versions"), 404, "not_found")

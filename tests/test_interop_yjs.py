@@ -32,8 +32,9 @@ async def js(server_factory) -> AsyncIterator:
     require_node()
     started: list[JsClient] = []
 
-    async def start(server: LiveServer, room: str, name: str = "client", *, connect: bool = True,
-                    synced: bool = True) -> JsClient:
+    async def start(
+        server: LiveServer, room: str, name: str = "client", *, connect: bool = True, synced: bool = True
+    ) -> JsClient:
         client = await JsClient.start(f"ws://127.0.0.1:{server.port}/ws", room, name=name, connect=connect)
         started.append(client)
         if connect and synced:
@@ -117,30 +118,39 @@ async def test_concurrent_offline_edits_converge(live_server, js):
     """Edits made while one client is offline (same and different fields, same text position) converge everywhere."""
     canvas = "interop-converge"
     a, b = await asyncio.gather(js(live_server, canvas, "A"), js(live_server, canvas, "B"))
-    await a.call("batch", ops=[
-        nested("e1", x=1, y=1, color="red", label="one"),
-        nested("e2", x=5, label="two"),
-        {"op": "insertText", "index": 0, "text": "hello world"},
-    ])
+    await a.call(
+        "batch",
+        ops=[
+            nested("e1", x=1, y=1, color="red", label="one"),
+            nested("e2", x=5, label="two"),
+            {"op": "insertText", "index": 0, "text": "hello world"},
+        ],
+    )
     await converged(a, b)
 
     await disconnected(a)
-    await a.call("batch", ops=[
-        field("e1", "x", 10),  # only A touches x
-        field("e1", "color", "blue"),  # both set color
-        field("e2", "label", "edited by A"),  # B deletes e2
-        nested("e3", kind="A-only"),
-        nested("e4", owner="A"),  # both create e4
-        {"op": "insertText", "index": 5, "text": " A"},  # both insert at 5
-    ])
-    await b.call("batch", ops=[
-        field("e1", "y", 20),
-        field("e1", "color", "green"),
-        {"op": "delete", "key": "e2"},
-        nested("e4", owner="B"),
-        {"op": "insertText", "index": 5, "text": " B"},
-        {"op": "deleteText", "index": 0, "length": 1},
-    ])
+    await a.call(
+        "batch",
+        ops=[
+            field("e1", "x", 10),  # only A touches x
+            field("e1", "color", "blue"),  # both set color
+            field("e2", "label", "edited by A"),  # B deletes e2
+            nested("e3", kind="A-only"),
+            nested("e4", owner="A"),  # both create e4
+            {"op": "insertText", "index": 5, "text": " A"},  # both insert at 5
+        ],
+    )
+    await b.call(
+        "batch",
+        ops=[
+            field("e1", "y", 20),
+            field("e1", "color", "green"),
+            {"op": "delete", "key": "e2"},
+            nested("e4", owner="B"),
+            {"op": "insertText", "index": 5, "text": " B"},
+            {"op": "deleteText", "index": 0, "length": 1},
+        ],
+    )
     await reconnected(a)
     sa, sb = await converged(a, b)
 
@@ -159,13 +169,18 @@ async def test_concurrent_offline_edits_converge(live_server, js):
 async def test_edits_made_before_first_sync_converge(live_server, js):
     """Two clients that edit before ever connecting both reach the server and each other on connect."""
     canvas = "interop-presync"
-    a, b = await asyncio.gather(js(live_server, canvas, "A", connect=False),
-                                js(live_server, canvas, "B", connect=False))
+    a, b = await asyncio.gather(
+        js(live_server, canvas, "A", connect=False), js(live_server, canvas, "B", connect=False)
+    )
     await asyncio.gather(
-        a.call("batch", ops=[nested("shared", by="A", a=1), nested("onlyA", n=1),
-                             {"op": "insertText", "index": 0, "text": "AAA"}]),
-        b.call("batch", ops=[nested("shared", by="B", b=2), nested("onlyB", n=2),
-                             {"op": "insertText", "index": 0, "text": "BBB"}]),
+        a.call(
+            "batch",
+            ops=[nested("shared", by="A", a=1), nested("onlyA", n=1), {"op": "insertText", "index": 0, "text": "AAA"}],
+        ),
+        b.call(
+            "batch",
+            ops=[nested("shared", by="B", b=2), nested("onlyB", n=2), {"op": "insertText", "index": 0, "text": "BBB"}],
+        ),
     )
     marks = a.mark(), b.mark()
     await asyncio.gather(a.call("connect"), b.call("connect"))
@@ -191,8 +206,11 @@ async def test_late_joiner_gets_full_state(server_factory, js, room_state):
     await a.call("batch", ops=ops)
     await a.call("update", key="el1", field="x", value=-1)  # a second update from the same client
     expected = await a.read()
-    await wait_until(lambda: decode_state_vector(server_doc(live, canvas).get_state()) == expected["sv"],
-                     5, "the server to have all of A's edits")
+    await wait_until(
+        lambda: decode_state_vector(server_doc(live, canvas).get_state()) == expected["sv"],
+        5,
+        "the server to have all of A's edits",
+    )
 
     if room_state == "reloaded":
         await a.close()
@@ -211,8 +229,10 @@ async def test_late_joiner_gets_full_state(server_factory, js, room_state):
 async def test_rooms_are_isolated(live_server, js):
     """Edits and awareness in one room never reach a room whose id shares its prefix."""
     a1, a2, b1, b2 = await asyncio.gather(
-        js(live_server, "iso", "A1"), js(live_server, "iso", "A2"),
-        js(live_server, "iso-b", "B1"), js(live_server, "iso-b", "B2"),
+        js(live_server, "iso", "A1"),
+        js(live_server, "iso", "A2"),
+        js(live_server, "iso-b", "B1"),
+        js(live_server, "iso-b", "B2"),
     )
 
     await a1.call("awareness", state={"user": "a1-only"})
@@ -248,8 +268,11 @@ async def test_awareness_reaches_peer_and_goes_away(live_server, js, how):
     state_a = {"user": {"name": "Zoë 🎨", "color": "#f80"}, "cursor": {"x": 12.5, "y": -3}}
     await a.call("awareness", state=state_a)
     room = live_server.hub.registry.rooms[canvas]
-    await wait_until(lambda: any(e.client_id == a.client_id for e in room.document.awareness.live_entries()),
-                     5, "the server to hold A's awareness")
+    await wait_until(
+        lambda: any(e.client_id == a.client_id for e in room.document.awareness.live_entries()),
+        5,
+        "the server to hold A's awareness",
+    )
 
     # B joins after A's state was sent: it can only learn it from the server's join frames.
     b = await js(live_server, canvas, "B", synced=False)
@@ -266,14 +289,16 @@ async def test_awareness_reaches_peer_and_goes_away(live_server, js, how):
         a.kill()  # no goodbye from the client: only the server can tell B
     else:
         await a.call("destroy")
-    await b.wait_event("awareness", since=mark, timeout=3.0,
-                       where=lambda e: str(a.client_id) not in e["states"])
+    await b.wait_event("awareness", since=mark, timeout=3.0, where=lambda e: str(a.client_id) not in e["states"])
     elapsed = loop.time() - started
     assert elapsed < 3.0
     states = await b.call("awarenessStates")
     assert set(states) == {str(b.client_id)}
-    await wait_until(lambda: not any(e.client_id == a.client_id for e in room.document.awareness.live_entries()),
-                     3, "the server to forget A's awareness")
+    await wait_until(
+        lambda: not any(e.client_id == a.client_id for e in room.document.awareness.live_entries()),
+        3,
+        "the server to forget A's awareness",
+    )
 
 
 async def test_one_megabyte_text_insert_arrives_intact(server_factory, js):
@@ -283,13 +308,14 @@ async def test_one_megabyte_text_insert_arrives_intact(server_factory, js):
     a, b = await asyncio.gather(js(live, canvas, "A"), js(live, canvas, "B"))
     pattern = "The quick brown fox jumps over the lazy dog 0123456789~!\n"  # ASCII: JS length == len()
     count = 1_000_000 // len(pattern) + 1
-    expected = (pattern * count)[: 1_000_000]
+    expected = (pattern * count)[:1_000_000]
     assert len(pattern * count) >= 1_000_000
     mark = b.mark()
     await a.call("insertRepeat", index=0, pattern=pattern, count=count)
     await a.call("deleteText", index=1_000_000, length=len(pattern) * count - 1_000_000)
-    await b.wait_event("update", since=mark, timeout=10,
-                       where=lambda e: e["origin"] == "remote" and e["bytes"] >= 1_000_000)
+    await b.wait_event(
+        "update", since=mark, timeout=10, where=lambda e: e["origin"] == "remote" and e["bytes"] >= 1_000_000
+    )
 
     sa, sb = await converged(a, b, digest=True, timeout=10)
     digest = hashlib.sha256(expected.encode()).hexdigest()
@@ -367,7 +393,9 @@ async def test_departed_peers_do_not_use_up_a_clients_awareness_ids(server_facto
     await a.call("set", key="after-departures", fields={})
     await wait_until(
         lambda: conn.closing or "after-departures" in server_doc(live, canvas).get("elements", type=Map),
-        3, "the server to apply A's edit (or close A)")
+        3,
+        "the server to apply A's edit (or close A)",
+    )
     assert not conn.closing and conn in room.connections, f"the server closed A: {conn.close_code}"
     assert room.document.awareness.owned_by(conn) == {a.client_id}, "A owns departed peers' awareness ids"
     assert not [e for e in a.events if e["event"] == "closed"], a.events
@@ -391,5 +419,6 @@ async def test_client_dropped_by_server_regains_its_presence(live_server, js):
     # The server's removal used clock+1, so A's next clock is not newer at B: change twice.
     await a.call("awareness", state={"v": 2})
     await a.call("awareness", state={"v": 3})
-    await b.wait_event("awareness", since=mark_b, timeout=3,
-                       where=lambda e: e["states"].get(str(a.client_id)) == {"v": 3})
+    await b.wait_event(
+        "awareness", since=mark_b, timeout=3, where=lambda e: e["states"].get(str(a.client_id)) == {"v": 3}
+    )

@@ -19,10 +19,19 @@ T = 1_700_000_000.0  # a fixed "now"
 LEASE = 30.0
 
 
-async def _create(store, job_id: str, canvas: str = "canvas-a", *, key: str | None = None, now: float = T,
-                  max_attempts: int = 3, params: dict | None = None) -> Job:
-    job, created = await store.create_job(job_id, canvas, "fake", f"prompt {job_id}", params or {"w": 64}, key,
-                                          max_attempts, now=now)
+async def _create(
+    store,
+    job_id: str,
+    canvas: str = "canvas-a",
+    *,
+    key: str | None = None,
+    now: float = T,
+    max_attempts: int = 3,
+    params: dict | None = None,
+) -> Job:
+    job, created = await store.create_job(
+        job_id, canvas, "fake", f"prompt {job_id}", params or {"w": 64}, key, max_attempts, now=now
+    )
     assert created
     return job
 
@@ -42,10 +51,28 @@ async def test_create_and_get_round_trip(store):
     assert created is True
     assert isinstance(job, Job)
     assert job == Job(
-        id="0001", canvas_id="canvas-a", generator="fake", prompt="a cat", params=params, status="queued",
-        progress=0.0, attempts=0, max_attempts=4, error_type=None, error_message=None, result=None,
-        idempotency_key="key-1", cancel_requested=False, created_at=T, updated_at=T, started_at=None,
-        finished_at=None, run_after=T, lease_owner=None, lease_expires=None, result_applied=False,
+        id="0001",
+        canvas_id="canvas-a",
+        generator="fake",
+        prompt="a cat",
+        params=params,
+        status="queued",
+        progress=0.0,
+        attempts=0,
+        max_attempts=4,
+        error_type=None,
+        error_message=None,
+        result=None,
+        idempotency_key="key-1",
+        cancel_requested=False,
+        created_at=T,
+        updated_at=T,
+        started_at=None,
+        finished_at=None,
+        run_after=T,
+        lease_owner=None,
+        lease_expires=None,
+        result_applied=False,
     )
     assert isinstance(job.progress, float) and isinstance(job.created_at, float) and isinstance(job.run_after, float)
     assert await store.get_job("0001") == job
@@ -137,8 +164,10 @@ async def test_concurrent_creates_with_one_key_make_one_job(store):
     """20 concurrent creates with the same key: exactly one inserts, every caller gets that job."""
     results = await asyncio.wait_for(
         asyncio.gather(
-            *(store.create_job(f"{i:04d}", "canvas-a", "fake", "p", {"i": i}, "same-key", 3, now=T + i)
-              for i in range(20))
+            *(
+                store.create_job(f"{i:04d}", "canvas-a", "fake", "p", {"i": i}, "same-key", 3, now=T + i)
+                for i in range(20)
+            )
         ),
         WAIT,
     )
@@ -314,8 +343,7 @@ async def test_finish_failed_and_invalid_status(store):
     await store.heartbeat("0001", "w1", LEASE, 0.3, now=T + 1)
     with pytest.raises(ValueError):
         await store.finish_job("0001", "w1", "queued", now=T + 2)
-    failed = await store.finish_job("0001", "w1", "failed", error_type="invalid", error_message="bad prompt",
-                                    now=T + 2)
+    failed = await store.finish_job("0001", "w1", "failed", error_type="invalid", error_message="bad prompt", now=T + 2)
     assert failed.status == "failed" and failed.progress == 0.3 and failed.result is None
     assert (failed.error_type, failed.error_message, failed.finished_at) == ("invalid", "bad prompt", T + 2)
 
@@ -427,7 +455,11 @@ async def test_mark_result_applied_shows_up_as_a_change(store):
     await store.mark_result_applied("0001", now=T + 6)
     (changed,) = await store.jobs_changed_since(T + 5, 100)
     assert (changed.id, changed.result_applied, changed.updated_at, changed.status) == (
-        "0001", True, T + 6, "succeeded")
+        "0001",
+        True,
+        T + 6,
+        "succeeded",
+    )
     # A marker whose clock is behind the worker's still moves updated_at forward.
     await store.mark_result_applied("0002", now=T + 1)
     late = await store.get_job("0002")

@@ -60,8 +60,14 @@ def test_json_formatter_keeps_library_tracebacks_on_one_line():
         raise ConnectionRefusedError("connect call failed")
     except ConnectionRefusedError:
         record = logging.getLogger("asyncpg.pool").makeRecord(
-            "asyncpg.pool", logging.WARNING, __file__, 1, "Failed to restore the pool connection floor; retrying",
-            (), exc_info=__import__("sys").exc_info())
+            "asyncpg.pool",
+            logging.WARNING,
+            __file__,
+            1,
+            "Failed to restore the pool connection floor; retrying",
+            (),
+            exc_info=__import__("sys").exc_info(),
+        )
     line = logs.JsonFormatter().format(record)
     assert "\n" not in line
     payload = json.loads(line)
@@ -93,9 +99,15 @@ async def test_refused_database_log_is_json_and_bounded(process_server_factory, 
     (asyncpg's pool warnings included) and a bounded number of failure lines per component."""
     proxy, dsn, _ = pg_proxy
     log_path = tmp_path / "server.log"
-    env = {"DATABASE_URL": dsn, "CANVASHUB_STORE_TIMEOUT": "2", "CANVASHUB_DB_ACQUIRE_TIMEOUT": "1",
-           "CANVASHUB_RETRY_MAX_DELAY": "0.2", "CANVASHUB_JOB_WATCH_INTERVAL": "0.2",
-           "CANVASHUB_JOB_POLL_INTERVAL": "0.2", "CANVASHUB_COMMIT_INTERVAL": "0.005"}
+    env = {
+        "DATABASE_URL": dsn,
+        "CANVASHUB_STORE_TIMEOUT": "2",
+        "CANVASHUB_DB_ACQUIRE_TIMEOUT": "1",
+        "CANVASHUB_RETRY_MAX_DELAY": "0.2",
+        "CANVASHUB_JOB_WATCH_INTERVAL": "0.2",
+        "CANVASHUB_JOB_POLL_INTERVAL": "0.2",
+        "CANVASHUB_COMMIT_INTERVAL": "0.005",
+    }
     server = await process_server_factory(env, log_path=str(log_path))
     client = await WireClient.connect(server, "outage-log")
     _, updates = key_updates(4)
@@ -169,6 +181,7 @@ async def test_readyz_answers_at_once_while_the_database_hangs(server_factory, p
         assert storage["healthy"] is True and isinstance(storage["checked_ms_ago"], int)
         proxy.stalled = True
         try:
+
             async def unhealthy() -> dict | None:
                 body = (await http.get("/readyz")).json()
                 return body if body["storage"]["healthy"] is False else None
@@ -245,8 +258,9 @@ async def test_a_socket_told_saving_hears_retrying_when_the_commit_stalls(server
 
         first = (await watcher.wait(canvas_events, 5, "the canvas's storage state"))[0]
         assert first["status"] in ("saving", "retrying") and first["backlog"] >= 1
-        await watcher.wait(lambda: any(e["status"] == "retrying" for e in canvas_events()), 2.5,
-                           "retrying for the watcher")
+        await watcher.wait(
+            lambda: any(e["status"] == "retrying" for e in canvas_events()), 2.5, "retrying for the watcher"
+        )
     finally:
         proxy.stalled = False
         proxy.cut()

@@ -15,9 +15,23 @@ def test_a_wheel_installs_exactly_one_top_level_package(tmp_path):
     """``pip install`` of the project puts ``canvashub`` (and its metadata and console script) into
     site-packages, and no generic ``server``, ``crdt`` or ``storage`` package."""
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--disable-pip-version-check", "--target", str(target), str(REPO)],
-                   check=True, cwd=tmp_path, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(REPO),
+        ],
+        check=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     top = {entry.name for entry in target.iterdir()}
     packages = {name for name in top if not name.endswith((".dist-info", ".egg-info")) and name != "bin"}
     assert packages == {"canvashub"}, top
@@ -34,7 +48,8 @@ def test_an_application_with_its_own_server_and_storage_packages_embeds_canvashu
         package.mkdir()
         who = f"the application's own {name}"
         (package / "__init__.py").write_text(f"WHO = {who!r}\n")
-    (tmp_path / "main.py").write_text(textwrap.dedent("""
+    (tmp_path / "main.py").write_text(
+        textwrap.dedent("""
         import dataclasses, tempfile
 
         import crdt, server, storage
@@ -55,9 +70,11 @@ def test_an_application_with_its_own_server_and_storage_packages_embeds_canvashu
         assert {server.WHO, storage.WHO, crdt.WHO} == {
             "the application's own server", "the application's own storage", "the application's own crdt"}
         print("embedded")
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    out = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "main.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("embedded")

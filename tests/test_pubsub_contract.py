@@ -270,8 +270,7 @@ async def test_status_shape(cluster: Cluster) -> None:
     node = await cluster.node()
     await node.subscribe("room", Inbox())
     status = node.status()
-    assert set(status) == {"backend", "healthy", "node_id", "channels", "queued", "dropped", "reconnects",
-                           "last_error"}
+    assert set(status) == {"backend", "healthy", "node_id", "channels", "queued", "dropped", "reconnects", "last_error"}
     assert status["backend"] == cluster.kind
     assert status["healthy"] is True
     assert status["node_id"] == node.node_id and len(node.node_id) == 16
@@ -339,8 +338,7 @@ async def test_redis_outage_is_detected_and_recovered(redis_nodes: Cluster, redi
     assert b"lost" not in b_room.payloads
 
 
-async def test_redis_start_while_unreachable_connects_later(redis_nodes: Cluster,
-                                                            redis_proxy: TcpProxy) -> None:
+async def test_redis_start_while_unreachable_connects_later(redis_nodes: Cluster, redis_proxy: TcpProxy) -> None:
     """start() with Redis unreachable returns without raising; the node connects once Redis is back
     (a first connection, so on_reconnect is not called)."""
     redis_proxy.cut()
@@ -361,12 +359,12 @@ async def test_redis_start_while_unreachable_connects_later(redis_nodes: Cluster
     await inbox.wait_for(b"hello")
 
 
-async def test_redis_silent_dead_link_is_detected_by_pings(redis_nodes: Cluster,
-                                                           redis_proxy: TcpProxy) -> None:
+async def test_redis_silent_dead_link_is_detected_by_pings(redis_nodes: Cluster, redis_proxy: TcpProxy) -> None:
     """A link that goes silent (no reset) is noticed by the idle PINGs, then recovered."""
     loop = asyncio.get_running_loop()
-    a = await redis_nodes.node(url=proxied_url(redis_proxy), ping_interval=0.2, ping_timeout=0.3,
-                               connect_timeout=0.5, retry_max_delay=0.2)
+    a = await redis_nodes.node(
+        url=proxied_url(redis_proxy), ping_interval=0.2, ping_timeout=0.3, connect_timeout=0.5, retry_max_delay=0.2
+    )
     reconnected = asyncio.Event()
     a.on_reconnect(reconnected.set)
     inbox = Inbox()
@@ -375,8 +373,9 @@ async def test_redis_silent_dead_link_is_detected_by_pings(redis_nodes: Cluster,
     redis_proxy.stalled = True
     stalled_at = loop.time()
     await wait_until(lambda: not a.healthy, 3.0, "A to notice the silent link")
-    print(f"\nsilent link noticed in {1000 * (loop.time() - stalled_at):.0f} ms "
-          f"(ping_interval=0.2 s, ping_timeout=0.3 s)")
+    print(
+        f"\nsilent link noticed in {1000 * (loop.time() - stalled_at):.0f} ms (ping_interval=0.2 s, ping_timeout=0.3 s)"
+    )
     redis_proxy.stalled = False
     await asyncio.wait_for(reconnected.wait(), WAIT)
     b = await redis_nodes.node()
@@ -384,8 +383,7 @@ async def test_redis_silent_dead_link_is_detected_by_pings(redis_nodes: Cluster,
     await inbox.wait_for(b"back")
 
 
-async def test_redis_subscribe_waits_for_the_broker_on_a_slow_link(redis_nodes: Cluster,
-                                                                  redis_proxy: TcpProxy) -> None:
+async def test_redis_subscribe_waits_for_the_broker_on_a_slow_link(redis_nodes: Cluster, redis_proxy: TcpProxy) -> None:
     """On a slow link subscribe() still returns only once Redis confirmed, so a message another
     node publishes (over a fast link) right after it returns is not missed."""
     redis_proxy.latency = 0.05

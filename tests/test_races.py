@@ -21,8 +21,14 @@ def key_update(key: str, value: float, client_id: int) -> bytes:
 
 async def make_hub(tmp_path, **overrides) -> tuple[Hub, Any, Callable[[], Awaitable[Any]]]:
     """A hub built and started by the composition root, with no HTTP server: (hub, store, stop)."""
-    settings = Settings(data_dir=str(tmp_path), room_grace_seconds=0.0, commit_interval=0.0,
-                        compact_every_updates=10**9, compact_interval=3600.0, **overrides)
+    settings = Settings(
+        data_dir=str(tmp_path),
+        room_grace_seconds=0.0,
+        commit_interval=0.0,
+        compact_every_updates=10**9,
+        compact_interval=3600.0,
+        **overrides,
+    )
     app = create_app(settings)
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()

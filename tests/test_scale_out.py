@@ -37,8 +37,17 @@ class RedisProcess:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", stdout=asyncio.subprocess.DEVNULL)
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            stdout=asyncio.subprocess.DEVNULL,
+        )
         client = aioredis.from_url(self.url)
         try:
             deadline = time.monotonic() + 10
@@ -69,11 +78,18 @@ async def redis_process() -> AsyncIterator[RedisProcess]:
     await server.stop()
 
 
-async def start_cluster(process_server_factory, postgres_backend, redis_process, count: int = 3,
-                        **env: str) -> list[Any]:
-    base = {"DATABASE_URL": postgres_backend.database_url, "REDIS_URL": redis_process.url,
-            "CANVASHUB_LOG_LEVEL": "warning", "CANVASHUB_JOB_WATCH_INTERVAL": "0.05",
-            "CANVASHUB_JOB_POLL_INTERVAL": "0.05", "CANVASHUB_PATTERN_STEP_DELAY": "0.05", **env}
+async def start_cluster(
+    process_server_factory, postgres_backend, redis_process, count: int = 3, **env: str
+) -> list[Any]:
+    base = {
+        "DATABASE_URL": postgres_backend.database_url,
+        "REDIS_URL": redis_process.url,
+        "CANVASHUB_LOG_LEVEL": "warning",
+        "CANVASHUB_JOB_WATCH_INTERVAL": "0.05",
+        "CANVASHUB_JOB_POLL_INTERVAL": "0.05",
+        "CANVASHUB_PATTERN_STEP_DELAY": "0.05",
+        **env,
+    }
     return list(await asyncio.gather(*(process_server_factory(base) for _ in range(count))))
 
 
@@ -91,26 +107,39 @@ async def converged(clients: list[JsClient], timeout: float, what: str) -> dict[
         await asyncio.sleep(0.05)  # poll interval of a wait bounded by its deadline
 
 
-async def test_three_processes_converge_share_presence_and_job_events(process_server_factory, postgres_backend,
-                                                                     redis_process):
+async def test_three_processes_converge_share_presence_and_job_events(
+    process_server_factory, postgres_backend, redis_process
+):
     """Three processes on one Redis and Postgres: stock clients converge, share presence and see every job event."""
     a, b, c = await start_cluster(process_server_factory, postgres_backend, redis_process)
-    clients = [await JsClient.start(f"ws://127.0.0.1:{server.port}/ws", "shared", name=f"{name}{i}", events=True)
-               for server, name in ((a, "a"), (b, "b"), (c, "c")) for i in range(2)]
+    clients = [
+        await JsClient.start(f"ws://127.0.0.1:{server.port}/ws", "shared", name=f"{name}{i}", events=True)
+        for server, name in ((a, "a"), (b, "b"), (c, "c"))
+        for i in range(2)
+    ]
     try:
         for client in clients:
             await client.wait_event("synced")
         # Concurrent edits through all three processes.
-        await asyncio.gather(*(client.call("batch", ops=[{"op": "set", "key": f"{client.name}-{k}", "fields": {"k": k}}
-                                                         for k in range(10)], transact=False)
-                               for client in clients))
+        await asyncio.gather(
+            *(
+                client.call(
+                    "batch",
+                    ops=[{"op": "set", "key": f"{client.name}-{k}", "fields": {"k": k}} for k in range(10)],
+                    transact=False,
+                )
+                for client in clients
+            )
+        )
         elements = await converged(clients, 10, "concurrent edits")
         assert len(elements) == 60
         # Presence crosses processes (the name shown is what the client set: open mode).
         await clients[0].call("awareness", state={"user": {"name": "Ann on A"}, "cursor": {"x": 1, "y": 2}})
         for watcher in (clients[3], clients[5]):
-            await watcher.wait_event("awareness", where=lambda e: any(
-                (s or {}).get("user", {}).get("name") == "Ann on A" for s in e["states"].values()))
+            await watcher.wait_event(
+                "awareness",
+                where=lambda e: any((s or {}).get("user", {}).get("name") == "Ann on A" for s in e["states"].values()),
+            )
         # A job started through A notifies clients on B and C, and its image reaches them.
         async with httpx.AsyncClient(base_url=a.http_url) as http:
             created = await http.post("/api/canvases/shared/generations", json={"generator": "pattern", "prompt": "x"})
@@ -120,9 +149,15 @@ async def test_three_processes_converge_share_presence_and_job_events(process_se
         # queued and started within one poll shows up as `started` first on B and C.
         for client in clients[2:]:
             for statuses in (("queued", "started", "progress"), ("succeeded",)):
-                await client.wait_event("canvashub", timeout=20, where=lambda e, s=statuses: (
-                    e["payload"].get("type") == "generation" and e["payload"]["job"]["id"] == job_id
-                    and e["payload"]["status"] in s))
+                await client.wait_event(
+                    "canvashub",
+                    timeout=20,
+                    where=lambda e, s=statuses: (
+                        e["payload"].get("type") == "generation"
+                        and e["payload"]["job"]["id"] == job_id
+                        and e["payload"]["status"] in s
+                    ),
+                )
         elements = await converged(clients, 10, "generation result")
         assert f"gen-{job_id}" in elements
         for client in clients:
@@ -132,14 +167,16 @@ async def test_three_processes_converge_share_presence_and_job_events(process_se
             await client.close()
 
 
-async def test_killed_process_clients_move_on_and_acknowledged_edits_survive(process_server_factory,
-                                                                            postgres_backend, redis_process):
+async def test_killed_process_clients_move_on_and_acknowledged_edits_survive(
+    process_server_factory, postgres_backend, redis_process
+):
     """A process killed with SIGKILL: its clients move on, edits converge and every acknowledged one is in Postgres."""
     servers = await start_cluster(process_server_factory, postgres_backend, redis_process)
     balancer = LoadBalancer([s.port for s in servers])
     await balancer.start()
-    clients = [await JsClient.start(f"ws://127.0.0.1:{balancer.port}/ws", "crash", name=f"c{i}", events=True)
-               for i in range(6)]
+    clients = [
+        await JsClient.start(f"ws://127.0.0.1:{balancer.port}/ws", "crash", name=f"c{i}", events=True) for i in range(6)
+    ]
     try:
         for client in clients:
             await client.wait_event("synced")
@@ -191,8 +228,9 @@ async def test_killed_process_clients_move_on_and_acknowledged_edits_survive(pro
 async def test_redis_outage_then_everyone_converges(process_server_factory, postgres_backend, redis_process):
     """During a 10 s Redis outage each process serves its own clients; within 10 s of its return all converge."""
     servers = await start_cluster(process_server_factory, postgres_backend, redis_process)
-    clients = [await JsClient.start(f"ws://127.0.0.1:{s.port}/ws", "outage", name=f"c{i}")
-               for i, s in enumerate(servers)]
+    clients = [
+        await JsClient.start(f"ws://127.0.0.1:{s.port}/ws", "outage", name=f"c{i}") for i, s in enumerate(servers)
+    ]
     try:
         for client in clients:
             await client.wait_event("synced")
@@ -202,9 +240,11 @@ async def test_redis_outage_then_everyone_converges(process_server_factory, post
         await redis_process.stop()
         outage_started = time.monotonic()
         async with httpx.AsyncClient() as http:
+
             async def unhealthy() -> bool:
                 states = [(await http.get(f"{s.http_url}/readyz")).json()["pubsub"]["healthy"] for s in servers]
                 return not any(states)
+
             deadline = time.monotonic() + 10
             while not await unhealthy():
                 assert time.monotonic() < deadline, "processes did not notice Redis going away"

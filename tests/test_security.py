@@ -44,13 +44,12 @@ async def upgrade_status(server, canvas: str, **kwargs) -> int:
     return refused.value.response.status_code
 
 
-
-
 def awareness_frame(client_id: int, clock: int, state: dict) -> bytes:
     return codec.encode_awareness(encode_awareness_payload([AwarenessEntry(client_id, clock, orjson.dumps(state))]))
 
 
 # -- tokens and modes -------------------------------------------------------------------------
+
 
 async def test_upgrade_needs_a_valid_token_for_this_canvas(server_factory):
     """No token or a bad one: 401; a token for canvas A on canvas B: 403; both before any document loads.
@@ -124,15 +123,37 @@ async def test_open_mode_warns_loudly_and_lets_everyone_edit(server_factory, cap
 def test_cli_mints_tokens_the_server_accepts():
     """The `token` command mints a token the server accepts, with its claims and TTL; a short secret exits 2."""
     env = {**os.environ, "CANVASHUB_AUTH_SECRET": SECRET}
-    out = subprocess.run([sys.executable, "-m", "canvashub.server", "token", "--canvas", "c1", "--role", "editor",
-                          "--user", "ann", "--name", "Ann", "--ttl", "1h"], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "canvashub.server",
+            "token",
+            "--canvas",
+            "c1",
+            "--role",
+            "editor",
+            "--user",
+            "ann",
+            "--name",
+            "Ann",
+            "--ttl",
+            "1h",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     principal = Authenticator(secret=SECRET).authenticate(out.stdout.strip())
     assert (principal.user_id, principal.name, principal.role, principal.canvas) == ("ann", "Ann", "editor", "c1")
     assert 3500 < principal.expires_at - time.time() <= 3600
-    short = subprocess.run([sys.executable, "-m", "canvashub.server", "token", "--canvas", "c1", "--role", "editor",
-                            "--user", "ann"], env={**os.environ, "CANVASHUB_AUTH_SECRET": "short"},
-                           capture_output=True, text=True)
+    short = subprocess.run(
+        [sys.executable, "-m", "canvashub.server", "token", "--canvas", "c1", "--role", "editor", "--user", "ann"],
+        env={**os.environ, "CANVASHUB_AUTH_SECRET": "short"},
+        capture_output=True,
+        text=True,
+    )
     assert short.returncode == 2 and "at least 32 bytes" in short.stderr
 
 
@@ -145,21 +166,32 @@ def test_public_key_tokens_and_algorithm_confusion(tmp_path):
     keys = (rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP256R1()))
     for private in keys:
         algorithm = "RS256" if isinstance(private, rsa.RSAPrivateKey) else "ES256"
-        pem = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        pem = (
+            private.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
         key_file = tmp_path / f"{algorithm}.pem"
         key_file.write_text(pem)
         for configured in (pem, str(key_file)):
             auth = Authenticator(public_key=configured)
             good = mint_token(private, canvas="*", role="owner", user="k", algorithm=algorithm)
             assert auth.authenticate(good).role == "owner"
-            confused = hs256_by_hand({"sub": "k", "role": "owner", "canvas": "*", "exp": time.time() + 60},
-                                     pem.encode())  # PyJWT itself refuses to make this one
-            unsigned = jwt.encode({"sub": "k", "role": "owner", "canvas": "*", "exp": time.time() + 60}, None,
-                                  algorithm="none")
-            other = mint_token(rsa.generate_private_key(public_exponent=65537, key_size=2048) if algorithm == "RS256"
-                               else ec.generate_private_key(ec.SECP256R1()), canvas="*", role="owner", user="k",
-                               algorithm=algorithm)
+            confused = hs256_by_hand(
+                {"sub": "k", "role": "owner", "canvas": "*", "exp": time.time() + 60}, pem.encode()
+            )  # PyJWT itself refuses to make this one
+            unsigned = jwt.encode(
+                {"sub": "k", "role": "owner", "canvas": "*", "exp": time.time() + 60}, None, algorithm="none"
+            )
+            other = mint_token(
+                rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                if algorithm == "RS256"
+                else ec.generate_private_key(ec.SECP256R1()),
+                canvas="*",
+                role="owner",
+                user="k",
+                algorithm=algorithm,
+            )
             for bad in (confused, unsigned, other):
                 with pytest.raises(Unauthorized) as refused:
                     auth.authenticate(bad)
@@ -184,12 +216,14 @@ def test_token_claims_are_checked():
     and the protocol selected is canvashub when offered, else the token itself."""
     auth = Authenticator(secret=SECRET)
     now = time.time()
-    for claims in ({"role": "owner", "canvas": "*", "exp": now + 60},  # no sub
-                   {"sub": "a", "role": "admin", "canvas": "*", "exp": now + 60},
-                   {"sub": "a", "role": ["owner"], "canvas": "*", "exp": now + 60},  # not a string: 401, not a crash
-                   {"sub": "a", "role": "owner", "canvas": ["*"], "exp": now + 60},
-                   {"sub": "a", "role": "owner", "canvas": "a/b", "exp": now + 60},
-                   {"sub": "a", "role": "owner", "canvas": "*"}):  # no expiry
+    for claims in (
+        {"role": "owner", "canvas": "*", "exp": now + 60},  # no sub
+        {"sub": "a", "role": "admin", "canvas": "*", "exp": now + 60},
+        {"sub": "a", "role": ["owner"], "canvas": "*", "exp": now + 60},  # not a string: 401, not a crash
+        {"sub": "a", "role": "owner", "canvas": ["*"], "exp": now + 60},
+        {"sub": "a", "role": "owner", "canvas": "a/b", "exp": now + 60},
+        {"sub": "a", "role": "owner", "canvas": "*"},
+    ):  # no expiry
         with pytest.raises(AccessDenied):
             auth.authenticate(jwt.encode(claims, SECRET, algorithm="HS256"))
     with pytest.raises(ValueError):
@@ -201,6 +235,7 @@ def test_token_claims_are_checked():
 
 
 # -- roles ---------------------------------------------------------------------------------------
+
 
 async def test_viewer_updates_are_dropped_never_stored_and_told_once(server_factory):
     """A viewer sends 1,000 updates and a sync step 2: the document's state vector is unchanged, nothing
@@ -214,8 +249,12 @@ async def test_viewer_updates_are_dropped_never_stored_and_told_once(server_fact
     viewer = await WireClient.connect(server, "roles", token=token("roles", "viewer", "vi"), sync=True)
     await viewer.wait(lambda: len(viewer.elements()) == 3, 5, "viewer synced")
     access = viewer.events_of("access")[0]
-    assert access["role"] == "viewer" and access["can"] == {"edit": False, "delete": False, "restore": False,
-                                                            "generate": False}
+    assert access["role"] == "viewer" and access["can"] == {
+        "edit": False,
+        "delete": False,
+        "restore": False,
+        "generate": False,
+    }
     room = server.hub.registry.rooms["roles"]
     state_before = room.document.doc.get_state()
     stored_before = await server.hub.store.load("roles")
@@ -228,8 +267,9 @@ async def test_viewer_updates_are_dropped_never_stored_and_told_once(server_fact
     await viewer.barrier()
 
     assert room.document.doc.get_state() == state_before
-    assert [f for f in viewer.frames if f[:1] == b"\x02"] == [codec.encode_auth_denied(
-        "read-only: role 'viewer' may not edit this canvas")]
+    assert [f for f in viewer.frames if f[:1] == b"\x02"] == [
+        codec.encode_auth_denied("read-only: role 'viewer' may not edit this canvas")
+    ]
     assert len(viewer.events_of("denied")) == 1
     await editor.barrier()
     assert not [f for f in editor.frames[editor_frames:] if f[:1] == b"\x00"]  # nothing relayed
@@ -289,8 +329,9 @@ async def test_http_roles(server_factory):
 
     relaxed = await server_factory(**AUTH, role_to_generate="editor", role_to_delete="editor")
     async with httpx.AsyncClient(base_url=relaxed.http_url) as http:
-        assert (await http.post("/api/canvases/h/generations", json={"generator": "pattern"},
-                                headers=editor)).status_code == 202
+        assert (
+            await http.post("/api/canvases/h/generations", json={"generator": "pattern"}, headers=editor)
+        ).status_code == 202
         await http.patch("/api/canvases/h/elements/e", json={"x": 1}, headers=editor)
         assert (await http.delete("/api/canvases/h", headers=editor)).status_code == 204
 
@@ -299,8 +340,9 @@ async def test_generation_requests_on_the_events_channel_check_the_role(server_f
     """An editor's generate request on the events channel is answered forbidden (generating needs owner)."""
     server = await server_factory(**AUTH)
     client = await WireClient.connect(server, "g", token=token("g", "editor"))
-    await client.ws.send(codec.encode_event(orjson.dumps({"type": "generate", "request_id": "r1",
-                                                           "generator": "pattern"})))
+    await client.ws.send(
+        codec.encode_event(orjson.dumps({"type": "generate", "request_id": "r1", "generator": "pattern"}))
+    )
     response = await client.wait(lambda: client.events_of("response"), 5, "response")
     assert response[0]["ok"] is False and response[0]["error"]["type"] == "forbidden"
     await client.close()
@@ -310,11 +352,15 @@ async def test_events_channel_cannot_cancel_another_canvases_job(server_factory)
     """A socket on one canvas cannot cancel another canvas's job by id: not_found, and the job is untouched."""
     server = await server_factory(**AUTH, pattern_step_delay=5)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        job = (await http.post("/api/canvases/b/generations", json={"generator": "pattern"},
-                               headers=bearer(token("b", "owner")))).json()["job"]
+        job = (
+            await http.post(
+                "/api/canvases/b/generations", json={"generator": "pattern"}, headers=bearer(token("b", "owner"))
+            )
+        ).json()["job"]
     client = await WireClient.connect(server, "a", token=token("a", "owner"))
-    await client.ws.send(codec.encode_event(orjson.dumps({"type": "cancel_generation", "request_id": "r",
-                                                           "job_id": job["id"]})))
+    await client.ws.send(
+        codec.encode_event(orjson.dumps({"type": "cancel_generation", "request_id": "r", "job_id": job["id"]}))
+    )
     response = await client.wait(lambda: client.events_of("response"), 5, "response")
     assert response[0]["ok"] is False and response[0]["error"]["type"] == "not_found"
     stored = await server.hub.store.get_job(job["id"])
@@ -330,8 +376,9 @@ async def test_cross_site_writes_are_refused_even_in_open_mode(server_factory):
         hostile = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
         refused = await http.post("/api/canvases/csrf/updates", content=key_updates(1, "x")[1][0], headers=hostile)
         assert refused.status_code == 403
-        assert (await http.patch("/api/canvases/csrf/elements/e", json={"x": 1},
-                                 headers={"Origin": "https://evil.example"})).status_code == 403
+        assert (
+            await http.patch("/api/canvases/csrf/elements/e", json={"x": 1}, headers={"Origin": "https://evil.example"})
+        ).status_code == 403
         assert (await http.get("/api/canvases/csrf")).status_code == 404
         same = {"Origin": f"http://127.0.0.1:{server.port}"}
         assert (await http.patch("/api/canvases/csrf/elements/e", json={"x": 1}, headers=same)).status_code == 200
@@ -343,15 +390,22 @@ def test_redaction_keeps_uvicorn_access_log_arguments_usable():
 
     from canvashub.server.logs import RedactFilter
 
-    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                               ("127.0.0.1:5", "GET", "/api/canvases/a?token=eyJhbGciOi.eyJzdWIi.c2ln", "1.1", 200),
-                               None)
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/api/canvases/a?token=eyJhbGciOi.eyJzdWIi.c2ln", "1.1", 200),
+        None,
+    )
     RedactFilter().filter(record)
     assert record.args[2] == "/api/canvases/a?token=[redacted]" and record.args[4] == 200
     assert "eyJ" not in record.getMessage()
 
 
 # -- awareness integrity ----------------------------------------------------------------------
+
 
 async def test_awareness_for_a_foreign_client_id_is_rejected_and_identity_comes_from_the_token(server_factory):
     """Presence carries the token's user id and name, and another socket's client id cannot be written or removed.
@@ -364,8 +418,10 @@ async def test_awareness_for_a_foreign_client_id_is_rejected_and_identity_comes_
     await alice.ws.send(awareness_frame(111, 1, {"user": {"name": "Mallory", "color": "#f00"}, "cursor": [1, 2]}))
     await alice.barrier()
     await carol.wait(lambda: 111 in carol.awareness_states(), 5, "alice's presence")
-    assert carol.awareness_states()[111] == {"user": {"name": "Alice", "color": "#f00", "id": "alice"},
-                                            "cursor": [1, 2]}
+    assert carol.awareness_states()[111] == {
+        "user": {"name": "Alice", "color": "#f00", "id": "alice"},
+        "cursor": [1, 2],
+    }
     # Bob writes (a newer clock) to Alice's client id, and tries to remove it: both rejected.
     carol_frames = len(carol.frames)
     await bob.ws.send(awareness_frame(111, 5, {"user": {"name": "Alice (hijacked)"}}))
@@ -382,6 +438,7 @@ async def test_awareness_for_a_foreign_client_id_is_rejected_and_identity_comes_
 
 
 # -- limits ------------------------------------------------------------------------------------
+
 
 async def test_message_and_byte_rates_close_1008(server_factory):
     """A socket over its message rate or its byte rate is closed 1008, after answering at most about a burst."""
@@ -502,6 +559,7 @@ async def test_slow_request_headers_are_dropped_after_the_preauth_timeout(server
 
 # -- HTTP hardening ----------------------------------------------------------------------------
 
+
 async def test_cors_is_explicit_and_json_bodies_are_bounded(server_factory):
     """CORS headers go only to listed origins, and to none by default; a JSON body over the limit is 413."""
     server = await server_factory(allowed_origins="https://app.example", max_json_body_bytes=100)
@@ -525,11 +583,18 @@ async def test_tokens_never_appear_in_logs(process_server_factory, tmp_path):
     """A server at debug level sees tokens in queries, subprotocols and headers, valid, expired and
     forged; its whole log is captured and no token string appears in it."""
     log_path = str(tmp_path / "server.log")
-    server = await process_server_factory({"CANVASHUB_AUTH_SECRET": SECRET, "CANVASHUB_LOG_LEVEL": "debug",
-                                           "CANVASHUB_DATA_DIR": str(tmp_path / "data")}, log_path=log_path)
-    used = [token("lg", "editor", "u"), token("lg", "viewer", "v"), token("lg", "editor", ttl=-5),
-            token("other", "owner"), mint_token("forged-" + "z" * 32, canvas="lg", role="owner", user="f"),
-            token("lg", "editor", ttl=1)]
+    server = await process_server_factory(
+        {"CANVASHUB_AUTH_SECRET": SECRET, "CANVASHUB_LOG_LEVEL": "debug", "CANVASHUB_DATA_DIR": str(tmp_path / "data")},
+        log_path=log_path,
+    )
+    used = [
+        token("lg", "editor", "u"),
+        token("lg", "viewer", "v"),
+        token("lg", "editor", ttl=-5),
+        token("other", "owner"),
+        mint_token("forged-" + "z" * 32, canvas="lg", role="owner", user="f"),
+        token("lg", "editor", ttl=1),
+    ]
     for tok in used:
         try:
             ws = await server.connect(f"lg?events=1&token={tok}")

@@ -22,8 +22,9 @@ from .wire import WireClient, key_updates
 
 
 def storage_events(client: WireClient, status: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in client.events_of("save")
-            if e.get("scope") == "canvas" and (status is None or e["status"] == status)]
+    return [
+        e for e in client.events_of("save") if e.get("scope") == "canvas" and (status is None or e["status"] == status)
+    ]
 
 
 async def first_storage_event(client: WireClient) -> dict[str, Any]:
@@ -114,8 +115,7 @@ async def test_changes_relayed_from_another_process_are_not_claimed(server_facto
     proxy, dsn, backend = pg_proxy
     broker = MemoryBroker()
     a = await server_factory(pubsub=MemoryPubSub(broker), database_url=dsn, **OUTAGE_SETTINGS)
-    b = await server_factory(pubsub=MemoryPubSub(broker), database_url=backend.database_url,
-                             commit_interval=0.005)
+    b = await server_factory(pubsub=MemoryPubSub(broker), database_url=backend.database_url, commit_interval=0.005)
     on_a = await WireClient.connect(a, "relayed")
     watcher = await WireClient.connect(b, "relayed", sync=True)  # B holds the canvas
     assert (await first_storage_event(watcher))["status"] == "saved"

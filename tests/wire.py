@@ -29,8 +29,9 @@ class WireClient:
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def connect(cls, server, canvas_id: str, *, events: bool = True, sync: bool = False,
-                      token: str | None = None, **kwargs: Any) -> WireClient:
+    async def connect(
+        cls, server, canvas_id: str, *, events: bool = True, sync: bool = False, token: str | None = None, **kwargs: Any
+    ) -> WireClient:
         """Connect; with ``sync`` also send sync step 1, so ``doc`` receives the current state."""
         query = urlencode({**({"events": "1"} if events else {}), **({"token": token} if token else {})})
         url = server.ws_url(canvas_id) + ("?" + query if query else "")
@@ -86,8 +87,9 @@ class WireClient:
             except TimeoutError:
                 pass
 
-    async def wait_save(self, status: str = "saved", where: Callable[[dict], bool] | None = None,
-                        timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_save(
+        self, status: str = "saved", where: Callable[[dict], bool] | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
         def found():
             for event in self.events:
                 if event.get("type") == "save" and event["status"] == status and (where is None or where(event)):

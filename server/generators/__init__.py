@@ -19,12 +19,22 @@ from .base import (
 )
 from .pattern import PatternGenerator
 
-__all__ = ["GenerationError", "GenerationOutput", "GenerationRequest", "Generator", "PatternGenerator",
-           "PermanentError", "ProgressFn", "RetryableError", "build_generators"]
+__all__ = [
+    "GenerationError",
+    "GenerationOutput",
+    "GenerationRequest",
+    "Generator",
+    "PatternGenerator",
+    "PermanentError",
+    "ProgressFn",
+    "RetryableError",
+    "build_generators",
+]
 
 
-def build_generators(pattern_step_delay: float = 0.25, http_base_url: str | None = None,
-                     http_timeout: float = 30.0) -> dict[str, Generator]:
+def build_generators(
+    pattern_step_delay: float = 0.25, http_base_url: str | None = None, http_timeout: float = 30.0
+) -> dict[str, Generator]:
     """The generators this process offers, by name: always ``pattern``; ``http`` if ``http_base_url`` is set."""
     generators: dict[str, Generator] = {"pattern": PatternGenerator(step_delay=pattern_step_delay)}
     if http_base_url:

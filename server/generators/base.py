@@ -129,5 +129,7 @@ def number_param(params: dict[str, Any], key: str, low: float, high: float) -> f
 
 def output_size(params: dict[str, Any]) -> tuple[int, int]:
     """The requested element size: ``params.width``/``params.height`` (16..2048), default 512x512."""
-    return (int_param(params, "width", DEFAULT_SIZE, MIN_SIZE, MAX_SIZE),
-            int_param(params, "height", DEFAULT_SIZE, MIN_SIZE, MAX_SIZE))
+    return (
+        int_param(params, "width", DEFAULT_SIZE, MIN_SIZE, MAX_SIZE),
+        int_param(params, "height", DEFAULT_SIZE, MIN_SIZE, MAX_SIZE),
+    )

@@ -103,20 +103,33 @@ class HttpGenerator:
 
     name = "http"
 
-    def __init__(self, base_url: str, timeout: float = 30.0, poll_interval: float = 0.5, max_wait: float = 600.0,
-                 client_factory: Callable[[], httpx.AsyncClient] | None = None,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 30.0,
+        poll_interval: float = 0.5,
+        max_wait: float = 600.0,
+        client_factory: Callable[[], httpx.AsyncClient] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must be an http(s) URL")
         if timeout <= 0 or poll_interval < 0 or max_wait <= 0 or max_bytes < 1:
             raise ValueError("timeout, max_wait and max_bytes must be positive, poll_interval >= 0")
         self.base_url = base_url.rstrip("/")
         # Other params go to the service as they are; these two the server reads itself.
-        self.params_schema: dict[str, Any] = {"type": "object", "properties": {
-            **SIZE_PARAMS,
-            "max_bytes": {"type": "integer", "minimum": 1, "maximum": max_bytes,
-                          "description": "largest image accepted from the service (may only lower the default)"},
-        }}
+        self.params_schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {
+                **SIZE_PARAMS,
+                "max_bytes": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": max_bytes,
+                    "description": "largest image accepted from the service (may only lower the default)",
+                },
+            },
+        }
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.max_wait = max_wait
@@ -147,8 +160,9 @@ class HttpGenerator:
         log(logging.INFO, "generator_http_done", job=request.job_id, remote_id=remote_id, bytes=len(data))
         return GenerationOutput(content_type, data, width, height)
 
-    async def _request(self, client: httpx.AsyncClient, method: str, url: str, what: str, limit: int,
-                       **kwargs: Any) -> tuple[httpx.Headers, bytes]:
+    async def _request(
+        self, client: httpx.AsyncClient, method: str, url: str, what: str, limit: int, **kwargs: Any
+    ) -> tuple[httpx.Headers, bytes]:
         """One request, streamed, status-checked and size-bounded; transport failures classified."""
         try:
             async with client.stream(method, url, timeout=self.timeout, **kwargs) as response:
@@ -167,8 +181,7 @@ class HttpGenerator:
         except httpx.InvalidURL as exc:
             raise PermanentError(f"{what}: {exc}", error_type="upstream") from exc
 
-    async def _json(self, client: httpx.AsyncClient, method: str, url: str, what: str,
-                    **kwargs: Any) -> dict[str, Any]:
+    async def _json(self, client: httpx.AsyncClient, method: str, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
         _, body = await self._request(client, method, url, what, MAX_JSON_BYTES, **kwargs)
         try:
             answer = orjson.loads(body)
@@ -179,8 +192,13 @@ class HttpGenerator:
         return answer
 
     async def _submit(self, client: httpx.AsyncClient, request: GenerationRequest, params: dict[str, Any]) -> str:
-        answer = await self._json(client, "POST", f"{self.base_url}/generate", "submit",
-                                  json={"prompt": request.prompt, "params": params, "job_id": request.job_id})
+        answer = await self._json(
+            client,
+            "POST",
+            f"{self.base_url}/generate",
+            "submit",
+            json={"prompt": request.prompt, "params": params, "job_id": request.job_id},
+        )
         remote_id = answer.get("id")
         if not isinstance(remote_id, str) or not remote_id:
             raise PermanentError("submit: the answer has no job id", error_type="upstream")

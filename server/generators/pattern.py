@@ -96,11 +96,15 @@ def _palette(params: dict[str, Any], stream: _Stream) -> tuple[str, ...]:
         return tuple(colours)
     if isinstance(value, str) and value in PALETTES:
         return PALETTES[value]
-    if (isinstance(value, list) and 1 <= len(value) <= 16
-            and all(isinstance(c, str) and _COLOUR.fullmatch(c) for c in value)):
+    if (
+        isinstance(value, list)
+        and 1 <= len(value) <= 16
+        and all(isinstance(c, str) and _COLOUR.fullmatch(c) for c in value)
+    ):
         return tuple(c.lower() for c in value)
-    raise PermanentError(f"params.palette must be one of {sorted(PALETTES)} or a list of 1-16 #rgb/#rrggbb colours",
-                         error_type="invalid")
+    raise PermanentError(
+        f"params.palette must be one of {sorted(PALETTES)} or a list of 1-16 #rgb/#rrggbb colours", error_type="invalid"
+    )
 
 
 def _grid(s: _Stream, w: int, h: int, colours: tuple[str, ...]) -> list[str]:
@@ -115,13 +119,17 @@ def _grid(s: _Stream, w: int, h: int, colours: tuple[str, ...]) -> list[str]:
             cx, cy, rx, ry = x + cw / 2, y + ch / 2, cw * scale / 2, ch * scale / 2
             kind = s.below(3)
             if kind == 0:
-                shapes.append(f'<rect x="{_num(cx - rx)}" y="{_num(cy - ry)}" width="{_num(2 * rx)}" '
-                              f'height="{_num(2 * ry)}" fill="{fill}"/>')
+                shapes.append(
+                    f'<rect x="{_num(cx - rx)}" y="{_num(cy - ry)}" width="{_num(2 * rx)}" '
+                    f'height="{_num(2 * ry)}" fill="{fill}"/>'
+                )
             elif kind == 1:
                 shapes.append(f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="{_num(min(rx, ry))}" fill="{fill}"/>')
             else:
-                points = f"{_num(cx)},{_num(cy - ry)} {_num(cx + rx)},{_num(cy)} {_num(cx)},{_num(cy + ry)} " \
-                         f"{_num(cx - rx)},{_num(cy)}"
+                points = (
+                    f"{_num(cx)},{_num(cy - ry)} {_num(cx + rx)},{_num(cy)} {_num(cx)},{_num(cy + ry)} "
+                    f"{_num(cx - rx)},{_num(cy)}"
+                )
                 shapes.append(f'<polygon points="{points}" fill="{fill}"/>')
     return shapes
 
@@ -135,8 +143,10 @@ def _rings(s: _Stream, w: int, h: int, colours: tuple[str, ...]) -> list[str]:
         stroke = ""
         if s.below(3) == 0:
             stroke = f' stroke="{colours[s.below(len(colours))]}" stroke-width="{_num(1 + 4 * s.unit())}"'
-        shapes.append(f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="{_num(reach * i / count)}" '
-                      f'fill="{colours[(i + s.below(2)) % len(colours)]}"{stroke}/>')
+        shapes.append(
+            f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="{_num(reach * i / count)}" '
+            f'fill="{colours[(i + s.below(2)) % len(colours)]}"{stroke}/>'
+        )
     return shapes
 
 
@@ -149,8 +159,10 @@ def _stripes(s: _Stream, w: int, h: int, colours: tuple[str, ...]) -> list[str]:
     for i in range(count):
         x = w / 2 - span / 2 + i * band
         thickness = band * (0.4 + 0.6 * s.unit())
-        shapes.append(f'<rect x="{_num(x)}" y="{_num(h / 2 - span / 2)}" width="{_num(thickness)}" '
-                      f'height="{_num(span)}" fill="{colours[s.below(len(colours))]}"/>')
+        shapes.append(
+            f'<rect x="{_num(x)}" y="{_num(h / 2 - span / 2)}" width="{_num(thickness)}" '
+            f'height="{_num(span)}" fill="{colours[s.below(len(colours))]}"/>'
+        )
     shapes.append("</g>")
     return shapes
 
@@ -168,12 +180,24 @@ class PatternGenerator:
         "type": "object",
         "properties": {
             **SIZE_PARAMS,
-            "palette": {"oneOf": [
-                {"enum": sorted(PALETTES)},
-                {"type": "array", "minItems": 1, "maxItems": 16, "items": {"type": "string", "pattern": f"^{_COLOUR.pattern}$"}},
-            ], "description": "a palette name or a list of #rgb/#rrggbb colours"},
-            "duration": {"type": "number", "minimum": 0, "maximum": MAX_DURATION,
-                         "description": "total seconds the generation takes"},
+            "palette": {
+                "oneOf": [
+                    {"enum": sorted(PALETTES)},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 16,
+                        "items": {"type": "string", "pattern": f"^{_COLOUR.pattern}$"},
+                    },
+                ],
+                "description": "a palette name or a list of #rgb/#rrggbb colours",
+            },
+            "duration": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": MAX_DURATION,
+                "description": "total seconds the generation takes",
+            },
         },
     }
 
@@ -203,7 +227,7 @@ class PatternGenerator:
         per_step = math.ceil(len(shapes) / self.steps)
         for step in range(self.steps):
             await asyncio.sleep(step_delay)
-            parts.extend(shapes[step * per_step:(step + 1) * per_step])
+            parts.extend(shapes[step * per_step : (step + 1) * per_step])
             progress((step + 1) / self.steps)
         parts.append("</svg>\n")
         return GenerationOutput("image/svg+xml", "".join(parts).encode("utf-8"), width, height)

@@ -38,8 +38,14 @@ async def test_reload_during_outage_is_not_saved_until_stored(process_server_fac
     "Saved" (the server holds them only in memory); once the database is back it does, and after
     kill -9 and a restart everything it called saved is there."""
     proxy, dsn, _ = pg_proxy
-    env = {"DATABASE_URL": dsn, "CANVASHUB_STORE_TIMEOUT": "2", "CANVASHUB_DB_ACQUIRE_TIMEOUT": "1",
-           "CANVASHUB_RETRY_MAX_DELAY": "0.3", "CANVASHUB_COMMIT_INTERVAL": "0.005", "CANVASHUB_JOB_WORKERS": "0"}
+    env = {
+        "DATABASE_URL": dsn,
+        "CANVASHUB_STORE_TIMEOUT": "2",
+        "CANVASHUB_DB_ACQUIRE_TIMEOUT": "1",
+        "CANVASHUB_RETRY_MAX_DELAY": "0.3",
+        "CANVASHUB_COMMIT_INTERVAL": "0.005",
+        "CANVASHUB_JOB_WORKERS": "0",
+    }
     server = await process_server_factory(env)
     canvas_id = "e2e-" + secrets.token_hex(4)
     context, page = await open_user(browser, canvas_url(server, canvas_id), "Alice")
