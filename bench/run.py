@@ -635,6 +635,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     ap.add_argument("--canvashub-args", default="", help="extra arguments for `canvashub serve`")
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run canvashub from another checkout (its own .venv, on its embedded SQLite) as server LABEL, "
+        "e.g. an older commit, in the same run (add LABEL to --servers)",
+    )
     ap.add_argument("--verbose", action="store_true", help="echo the load generator's log")
     ap.add_argument(
         "--summarize",
@@ -655,6 +663,14 @@ def main() -> int:
         print_table(summary)
         return 0
     all_servers = servers(args.canvashub_args, args.database_url)
+    for item in args.compare:
+        label, _, tree = item.partition("=")
+        base = all_servers["canvashub"]
+        exe = Path(tree).resolve() / ".venv" / "bin" / "canvashub"
+        cmd = [str(exe), *base.command[1:]] if base.command else None
+        all_servers[label] = Server(
+            label, base.room_url, cmd, missing=f"{exe} not found", env=dict(base.env), events=True, store="sqlite"
+        )
     names = []
     for n in (s for s in args.servers.split(",") if s):
         # canvashub once per store: sqlite -> canvashub, postgres -> canvashub-postgres

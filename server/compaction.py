@@ -18,7 +18,7 @@ from typing import Any
 
 from pycrdt import Doc
 
-from canvashub.storage.base import LoadedCanvas, Store
+from canvashub.storage.base import CanvasStore, LoadedCanvas
 
 from .logs import FailureLog, log
 from .metrics import Metrics
@@ -60,7 +60,7 @@ def replay(loaded: LoadedCanvas, canvas_id: str, *, strict: bool) -> Doc:
 
 
 async def compact_canvas(
-    store: Store, canvas_id: str, keep_versions: int, timeout: float, attempts: int = 5
+    store: CanvasStore, canvas_id: str, keep_versions: int, timeout: float, attempts: int = 5
 ) -> CompactionResult | None:
     """Fold the log into a new snapshot; None if there is nothing to fold (or no such canvas)."""
     for attempt in range(1, attempts + 1):
@@ -89,7 +89,7 @@ class Compactor:
 
     def __init__(
         self,
-        store: Store,
+        store: CanvasStore,
         metrics: Metrics,
         *,
         every_updates: int,

@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from canvashub.storage.base import Store
+from canvashub.storage.base import CanvasStore
 
 from .compaction import Compactor
 from .errors import CanvasDeleted
@@ -58,7 +58,7 @@ class Pending:
 class Persister:
     def __init__(
         self,
-        store: Store,
+        store: CanvasStore,
         metrics: Metrics,
         *,
         interval: float,

@@ -13,7 +13,7 @@ import logging
 import random
 import socket
 
-from canvashub.storage.base import Store
+from canvashub.storage.base import StoreLifecycle
 
 from .logs import FailureLog, log, logger
 
@@ -57,7 +57,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def open_store(store: Store, timeout: float) -> None:
+async def open_store(store: StoreLifecycle, timeout: float) -> None:
     """Open ``store``, retrying for up to ``timeout`` seconds; then ``StartupFailed``.
 
     Configuration errors (a malformed DSN: ``ValueError``) are not retried."""
