@@ -29,7 +29,7 @@ ROOT = BENCH.parent
 LOADGEN = BENCH / "loadgen"
 sys.path.insert(0, str(BENCH))
 
-from run import free_port, prepare_loadgen, read_tree, spawn, stop, wait_accepting  # noqa: E402
+from run import NO_PACING, free_port, prepare_loadgen, read_tree, spawn, stop, wait_accepting  # noqa: E402
 
 
 def pg(dsn: str, statement: str) -> None:
@@ -71,6 +71,7 @@ def main() -> None:
         "REDIS_URL": args.redis_url,
         "CANVASHUB_REDIS_PREFIX": f"bench-{tag}:",
         "CANVASHUB_LOG_LEVEL": "warning",
+        **NO_PACING,  # all load generator sockets share 127.0.0.1
     }
     cli = str(ROOT / ".venv" / "bin" / "canvashub")
     servers: list[tuple[subprocess.Popen, int]] = []

@@ -49,6 +49,7 @@ PYCRDT_WS_REQS = ["pycrdt-websocket==0.16.5", "uvicorn[standard]==0.54.0"]
 NODE_SERVER_PKGS = ["@y/websocket-server@0.1.1", "yjs@13.6.33"]  # 0.1.1: last for yjs 13 clients
 DEFAULT_DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 STORES = ("sqlite", "postgres")
+NO_PACING = {"CANVASHUB_UPGRADE_RATE_PER_IP": "0"}
 
 # id -> loadgen arguments. Rates are per client per second.
 SHAPES: dict[str, dict] = {
@@ -199,7 +200,9 @@ def servers(canvashub_args: str = "", database_url: str = DEFAULT_DATABASE_URL) 
             hub_cmd,
             missing=hub_missing,
             # SQLite under the run's throwaway working directory, whatever the caller's environment says
-            env={"DATABASE_URL": "", "CANVASHUB_DATA_DIR": ".canvashub-data"},
+            # Pacing of new sockets per address is a flood defence; every load generator socket comes
+            # from 127.0.0.1, so it is off here (docs/security.md, "Connection floods").
+            env={"DATABASE_URL": "", "CANVASHUB_DATA_DIR": ".canvashub-data", **NO_PACING},
             events=True,
             store="sqlite",
         ),
@@ -209,6 +212,7 @@ def servers(canvashub_args: str = "", database_url: str = DEFAULT_DATABASE_URL) 
             hub_cmd,
             missing=hub_missing,
             prepare=lambda: check_postgres(database_url),
+            env=dict(NO_PACING),
             per_run=postgres_schema(database_url),
             events=True,
             store="postgres",
