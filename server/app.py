@@ -38,6 +38,7 @@ from .limits import ConnectionCounter, OriginPolicy, UpgradePacer, offences
 from .metrics import Metrics
 from .persistence import Persister
 from .pubsub import MemoryPubSub, PubSub, RedisPubSub
+from .replayer import Replayer
 from .rooms import Room
 from .settings import Settings
 from .startup import open_store
@@ -97,15 +98,18 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     metrics = Metrics()
     origins = OriginPolicy(settings.allowed_origins)
     health = HealthMonitor(store.health)  # what /readyz reports, without waiting on the store
+    # Replays proportional to a canvas's history run here, never on the loop (pycrdt holds the GIL).
+    replayer = Replayer(settings.replay_workers, settings.replay_timeout)
     compactor = Compactor(
         store,
+        replayer,
         metrics,
         every_updates=settings.compact_every_updates,
         interval=settings.compact_interval,
         keep_versions=settings.keep_versions,
         timeout=settings.store_timeout,
         slow_seconds=settings.slow_query_seconds,
-        on_compacted=lambda canvas_id, version: hub.compacted(canvas_id, version),
+        on_compacted=lambda canvas_id, version, merged: hub.compacted(canvas_id, version, merged),
     )
     persister = Persister(
         store,
@@ -126,7 +130,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         is_loading=lambda canvas_id: hub.registry.is_loading(canvas_id),
         on_deleted=lambda canvas_id: hub.drop_deleted(canvas_id),
     )
-    hub = Hub(settings, store, persister, compactor, cluster, metrics, rooms)
+    hub = Hub(settings, store, persister, compactor, cluster, metrics, replayer, rooms)
     persister.on_committed = cluster.committed
     persister.on_durable = hub.stored
     persister.on_retrying = lambda canvas_id: hub.stored(canvas_id, None)
@@ -168,6 +172,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         await health.check()
         health.start()
         await pubsub.start()  # never raises: an unreachable Redis is retried in the background
+        replayer.start()
         persister.start()
         compactor.start()
         cluster.start()
@@ -186,6 +191,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
             flushed = await persister.flush(settings.shutdown_timeout)
             await persister.stop()
             await compactor.stop()
+            await replayer.stop()
             await cluster.stop()
             await health.stop()
             await pubsub.close()

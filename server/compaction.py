@@ -2,9 +2,11 @@
 
 Compaction never trusts the in-memory room: it reloads snapshot and log from
 the store (another process may have appended rows this one has not seen),
-replays them into a fresh ``Doc``, and writes the result with a compare-and-swap
-on the canvas version. A conflict means another compactor won: reload, merge
-again (CRDT merges commute), retry a bounded number of times.
+replays them into a fresh ``Doc`` in the replay worker process (server/replayer.py:
+the replay is proportional to the canvas's history and must not stall the loop),
+and writes the result with a compare-and-swap on the canvas version. A conflict
+means another compactor won: reload, merge again (CRDT merges commute), retry a
+bounded number of times.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from pycrdt import Doc
 
+from canvashub.crdt.replay import CorruptRow, replay_parts, stored_parts
 from canvashub.storage.base import CanvasStore, LoadedCanvas
 
 from .logs import FailureLog, log
 from .metrics import Metrics
+from .replayer import Merged, Replayer, merge_job
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +34,7 @@ class CompactionResult:
     bytes: int
     recorded: bool
     attempts: int
+    merged: Merged  # the snapshot written, with its state vector
 
 
 class CompactionConflict(Exception):
@@ -38,36 +42,48 @@ class CompactionConflict(Exception):
 
 
 def replay(loaded: LoadedCanvas, canvas_id: str, *, strict: bool) -> Doc:
-    """Snapshot + log rows into a fresh Doc.
+    """Snapshot + log rows into a fresh Doc, on the calling thread (small documents and tests; a
+    canvas's history is replayed by the ``Replayer``).
 
     Rows were validated before they were stored, so a failure means corruption
     on disk. ``strict`` (compaction) raises, so the rows are kept for an
     operator; non-strict (loading a room) logs and skips the row so the rest of
     the canvas stays editable.
     """
-    doc: Doc[Any] = Doc()
-    parts = ([("snapshot", loaded.snapshot)] if loaded.snapshot else []) + [(f"seq {s}", u) for s, u in loaded.updates]
-    for what, update in parts:
-        try:
-            doc.apply_update(update)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - yrs panics are BaseException (see crdt.room)
-            if strict:
-                raise ValueError(f"canvas {canvas_id}: stored {what} does not apply: {exc!r}") from None
-            log(logging.ERROR, "stored_update_corrupt", canvas=canvas_id, row=what, error=repr(exc))
+    try:
+        doc, skipped = replay_parts(stored_parts(loaded.snapshot, loaded.updates), strict=strict)
+    except CorruptRow as exc:
+        raise ValueError(f"canvas {canvas_id}: {exc}") from None
+    log_skipped(canvas_id, skipped)
     return doc
 
 
+def log_skipped(canvas_id: str, skipped: list[tuple[str, str]]) -> None:
+    for row, error in skipped:
+        log(logging.ERROR, "stored_update_corrupt", canvas=canvas_id, row=row, error=error)
+
+
 async def compact_canvas(
-    store: CanvasStore, canvas_id: str, keep_versions: int, timeout: float, attempts: int = 5
+    store: CanvasStore,
+    canvas_id: str,
+    keep_versions: int,
+    timeout: float,
+    attempts: int = 5,
+    *,
+    replayer: Replayer | None = None,
 ) -> CompactionResult | None:
-    """Fold the log into a new snapshot; None if there is nothing to fold (or no such canvas)."""
+    """Fold the log into a new snapshot; None if there is nothing to fold (or no such canvas).
+    ``replayer``: where the replay runs (None: inline, on the calling thread)."""
     for attempt in range(1, attempts + 1):
         loaded = await asyncio.wait_for(store.load(canvas_id), timeout)
         if loaded is None or not loaded.updates:
             return None
-        snapshot = replay(loaded, canvas_id, strict=True).get_update()
+        try:
+            parts = stored_parts(loaded.snapshot, loaded.updates)
+            merged = merge_job(parts, True) if replayer is None else await replayer.merge(parts, strict=True)
+        except CorruptRow as exc:
+            raise ValueError(f"canvas {canvas_id}: {exc}") from None
+        snapshot = merged.update
         changed = snapshot != loaded.snapshot
         version = await asyncio.wait_for(
             store.compact(
@@ -76,7 +92,7 @@ async def compact_canvas(
             timeout,
         )
         if version is not None:
-            return CompactionResult(version, len(loaded.updates), len(snapshot), changed, attempt)
+            return CompactionResult(version, len(loaded.updates), len(snapshot), changed, attempt, merged)
     raise CompactionConflict(f"canvas {canvas_id}: lost the version race {attempts} times")
 
 
@@ -84,12 +100,13 @@ class Compactor:
     """Schedules compactions: after ``every_updates`` logged rows of a canvas, and every ``interval`` seconds.
 
     At most one compaction per canvas runs at a time, and at most ``concurrency``
-    overall (replaying a canvas is CPU work on the event loop).
+    overall (replaying a canvas is CPU work, done by the replay worker).
     """
 
     def __init__(
         self,
         store: CanvasStore,
+        replayer: Replayer,
         metrics: Metrics,
         *,
         every_updates: int,
@@ -97,10 +114,11 @@ class Compactor:
         keep_versions: int,
         timeout: float,
         slow_seconds: float,
-        on_compacted: Callable[[str, int], None] | None = None,
+        on_compacted: Callable[[str, int, Merged], None] | None = None,
         concurrency: int = 1,
     ) -> None:
         self.store = store
+        self.replayer = replayer
         self.metrics = metrics
         self.every_updates = every_updates
         self.interval = interval
@@ -162,7 +180,9 @@ class Compactor:
                 self.logged_since[canvas_id] = 0
                 started = time.perf_counter()
                 try:
-                    result = await compact_canvas(self.store, canvas_id, self.keep_versions, self.timeout)
+                    result = await compact_canvas(
+                        self.store, canvas_id, self.keep_versions, self.timeout, replayer=self.replayer
+                    )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -191,7 +211,7 @@ class Compactor:
                     slow=ms > self.slow_seconds * 1000,
                 )
                 if self.on_compacted is not None:
-                    self.on_compacted(canvas_id, result.version)
+                    self.on_compacted(canvas_id, result.version, result.merged)
         finally:
             if self._running.get(canvas_id) is asyncio.current_task():
                 del self._running[canvas_id]

@@ -4,6 +4,7 @@ keepalive and the drain at shutdown."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -12,20 +13,33 @@ from typing import Any
 from pycrdt import Doc
 
 from canvashub.crdt.codec import KEEPALIVE_FRAME
-from canvashub.crdt.digest import content_etag
+from canvashub.crdt.replay import stored_parts
 from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
 from canvashub.storage.base import CanvasStore, LoadedCanvas
 
 from .cluster import Cluster
-from .compaction import Compactor, replay
+from .compaction import Compactor, log_skipped
 from .errors import CloseCode, Overloaded, PreconditionFailed, ShuttingDown, StoreUnavailable
 from .jobs import JobWatcher
 from .logs import FailureLog, log
 from .metrics import Metrics
 from .peer import Peer
 from .persistence import Persister
+from .replayer import Exported, Merged, Replayer
 from .rooms import Room, RoomRegistry
 from .settings import Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class CanvasExport:
+    """A canvas rendered for an HTTP read: ``body`` is the full Yjs update (binary) or
+    ``{"elements": ...}`` as JSON bytes; ``error`` says why JSON was impossible (body None)."""
+
+    etag: str
+    version: int
+    updated_at: float | None
+    body: bytes | None
+    error: str
 
 
 class Hub:
@@ -42,10 +56,12 @@ class Hub:
         compactor: Compactor,
         cluster: Cluster,
         metrics: Metrics,
+        replayer: Replayer,
         rooms: dict[str, Room] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.replayer = replayer
         self.persister = persister
         self.compactor = compactor
         self.cluster = cluster
@@ -148,16 +164,32 @@ class Hub:
                 self.load_failures.failed(f"loading jobs: {exc!r}", canvas=canvas_id)
                 raise StoreUnavailable(f"loading jobs of {canvas_id} failed: {exc!r}") from exc
         document = self.make_document()
-        version, updated_at, size, rows, replay_ms = 0, None, 0, 0, 0.0
+        version, updated_at, size, rows, replay_ms, apply_ms = 0, None, 0, 0, 0.0, 0.0
         if loaded is not None:
             size = len(loaded.snapshot or b"") + sum(len(update) for _, update in loaded.updates)
             started = time.perf_counter()
-            document.doc = replay(loaded, canvas_id, strict=False)
+            merged = await self.replay(canvas_id, loaded)  # in the worker process: off the loop
             replay_ms = round((time.perf_counter() - started) * 1000, 1)
+            started = time.perf_counter()
+            # One apply of the merged state on the loop (the document lives here); its cost grows with
+            # the canvas's size, not its history.
+            doc: Doc = Doc()
+            doc.apply_update(merged.update)
+            document.doc = doc
+            document.seed_full_state(merged.update, merged.state, exact=True)  # joiners reuse it
+            apply_ms = round((time.perf_counter() - started) * 1000, 1)
             version, updated_at, rows = loaded.version, loaded.updated_at, len(loaded.updates)
             if len(loaded.updates) >= self.settings.compact_every_updates:
                 self.compactor.schedule(canvas_id)
-        log(logging.INFO, "room_loaded", canvas=canvas_id, version=version, log_rows=rows, replay_ms=replay_ms)
+        log(
+            logging.INFO,
+            "room_loaded",
+            canvas=canvas_id,
+            version=version,
+            log_rows=rows,
+            replay_ms=replay_ms,
+            apply_ms=apply_ms,
+        )
         return Room(
             canvas_id,
             document,
@@ -193,10 +225,25 @@ class Hub:
         if room is not None:
             room.storage_advanced(durable)
 
-    def compacted(self, canvas_id: str, version: int) -> None:
+    async def replay(self, canvas_id: str, loaded: LoadedCanvas) -> Merged:
+        """A stored canvas merged into one update by the replay worker (corrupt rows logged, skipped)."""
+        try:
+            merged = await self.replayer.merge(stored_parts(loaded.snapshot, loaded.updates), strict=False)
+        except Exception as exc:
+            self.load_failures.failed(f"replay: {exc!r}", canvas=canvas_id)
+            raise StoreUnavailable(f"replaying {canvas_id} failed: {exc!r}") from exc
+        log_skipped(canvas_id, merged.skipped)
+        return merged
+
+    def compacted(self, canvas_id: str, version: int, merged: Merged) -> None:
+        """A compaction wrote ``merged``: a fresh base for the room's joiners if the live document has
+        every struct of it (a snapshot holding stored rows this process never saw is not used; with it
+        joiners would only get those stored rows early)."""
         room = self.registry.rooms.get(canvas_id)
         if room is not None:
             room.version = version
+            if room.document.contains_state(merged.state):
+                room.document.seed_full_state(merged.update, merged.state, exact=False)
 
     def make_document(self) -> RoomDocument:
         return RoomDocument(
@@ -204,16 +251,36 @@ class Hub:
             max_awareness_ids_per_peer=self.settings.max_awareness_ids_per_connection,
         )
 
-    async def read_document(self, canvas_id: str) -> tuple[Doc, str, int, float | None] | None:
-        """(doc, etag, version, updated_at) for HTTP reads: the live room if loaded, else from storage."""
+    def live_etag(self, canvas_id: str) -> str | None:
+        """The content ETag of a loaded canvas (None if not loaded or not a canvas yet): cheap."""
+        room = self.registry.rooms.get(canvas_id)
+        return room.etag if room is not None and room.exists else None
+
+    async def canvas_exists(self, canvas_id: str) -> bool:
+        room = self.registry.rooms.get(canvas_id)
+        return (room is not None and room.exists) or await self.load_canvas(canvas_id) is not None
+
+    async def export_canvas(self, canvas_id: str, binary: bool) -> CanvasExport | None:
+        """The canvas rendered for an HTTP read, by the replay worker: the live room's full state (its
+        join cache, so no full encode on the loop) if loaded, else what storage holds."""
         room = self.registry.rooms.get(canvas_id)
         if room is not None and room.exists:
-            return room.document.doc, room.etag, room.version, room.updated_at
-        loaded = await self.load_canvas(canvas_id)
-        if loaded is None:
-            return None
-        doc = replay(loaded, canvas_id, strict=False)
-        return doc, content_etag(doc), loaded.version, loaded.updated_at
+            etag, version, updated_at = room.etag, room.version, room.updated_at
+            parts = [("live", part) for part in room.document.full_state_parts()]
+        else:
+            loaded = await self.load_canvas(canvas_id)
+            if loaded is None:
+                return None
+            version, updated_at = loaded.version, loaded.updated_at
+            parts = stored_parts(loaded.snapshot, loaded.updates)
+        try:
+            exported: Exported = await self.replayer.export(parts, binary)
+        except Exception as exc:
+            raise StoreUnavailable(f"rendering {canvas_id} failed: {exc!r}") from exc
+        log_skipped(canvas_id, exported.skipped)
+        if room is None or not room.exists:
+            etag = exported.etag
+        return CanvasExport(etag, version, updated_at, exported.body, exported.error)
 
     async def write(
         self, canvas_id: str, change: Callable[[RoomDocument], Effects], if_match: str | None = None, size: int = 0

@@ -226,6 +226,17 @@ class Settings:
     keep_versions: int = _opt(
         20, "CANVASHUB_KEEP_VERSIONS", "snapshot versions kept per canvas for history and restore", low=1
     )
+    replay_workers: int = _opt(
+        1,
+        "CANVASHUB_REPLAY_WORKERS",
+        "worker processes that replay stored canvases (loads, compactions, exports) off the event loop; "
+        "0 replays on the loop",
+        low=0,
+        high=8,
+    )
+    replay_timeout: float = _opt(
+        60.0, "CANVASHUB_REPLAY_TIMEOUT", "give up one replay (queueing included) after this many seconds", above=0
+    )
     slow_query_seconds: float = _opt(
         0.5, "CANVASHUB_SLOW_QUERY_SECONDS", "log storage calls slower than this as warnings", low=0
     )

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from pycrdt import Doc, Map
 
 from canvashub.server.app import create_app
@@ -37,10 +38,10 @@ async def make_hub(tmp_path, **overrides) -> tuple[Hub, Any, Callable[[], Awaita
 
 
 async def elements(hub: Hub, canvas_id: str) -> dict | None:
-    found = await hub.read_document(canvas_id)
+    found = await hub.export_canvas(canvas_id, binary=False)
     if found is None:
         return None
-    return found[0].get("elements", type=Map).to_py() or {}
+    return orjson.loads(found.body)["elements"]
 
 
 async def test_room_is_not_unloaded_while_a_write_made_after_the_durable_wait_is_pending(tmp_path):

@@ -1,0 +1,159 @@
+"""Replaying stored canvases in a worker process, off the event loop.
+
+Replaying a canvas (its snapshot, then its log rows) is CPU work proportional
+to its history: ~0.35 s for a canvas of 20,000 element maps, and pycrdt never
+releases the GIL, so a thread would stall the loop all the same (NOTES). The
+``Replayer`` sends the stored bytes to a small ``ProcessPoolExecutor`` (spawned
+processes: nothing of the server's loop, sockets or threads is inherited) and
+gets back the merged update and its state vector, or a rendered export. Canvases
+of at most ``INLINE_MAX_BYTES`` stored bytes are replayed inline (a few ms).
+
+Bounded: ``workers`` processes, at most ``max_in_flight`` jobs submitted (the
+others wait), each job (waiting included) under ``timeout``; a job past its
+timeout or a crashed worker gets the pool replaced. ``workers=0`` replays inline
+on the loop (tests, tiny deployments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import multiprocessing
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+import orjson
+
+from canvashub.crdt.digest import content_etag
+from canvashub.crdt.export import NotExportable, document_json
+from canvashub.crdt.replay import replay_parts
+
+from .logs import log
+
+T = TypeVar("T")
+Parts = Sequence[tuple[str, bytes]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Merged:
+    update: bytes  # the document's full state, one Yjs update
+    state: bytes  # its state vector
+    skipped: list[tuple[str, str]]  # parts that did not apply (non-strict only): (label, error)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    etag: str  # content ETag (crdt/digest.py)
+    body: bytes | None  # the full update (binary), b'{"elements":{...}}' (JSON), or None: not exportable
+    error: str  # why not exportable
+    skipped: list[tuple[str, str]]
+
+
+class ReplayFailed(Exception):
+    """The worker process timed out or died; the job was not done."""
+
+
+# -- run in the worker process (top-level functions: pickled by name) ----------------------------
+def merge_job(parts: Parts, strict: bool) -> Merged:
+    doc, skipped = replay_parts(parts, strict=strict)
+    return Merged(doc.get_update(), doc.get_state(), skipped)
+
+
+def export_job(parts: Parts, binary: bool) -> Exported:
+    doc, skipped = replay_parts(parts, strict=False)
+    body: bytes | None
+    error = ""
+    if binary:
+        body = doc.get_update()
+    else:
+        try:
+            body = orjson.dumps(document_json(doc))
+        except NotExportable as exc:
+            body, error = None, str(exc)
+    return Exported(content_etag(doc), body, error, skipped)
+
+
+def _ready() -> bool:
+    return True
+
+
+# -- the server side ------------------------------------------------------------------------------
+class Replayer:
+    def __init__(self, workers: int, timeout: float, max_in_flight: int = 8) -> None:
+        self.workers = workers
+        self.timeout = timeout
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.jobs = 0  # jobs done by a worker process (observability and tests)
+
+    def start(self) -> None:
+        if self.workers > 0 and self._pool is None:
+            self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        for _ in range(self.workers):
+            pool.submit(_ready)  # start the processes now, not on the first load
+        return pool
+
+    async def stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            _kill(pool)
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker process (inline when there are no workers)."""
+        if self._pool is None:
+            return fn(*args)
+        try:
+            return await asyncio.wait_for(self._submit(fn, *args), self.timeout)
+        except TimeoutError:
+            self._replace("timed out")
+            raise ReplayFailed(f"replay took over {self.timeout} s") from None
+        except BrokenProcessPool:
+            self._replace("worker died")
+            raise ReplayFailed("replay worker died") from None
+
+    async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._slots:
+            pool = self._pool
+            if pool is None:
+                raise ReplayFailed("replayer stopped")
+            result = await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+            self.jobs += 1
+            return result
+
+    def _replace(self, why: str) -> None:
+        log(logging.WARNING, "replay_worker_replaced", reason=why)
+        old = self._pool
+        if old is not None:
+            _kill(old)
+            old.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+
+    async def merge(self, parts: Parts, *, strict: bool) -> Merged:
+        if _small(parts):
+            return merge_job(parts, strict)
+        return await self.run(merge_job, list(parts), strict)
+
+    async def export(self, parts: Parts, binary: bool) -> Exported:
+        if _small(parts):
+            return export_job(parts, binary)
+        return await self.run(export_job, list(parts), binary)
+
+
+INLINE_MAX_BYTES = 32 * 1024  # replayed on the loop: a few ms at most, less than a round trip to a worker
+
+
+def _small(parts: Parts) -> bool:
+    return sum(len(update) for _, update in parts) <= INLINE_MAX_BYTES
+
+
+def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop a pool's processes now (a stuck replay would otherwise run to its end)."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.kill()
