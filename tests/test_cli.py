@@ -19,6 +19,7 @@ import pytest
 
 from canvashub.crdt import codec
 from canvashub.server.settings import Settings, is_loopback
+from canvashub.storage.base import LoadedCanvas
 
 from .support import free_port, wait_until
 from .test_smoke import make_update
@@ -358,6 +359,12 @@ async def test_room_loaded_is_logged_once_per_load_with_its_figures(server_facto
         10,
         "unload",
     )
+    # The unload schedules a compaction (so the next load starts from a snapshot): let it land first.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while ((await server.hub.store.load("loaded-once")) or LoadedCanvas(None, 0, [], None)).version < 1:
+        assert loop.time() < deadline, "the canvas was not compacted after it unloaded"
+        await asyncio.sleep(0.02)  # polling the store, bounded by the deadline above
     ws = await server.connect("loaded-once")
     await asyncio.wait_for(ws.recv(), 5)
     await ws.close()
