@@ -69,6 +69,11 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 _ids = itertools.count(1)
 
+# The stall rule's floor for a slow link: after a send, uvicorn's next send waits for the transport to drain
+# what the last one wrote. For a large frame (a joiner's sync step 2 of a big canvas) that takes time on a
+# slow link that is still reading, so the stall period is extended by its size at this rate.
+SLOW_LINK_BYTES_PER_SECOND = 64 * 1024
+
 
 class Connection:
     """Outbound side of one socket: bounded queue plus writer task."""
@@ -85,6 +90,7 @@ class Connection:
         "_max_bytes",
         "_stall_seconds",
         "_sent",
+        "_last_sent_bytes",
         "_sent_seen",
         "_waiting_since",
         "_waiter",
@@ -137,6 +143,7 @@ class Connection:
         self._max_bytes = max_bytes
         self._stall_seconds = stall_seconds
         self._sent = 0  # sends completed: write progress
+        self._last_sent_bytes = 0  # the size of the last frame sent: the transport may still be draining it
         self._sent_seen = 0  # ``_sent`` when ``_waiting_since`` was last set
         self._waiting_since: float | None = None  # first sweep that saw frames waiting without progress
         self._waiter: asyncio.Future[None] | None = None
@@ -206,7 +213,8 @@ class Connection:
         No timer per frame: a send counter, compared from one sweep to the next. Frames wait while the
         deque holds some or while the writer is inside a send (uvicorn awaits the transport's drain there
         when the client does not read). Measured from the first sweep that saw the wait, so a client is
-        never dropped before the full period, and at most one sweep interval after it."""
+        never dropped before the full period, and at most one sweep interval after it; the period grows by
+        the last frame's drain time at ``SLOW_LINK_BYTES_PER_SECOND``."""
         if self.closing:
             return
         writer = self.writer
@@ -216,7 +224,7 @@ class Connection:
         elif self._waiting_since is None or self._sent != self._sent_seen:
             self._waiting_since = now
             self._sent_seen = self._sent
-        elif now - self._waiting_since >= self._stall_seconds:
+        elif now - self._waiting_since >= self._stall_seconds + self._last_sent_bytes / SLOW_LINK_BYTES_PER_SECOND:
             self._overflow("stalled")
 
     def _overflow(self, reason: str) -> None:
@@ -270,9 +278,11 @@ class Connection:
             while True:
                 while queue:
                     frame = queue.popleft()
-                    self._queued_bytes -= len(frame)
+                    size = len(frame)
+                    self._queued_bytes -= size
                     await send({"type": "websocket.send", "bytes": frame})
                     self._sent += 1
+                    self._last_sent_bytes = size
                 if self.closing:
                     break
                 self._waiter = loop.create_future()

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 import websockets
 from pycrdt import Doc, Text
 
 from canvashub.crdt import codec
 from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload
+from canvashub.server.auth import Principal
+from canvashub.server.connection import SLOW_LINK_BYTES_PER_SECOND, Connection
+from canvashub.server.metrics import Metrics
 
 from . import raw_ws
 from .support import wait_until
@@ -51,6 +55,85 @@ def slow_client_lines(log_path: Path) -> list[dict]:
         for entry in map(orjson.loads, filter(lambda line: line.startswith("{"), lines))
         if entry.get("event") == "slow_client_disconnected"
     ]
+
+
+class RoomStub:
+    """What a ``Connection`` needs of its room when no room is involved."""
+
+    canvas_id = "unit"
+
+    def leave(self, conn: object) -> None:
+        pass
+
+
+class StalledClient:
+    """A connection (stall period 1 s) whose client took its first frame and then stopped: the next send
+    waits, as uvicorn's send waits for the transport to drain, until ``release`` lets one more through."""
+
+    def __init__(self, first: bytes) -> None:
+        self.permits = asyncio.Semaphore(0)
+        self.sent: list[dict] = []
+        self.conn = Connection(
+            RoomStub(),  # type: ignore[arg-type]
+            self.send,
+            max_messages=1024,
+            max_bytes=64 << 20,
+            stall_seconds=1.0,
+            metrics=Metrics(),
+            principal=Principal("editor", "*"),
+            ip="127.0.0.1",
+            rates=None,
+        )
+        self.conn.writer = asyncio.get_running_loop().create_task(self.conn.run_writer())
+        self.conn.enqueue(first)
+        self.conn.enqueue(b"next")
+
+    async def send(self, message: dict) -> None:
+        if self.sent:
+            await self.permits.acquire()
+        self.sent.append(message)
+
+    async def waiting(self, sent: int) -> None:
+        """Until ``sent`` sends completed and the writer is inside the next one."""
+        await wait_until(lambda: len(self.sent) == sent and self.conn.queued == (0, 0), 5, "a send waiting")
+
+    def dropped_at(self, deadline: float) -> None:
+        """Sweeps just before ``deadline`` keep the client; the sweep at ``deadline`` drops it."""
+        self.conn.check_stall(deadline - 0.01)
+        assert not self.conn.closing
+        self.conn.check_stall(deadline)
+        assert self.conn.closing
+
+    async def finish(self) -> None:
+        for _ in range(4):
+            self.permits.release()
+        assert self.conn.writer is not None
+        await asyncio.wait_for(self.conn.writer, 5)
+
+
+@pytest.mark.parametrize("first", [b"small", b"x" * (1 << 20)], ids=["small frame", "1 MiB frame"])
+async def test_stall_rule_drops_after_the_period_and_not_before(first):
+    """A send waiting: the client is kept for send_stall_seconds plus the last frame's drain time at the
+    slow-link floor rate (next to nothing for a small frame), then closed 1013 with its queue released."""
+    client = StalledClient(first)
+    await client.waiting(1)
+    client.conn.check_stall(100.0)  # the first sweep that sees the wait starts the period
+    client.dropped_at(100.0 + 1.0 + len(first) / SLOW_LINK_BYTES_PER_SECOND)
+    assert client.conn.close_code == 1013 and client.conn.queued == (0, 0)
+    await client.finish()
+
+
+async def test_write_progress_restarts_the_stall_period():
+    """A send completing between two sweeps restarts the period: only a full period without one drops."""
+    client = StalledClient(b"small")
+    await client.waiting(1)
+    client.conn.check_stall(100.0)
+    client.conn.enqueue(b"more")
+    client.permits.release()  # "next" completes; "more" waits in its turn
+    await client.waiting(2)
+    client.conn.check_stall(100.9)  # progress since the last sweep: the period starts again here
+    client.dropped_at(100.9 + 1.0 + len(b"next") / SLOW_LINK_BYTES_PER_SECOND)
+    await client.finish()
 
 
 async def test_fast_reader_with_thousands_of_frames_in_flight_stays(process_server_factory):
