@@ -1,10 +1,14 @@
 """One WebSocket connection: the only module that speaks ASGI WebSocket messages.
 
 Reading: one task per connection (the ASGI handler) receives frames and hands
-them to the room synchronously. Writing: frames are queued on a bounded deque
-and a writer task drains it; when the client stops reading, uvicorn's send
-blocks, the deque fills, and the connection is dropped from the room
-immediately (close 1013) instead of letting memory grow.
+them to the room synchronously. Writing: frames are queued on a deque and a
+writer task drains it. When the client stops reading, uvicorn's send blocks
+(it awaits the transport's drain) and the deque grows; the connection is
+dropped from the room (close 1013, its queue released at once) when the
+deque holds more than ``send_queue_bytes``, or when frames have waited
+``send_stall_seconds`` with no send completing (the hub's periodic sweep
+calls ``check_stall``). The number of frames does not decide: a reader
+keeping up with thousands of small frames in flight is not slow.
 
 A ``ProtocolError`` from the room is converted into a close code here and
 nowhere else; the room and other rooms carry on.
@@ -65,6 +69,11 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 _ids = itertools.count(1)
 
+# The stall rule's floor for a slow link: after a send, uvicorn's next send waits for the transport to drain
+# what the last one wrote. For a large frame (a joiner's sync step 2 of a big canvas) that takes time on a
+# slow link that is still reading, so the stall period is extended by its size at this rate.
+SLOW_LINK_BYTES_PER_SECOND = 64 * 1024
+
 
 class Connection:
     """Outbound side of one socket: bounded queue plus writer task."""
@@ -79,6 +88,11 @@ class Connection:
         "_queued_bytes",
         "_max_messages",
         "_max_bytes",
+        "_stall_seconds",
+        "_sent",
+        "_last_sent_bytes",
+        "_sent_seen",
+        "_waiting_since",
         "_waiter",
         "closing",
         "close_code",
@@ -105,6 +119,7 @@ class Connection:
         *,
         max_messages: int,
         max_bytes: int,
+        stall_seconds: float,
         metrics: Metrics,
         principal: Principal,
         ip: str,
@@ -115,7 +130,8 @@ class Connection:
     ) -> None:
         """Complete when constructed: ``rates`` are the (frames, bytes) buckets (None: unlimited);
         ``announce``: relay presence even if the role may not write; ``jobs`` answers events-channel
-        requests (a socket that opted into events may send them)."""
+        requests (a socket that opted into events may send them). ``max_bytes`` and ``stall_seconds`` are
+        the slow-client rule; ``max_messages`` is only a safety bound on per-frame overhead."""
         self.id = next(_ids)
         self.room = room
         self.canvas_id = room.canvas_id
@@ -125,6 +141,11 @@ class Connection:
         self._queued_bytes = 0
         self._max_messages = max_messages
         self._max_bytes = max_bytes
+        self._stall_seconds = stall_seconds
+        self._sent = 0  # sends completed: write progress
+        self._last_sent_bytes = 0  # the size of the last frame sent: the transport may still be draining it
+        self._sent_seen = 0  # ``_sent`` when ``_waiting_since`` was last set
+        self._waiting_since: float | None = None  # first sweep that saw frames waiting without progress
         self._waiter: asyncio.Future[None] | None = None
         self.closing = False
         self.close_code: int | None = None
@@ -150,9 +171,11 @@ class Connection:
     def enqueue(self, frame: bytes) -> None:
         if self.closing:
             return
-        queued = len(self._queue)
-        if queued >= self._max_messages or self._queued_bytes + len(frame) > self._max_bytes:
-            self._overflow()
+        if self._queued_bytes + len(frame) > self._max_bytes:
+            self._overflow("bytes")
+            return
+        if len(self._queue) >= self._max_messages:
+            self._overflow("frames")
             return
         self._queue.append(frame)
         self._queued_bytes += len(frame)
@@ -183,8 +206,30 @@ class Connection:
         if self.events:
             self.enqueue(encode_event(orjson.dumps(payload)))
 
-    def _overflow(self) -> None:
-        """The client stopped reading: drop it now so the room's memory stays flat.
+    def check_stall(self, now: float) -> None:
+        """Called by the hub's periodic sweep (``now``: the loop's clock): drop the client if frames have
+        waited ``send_stall_seconds`` while no send to it completed.
+
+        No timer per frame: a send counter, compared from one sweep to the next. Frames wait while the
+        deque holds some or while the writer is inside a send (uvicorn awaits the transport's drain there
+        when the client does not read). Measured from the first sweep that saw the wait, so a client is
+        never dropped before the full period, and at most one sweep interval after it; the period grows by
+        the last frame's drain time at ``SLOW_LINK_BYTES_PER_SECOND``."""
+        if self.closing:
+            return
+        writer = self.writer
+        in_send = self._waiter is None and writer is not None and not writer.done()  # not parked: sending
+        if not (self._queue or in_send):
+            self._waiting_since = None
+        elif self._waiting_since is None or self._sent != self._sent_seen:
+            self._waiting_since = now
+            self._sent_seen = self._sent
+        elif now - self._waiting_since >= self._stall_seconds + self._last_sent_bytes / SLOW_LINK_BYTES_PER_SECOND:
+            self._overflow("stalled")
+
+    def _overflow(self, reason: str) -> None:
+        """The client is not reading (``reason``: ``bytes`` over the cap, ``stalled`` without write
+        progress, or the ``frames`` safety bound): drop it now so the room's memory stays flat.
 
         Leaving the room is deferred to the next loop turn because we may be inside
         the room's broadcast loop over its connections."""
@@ -194,10 +239,12 @@ class Connection:
             "slow_client_disconnected",
             canvas=self.canvas_id,
             conn=self.id,
+            reason=reason,
             queued_frames=len(self._queue),
             queued_bytes=self._queued_bytes,
         )
-        self.close(CloseCode.TRY_AGAIN_LATER, "send queue full: client is not reading", flush=False)
+        message = "client stopped reading" if reason == "stalled" else "send queue full: client is not reading"
+        self.close(CloseCode.TRY_AGAIN_LATER, message, flush=False)
         asyncio.get_running_loop().call_soon(self.room.leave, self)
 
     @property
@@ -231,8 +278,11 @@ class Connection:
             while True:
                 while queue:
                     frame = queue.popleft()
-                    self._queued_bytes -= len(frame)
+                    size = len(frame)
+                    self._queued_bytes -= size
                     await send({"type": "websocket.send", "bytes": frame})
+                    self._sent += 1
+                    self._last_sent_bytes = size
                 if self.closing:
                     break
                 self._waiter = loop.create_future()
@@ -357,6 +407,7 @@ class WebSocketEndpoint:
             send,
             max_messages=settings.send_queue_messages,
             max_bytes=settings.send_queue_bytes,
+            stall_seconds=settings.send_stall_seconds,
             metrics=metrics,
             principal=principal,
             ip=ip,

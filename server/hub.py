@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -99,14 +101,23 @@ class Hub:
         self._keepalive = asyncio.get_running_loop().create_task(self._keepalive_loop())
 
     async def _keepalive_loop(self) -> None:
-        """Stock y-websocket clients reconnect after 30 s without an inbound message:
-        every tick, send a no-op frame to each connection that was sent nothing since the last."""
-        while True:
-            await asyncio.sleep(self.settings.keepalive_seconds)
+        """One sweep over the connections, the only timer for them all. Stock y-websocket clients
+        reconnect after 30 s without an inbound message: every ``keepalive_seconds``, send a no-op frame
+        to each connection that was sent nothing since the last keepalive. And every quarter of
+        ``send_stall_seconds``, drop the connections whose sends stalled (``Peer.check_stall``)."""
+        loop = asyncio.get_running_loop()
+        every = self.settings.keepalive_seconds
+        ticks_per_keepalive = math.ceil(every / (self.settings.send_stall_seconds / 4))
+        for tick in itertools.count(1):
+            await asyncio.sleep(every / ticks_per_keepalive)
+            now = loop.time()
+            keepalive = tick % ticks_per_keepalive == 0
             for conn in self.connections:
-                if conn.idle:
-                    conn.enqueue(KEEPALIVE_FRAME)
-                conn.idle = True
+                conn.check_stall(now)
+                if keepalive:
+                    if conn.idle:
+                        conn.enqueue(KEEPALIVE_FRAME)
+                    conn.idle = True
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -33,6 +33,9 @@ class Peer(Protocol):
     def write_denied(self, update: bytes) -> None:
         """Its change was refused for its role (told once)."""
 
+    def check_stall(self, now: float) -> None:
+        """Periodic sweep: drop the peer if its queued frames waited too long with no write completing."""
+
     def close(self, code: int, reason: str, *, flush: bool) -> None:
         """Stop taking frames; send what is queued (if ``flush``), then the close frame."""
 

@@ -128,13 +128,25 @@ class Settings:
     max_awareness_ids_per_connection: int = _opt(
         8, "CANVASHUB_MAX_AWARENESS_IDS", "awareness client ids one connection may own", low=1
     )
-    send_queue_messages: int = _opt(
-        2048, "CANVASHUB_SEND_QUEUE_MESSAGES", "frames queued for one client before it is disconnected", low=1
-    )
+    # The slow-client rule is bytes and time (docs/operations.md, "Slow clients"): a fast reader may have
+    # thousands of small frames in flight. The frame count is only a safety bound on per-frame overhead.
     send_queue_bytes: int = _opt(
         32 * 1024 * 1024,
         "CANVASHUB_SEND_QUEUE_BYTES",
-        "bytes queued for one client before it is disconnected",
+        "bytes queued for one client before it is disconnected (1013)",
+        low=1024,
+    )
+    send_stall_seconds: float = _opt(
+        10.0,
+        "CANVASHUB_SEND_STALL_SECONDS",
+        "seconds a client's queue may wait with no write to it completing before it is disconnected (1013)",
+        low=0.1,
+        high=3600,
+    )
+    send_queue_messages: int = _opt(
+        262_144,
+        "CANVASHUB_SEND_QUEUE_MESSAGES",
+        "safety bound on frames queued for one client (per-frame memory overhead), far above any fast reader's",
         low=1024,
     )
     room_grace_seconds: float = _opt(5.0, "CANVASHUB_ROOM_GRACE_SECONDS", "seconds an empty room stays loaded", low=0)
