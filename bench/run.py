@@ -1,12 +1,12 @@
 """Run the benchmark shapes against canvashub and the reference servers, one server at a time.
 
-    /work/main/.venv/bin/python bench/run.py [--servers canvashub,relay,pycrdt-websocket,node]
+    /work/main/.venv/bin/python bench/run.py [--servers canvashub,relay,pycrdt-websocket,node,hocuspocus]
         [--shapes s1,s2,s3,s4,s5,idle] [--duration 15] [--repeat 1] [--out results.jsonl]
         [--stores sqlite,postgres] [--database-url DSN] [--events]
 
 Installs the references into bench/.cache/ (gitignored) on first use: pycrdt-websocket into a
-throwaway venv, @y/websocket-server into a throwaway npm dir, and the load generator's pinned
-packages (npm ci in bench/loadgen). For every (shape, server) it starts the server on a free
+throwaway venv, @y/websocket-server and @hocuspocus/server into throwaway npm dirs, and the load
+generator's pinned packages (npm ci in bench/loadgen). For every (shape, server) it starts the server on a free
 loopback port, runs bench/loadgen/loadgen.mjs, samples the server's process tree from /proc
 every 100 ms, stops the server and prints one JSON line; a final JSON line holds the target's
 (canvashub's) ratios to each reference. Logs go to stderr. See bench/README.md.
@@ -47,6 +47,7 @@ HOST = "127.0.0.1"
 
 PYCRDT_WS_REQS = ["pycrdt-websocket==0.16.5", "uvicorn[standard]==0.54.0"]
 NODE_SERVER_PKGS = ["@y/websocket-server@0.1.1", "yjs@13.6.33"]  # 0.1.1: last for yjs 13 clients
+HOCUSPOCUS_PKGS = ["@hocuspocus/server@4.7.0", "yjs@13.6.33"]  # the provider (4.7.0) is in bench/loadgen
 DEFAULT_DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 STORES = ("sqlite", "postgres")
 
@@ -90,6 +91,7 @@ class Server:
     per_run: object = None
     events: bool = False  # sends canvashub save events (loadgen --events applies)
     store: str | None = None  # canvashub's storage backend, reported in its result lines
+    client: str = "y-websocket"  # the load generator's provider (--client): y-websocket or hocuspocus
 
     def argv(self, port: int) -> list[str]:
         assert self.command is not None
@@ -120,16 +122,27 @@ def prepare_pycrdt_websocket() -> None:
     (venv / ".bench-stamp").write_text(" ".join(PYCRDT_WS_REQS))
 
 
-def prepare_node_server() -> None:
-    d = CACHE / "node-websocket-server"
-    if stamped(d, " ".join(NODE_SERVER_PKGS)):
+def prepare_npm_dir(d: Path, pkgs: list[str]) -> None:
+    """Install pinned npm packages into a throwaway dir (reused while the stamp matches)."""
+    if stamped(d, " ".join(pkgs)):
         return
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     (d / "package.json").write_text('{"private": true}\n')
+    run_quiet(["npm", "install", "--no-audit", "--no-fund", "--save-exact", *pkgs], cwd=d)
+    (d / ".bench-stamp").write_text(" ".join(pkgs))
+
+
+def prepare_node_server() -> None:
     # y-leveldb (an optional dependency) is imported even without persistence: keep optionals
-    run_quiet(["npm", "install", "--no-audit", "--no-fund", "--save-exact", *NODE_SERVER_PKGS], cwd=d)
-    (d / ".bench-stamp").write_text(" ".join(NODE_SERVER_PKGS))
+    prepare_npm_dir(CACHE / "node-websocket-server", NODE_SERVER_PKGS)
+
+
+def prepare_hocuspocus() -> None:
+    d = CACHE / "hocuspocus-server"
+    prepare_npm_dir(d, HOCUSPOCUS_PKGS)
+    # next to its node_modules, so `import '@hocuspocus/server'` resolves (ESM ignores NODE_PATH)
+    shutil.copyfile(BENCH / "servers" / "hocuspocus_server.mjs", d / "hocuspocus_server.mjs")
 
 
 def prepare_loadgen() -> None:
@@ -238,6 +251,21 @@ def servers(canvashub_args: str = "", database_url: str = DEFAULT_DATABASE_URL) 
             [shutil.which("node") or "node", str(node_bin)],
             env={"HOST": HOST, "PORT": "{port}"},
             prepare=prepare_node_server,
+        ),
+        "hocuspocus": Server(
+            "hocuspocus",
+            # the provider connects to the server URL and sends the room as the document name
+            "ws://127.0.0.1:{port}/{room}",
+            [
+                shutil.which("node") or "node",
+                str(CACHE / "hocuspocus-server" / "hocuspocus_server.mjs"),
+                "--host",
+                HOST,
+                "--port",
+                "{port}",
+            ],
+            prepare=prepare_hocuspocus,
+            client="hocuspocus",
         ),
     }
 
@@ -387,6 +415,8 @@ def loadgen_argv(server: Server, port: int, shape: dict, args: argparse.Namespac
         str(args.threads),
         "--clients",
         str(shape["clients"]),
+        "--client",
+        server.client,
     ]
     if "idle" in shape:
         argv += ["--idle", str(args.idle_connections or shape["idle"]), "--settle", str(args.warmup)]
