@@ -394,6 +394,53 @@ class Sampler(threading.Thread):
             self.snap()
 
 
+@dataclass
+class Marked:
+    returncode: int | None  # None: killed after the time limit
+    stdout: str
+    marks: dict[str, dict]  # phase name -> Sampler.mark() read the moment it was printed
+    tail: list[str]  # the last lines of its stderr
+
+
+def run_marked(argv: list[str], sampler: Sampler, limit: float, verbose: bool = False) -> Marked:
+    """Run a Node client script (cwd bench/loadgen) to its end, bounded by ``limit`` seconds. Every
+    ``@phase NAME`` line it prints on stderr reads /proc at that moment (exact CPU window edges);
+    the sampler is stopped when the script ends."""
+    gen = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=LOADGEN)
+    marks: dict[str, dict] = {}
+    tail: deque[str] = deque(maxlen=40)
+
+    def read_stderr() -> None:
+        for line in gen.stderr:
+            if line.startswith("@phase "):
+                marks[line.split()[1]] = sampler.mark(gen.pid)
+            else:
+                tail.append(line.rstrip())
+                if verbose:
+                    sys.stderr.write(line)
+
+    stdout: list[str] = []
+    readers = [
+        threading.Thread(target=read_stderr, daemon=True),
+        threading.Thread(target=lambda: stdout.append(gen.stdout.read()), daemon=True),
+    ]
+    for t in readers:
+        t.start()
+    try:
+        gen.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        stop(gen)
+        return Marked(None, "", marks, list(tail))
+    finally:
+        stop(gen)
+        sampler.halt.set()
+        if sampler.is_alive():
+            sampler.join()
+    for t in readers:
+        t.join(5)
+    return Marked(gen.returncode, "".join(stdout), marks, list(tail))
+
+
 # ---------------------------------------------------------------- one run
 
 
@@ -467,7 +514,6 @@ def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -
         if cleanup:
             cleanup()
         raise
-    gen = None
     try:
         if not wait_accepting(port, proc):
             return {**base, "error": f"server did not accept on port {port}; see {log_path}"}
@@ -475,50 +521,16 @@ def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -
         time.sleep(0.5)  # let start-up allocation settle before the baseline
         _, _, rss_base = sampler.snap()
         sampler.start()
-        marks: dict[str, dict] = {}
-        tail: deque[str] = deque(maxlen=40)
-        gen = spawn(
-            loadgen_argv(server, port, shape, args, tag),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=LOADGEN,
-        )
-
-        def read_stderr() -> None:
-            for line in gen.stderr:
-                if line.startswith("@phase "):
-                    # read /proc the moment the window opens/closes: exact CPU window edges
-                    marks[line.split()[1]] = sampler.mark(gen.pid)
-                else:
-                    tail.append(line.rstrip())
-                    if args.verbose:
-                        sys.stderr.write(line)
-
-        stdout: list[str] = []
-        readers = [
-            threading.Thread(target=read_stderr, daemon=True),
-            threading.Thread(target=lambda: stdout.append(gen.stdout.read()), daemon=True),
-        ]
-        for t in readers:
-            t.start()
         limit = 2 * 60 + args.warmup + args.duration + 5 + 3 + 30  # 2 connect stages, window, drain, close
-        try:
-            gen.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            stop(gen)
-            return {**base, "error": f"load generator exceeded {limit:.0f} s", "loadgen_log": list(tail)[-10:]}
-        for t in readers:
-            t.join(5)
-        out = "".join(stdout)
-        sampler.halt.set()
-        sampler.join()
-        _live.discard(gen)
-        if gen.returncode != 0 or not out.strip():
-            return {**base, "error": f"load generator exited {gen.returncode}", "loadgen_log": list(tail)[-10:]}
+        run = run_marked(loadgen_argv(server, port, shape, args, tag), sampler, limit, args.verbose)
+        marks, tail = run.marks, run.tail
+        if run.returncode is None:
+            return {**base, "error": f"load generator exceeded {limit:.0f} s", "loadgen_log": tail[-10:]}
+        if run.returncode != 0 or not run.stdout.strip():
+            return {**base, "error": f"load generator exited {run.returncode}", "loadgen_log": tail[-10:]}
         if "measure_start" not in marks or "measure_end" not in marks:
-            return {**base, "error": "load generator printed no measurement window", "loadgen_log": list(tail)[-10:]}
-        result = {**base, **json.loads(out.strip().splitlines()[-1])}
+            return {**base, "error": "load generator printed no measurement window", "loadgen_log": tail[-10:]}
+        result = {**base, **json.loads(run.stdout.strip().splitlines()[-1])}
         m0, m1 = marks["measure_start"], marks["measure_end"]
         rss_end = m1["rss"]
 
@@ -542,8 +554,6 @@ def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -
             result["error"] = f"server exited with {proc.returncode} during the run; see {log_path}"
         return result
     finally:
-        if gen is not None:
-            stop(gen)
         stop(proc)
         workdir.cleanup()
         if cleanup:
