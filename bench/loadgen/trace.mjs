@@ -7,7 +7,8 @@
 //
 // replay: the writer applies every transaction of the trace ({endContent, txns: [{patches: [[pos,
 // delete_count, insert_text], ...]}]}) to a Y.Text, one Yjs transaction each, so its provider sends
-// one update per transaction, as an editor does per keystroke. `--window N` bounds the transactions
+// one update per transaction, as an editor does per keystroke; while its socket is closed (the
+// provider reconnects by itself) it waits. `--window N` bounds the transactions
 // in flight (sent by the writer, not yet applied by the follower) to N; 0 = unlimited, in which case
 // the writer only yields to the event loop every CHUNK transactions and while its socket holds more
 // than HIGH_WATER bytes unsent (TCP backpressure: as fast as the server takes it). The follower's
@@ -127,7 +128,15 @@ if (mode === 'reload') {
     phase('replay_start')
     const start = now()
     const deadline = start + timeoutMs
+    let reconnectWaitMs = 0
     for (let i = 0; i < n && now() < deadline; i++) {
+      if (!writer.c.connected()) {
+        // closed by the server (e.g. a rate limit): the provider reconnects and resends what the
+        // server lacks in one sync step 2; keep typing only once the socket is back
+        const t = now()
+        while (!writer.c.connected() && now() < deadline) await sleep(1)
+        reconnectWaitMs += now() - t
+      }
       if (windowSize > 0) {
         while (i - progress >= windowSize && now() < deadline) await Promise.race([advanced(), sleep(1000)])
       } else if (i % CHUNK === 0) {
@@ -169,6 +178,7 @@ if (mode === 'reload') {
       follower_disconnects: follower.disconnects,
       follower_close_codes: [...follower.closeCodes], // copies: destroy() below closes once more
       writer_disconnects: writer.disconnects,
+      writer_reconnect_wait_s: round(reconnectWaitMs / 1000),
       writer_close_codes: [...writer.closeCodes]
     }
     writer.c.provider.destroy()
