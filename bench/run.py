@@ -1,12 +1,12 @@
 """Run the benchmark shapes against canvashub and the reference servers, one server at a time.
 
-    /work/main/.venv/bin/python bench/run.py [--servers canvashub,relay,pycrdt-websocket,node]
+    /work/main/.venv/bin/python bench/run.py [--servers canvashub,relay,pycrdt-websocket,node,hocuspocus]
         [--shapes s1,s2,s3,s4,s5,idle] [--duration 15] [--repeat 1] [--out results.jsonl]
         [--stores sqlite,postgres] [--database-url DSN] [--events]
 
 Installs the references into bench/.cache/ (gitignored) on first use: pycrdt-websocket into a
-throwaway venv, @y/websocket-server into a throwaway npm dir, and the load generator's pinned
-packages (npm ci in bench/loadgen). For every (shape, server) it starts the server on a free
+throwaway venv, @y/websocket-server and @hocuspocus/server into throwaway npm dirs, and the load
+generator's pinned packages (npm ci in bench/loadgen). For every (shape, server) it starts the server on a free
 loopback port, runs bench/loadgen/loadgen.mjs, samples the server's process tree from /proc
 every 100 ms, stops the server and prints one JSON line; a final JSON line holds the target's
 (canvashub's) ratios to each reference. Logs go to stderr. See bench/README.md.
@@ -47,6 +47,7 @@ HOST = "127.0.0.1"
 
 PYCRDT_WS_REQS = ["pycrdt-websocket==0.16.5", "uvicorn[standard]==0.54.0"]
 NODE_SERVER_PKGS = ["@y/websocket-server@0.1.1", "yjs@13.6.33"]  # 0.1.1: last for yjs 13 clients
+HOCUSPOCUS_PKGS = ["@hocuspocus/server@4.7.0", "yjs@13.6.33"]  # the provider (4.7.0) is in bench/loadgen
 DEFAULT_DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 STORES = ("sqlite", "postgres")
 NO_PACING = {"CANVASHUB_UPGRADE_RATE_PER_IP": "0"}
@@ -91,6 +92,7 @@ class Server:
     per_run: object = None
     events: bool = False  # sends canvashub save events (loadgen --events applies)
     store: str | None = None  # canvashub's storage backend, reported in its result lines
+    client: str = "y-websocket"  # the load generator's provider (--client): y-websocket or hocuspocus
 
     def argv(self, port: int) -> list[str]:
         assert self.command is not None
@@ -121,16 +123,27 @@ def prepare_pycrdt_websocket() -> None:
     (venv / ".bench-stamp").write_text(" ".join(PYCRDT_WS_REQS))
 
 
-def prepare_node_server() -> None:
-    d = CACHE / "node-websocket-server"
-    if stamped(d, " ".join(NODE_SERVER_PKGS)):
+def prepare_npm_dir(d: Path, pkgs: list[str]) -> None:
+    """Install pinned npm packages into a throwaway dir (reused while the stamp matches)."""
+    if stamped(d, " ".join(pkgs)):
         return
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     (d / "package.json").write_text('{"private": true}\n')
+    run_quiet(["npm", "install", "--no-audit", "--no-fund", "--save-exact", *pkgs], cwd=d)
+    (d / ".bench-stamp").write_text(" ".join(pkgs))
+
+
+def prepare_node_server() -> None:
     # y-leveldb (an optional dependency) is imported even without persistence: keep optionals
-    run_quiet(["npm", "install", "--no-audit", "--no-fund", "--save-exact", *NODE_SERVER_PKGS], cwd=d)
-    (d / ".bench-stamp").write_text(" ".join(NODE_SERVER_PKGS))
+    prepare_npm_dir(CACHE / "node-websocket-server", NODE_SERVER_PKGS)
+
+
+def prepare_hocuspocus() -> None:
+    d = CACHE / "hocuspocus-server"
+    prepare_npm_dir(d, HOCUSPOCUS_PKGS)
+    # next to its node_modules, so `import '@hocuspocus/server'` resolves (ESM ignores NODE_PATH)
+    shutil.copyfile(BENCH / "servers" / "hocuspocus_server.mjs", d / "hocuspocus_server.mjs")
 
 
 def prepare_loadgen() -> None:
@@ -242,6 +255,21 @@ def servers(canvashub_args: str = "", database_url: str = DEFAULT_DATABASE_URL) 
             [shutil.which("node") or "node", str(node_bin)],
             env={"HOST": HOST, "PORT": "{port}"},
             prepare=prepare_node_server,
+        ),
+        "hocuspocus": Server(
+            "hocuspocus",
+            # the provider connects to the server URL and sends the room as the document name
+            "ws://127.0.0.1:{port}/{room}",
+            [
+                shutil.which("node") or "node",
+                str(CACHE / "hocuspocus-server" / "hocuspocus_server.mjs"),
+                "--host",
+                HOST,
+                "--port",
+                "{port}",
+            ],
+            prepare=prepare_hocuspocus,
+            client="hocuspocus",
         ),
     }
 
@@ -370,6 +398,53 @@ class Sampler(threading.Thread):
             self.snap()
 
 
+@dataclass
+class Marked:
+    returncode: int | None  # None: killed after the time limit
+    stdout: str
+    marks: dict[str, dict]  # phase name -> Sampler.mark() read the moment it was printed
+    tail: list[str]  # the last lines of its stderr
+
+
+def run_marked(argv: list[str], sampler: Sampler, limit: float, verbose: bool = False) -> Marked:
+    """Run a Node client script (cwd bench/loadgen) to its end, bounded by ``limit`` seconds. Every
+    ``@phase NAME`` line it prints on stderr reads /proc at that moment (exact CPU window edges);
+    the sampler is stopped when the script ends."""
+    gen = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=LOADGEN)
+    marks: dict[str, dict] = {}
+    tail: deque[str] = deque(maxlen=40)
+
+    def read_stderr() -> None:
+        for line in gen.stderr:
+            if line.startswith("@phase "):
+                marks[line.split()[1]] = sampler.mark(gen.pid)
+            else:
+                tail.append(line.rstrip())
+                if verbose:
+                    sys.stderr.write(line)
+
+    stdout: list[str] = []
+    readers = [
+        threading.Thread(target=read_stderr, daemon=True),
+        threading.Thread(target=lambda: stdout.append(gen.stdout.read()), daemon=True),
+    ]
+    for t in readers:
+        t.start()
+    try:
+        gen.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        stop(gen)
+        return Marked(None, "", marks, list(tail))
+    finally:
+        stop(gen)
+        sampler.halt.set()
+        if sampler.is_alive():
+            sampler.join()
+    for t in readers:
+        t.join(5)
+    return Marked(gen.returncode, "".join(stdout), marks, list(tail))
+
+
 # ---------------------------------------------------------------- one run
 
 
@@ -391,6 +466,8 @@ def loadgen_argv(server: Server, port: int, shape: dict, args: argparse.Namespac
         str(args.threads),
         "--clients",
         str(shape["clients"]),
+        "--client",
+        server.client,
     ]
     if "idle" in shape:
         argv += ["--idle", str(args.idle_connections or shape["idle"]), "--settle", str(args.warmup)]
@@ -441,7 +518,6 @@ def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -
         if cleanup:
             cleanup()
         raise
-    gen = None
     try:
         if not wait_accepting(port, proc):
             return {**base, "error": f"server did not accept on port {port}; see {log_path}"}
@@ -449,50 +525,16 @@ def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -
         time.sleep(0.5)  # let start-up allocation settle before the baseline
         _, _, rss_base = sampler.snap()
         sampler.start()
-        marks: dict[str, dict] = {}
-        tail: deque[str] = deque(maxlen=40)
-        gen = spawn(
-            loadgen_argv(server, port, shape, args, tag),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=LOADGEN,
-        )
-
-        def read_stderr() -> None:
-            for line in gen.stderr:
-                if line.startswith("@phase "):
-                    # read /proc the moment the window opens/closes: exact CPU window edges
-                    marks[line.split()[1]] = sampler.mark(gen.pid)
-                else:
-                    tail.append(line.rstrip())
-                    if args.verbose:
-                        sys.stderr.write(line)
-
-        stdout: list[str] = []
-        readers = [
-            threading.Thread(target=read_stderr, daemon=True),
-            threading.Thread(target=lambda: stdout.append(gen.stdout.read()), daemon=True),
-        ]
-        for t in readers:
-            t.start()
         limit = 2 * 60 + args.warmup + args.duration + 5 + 3 + 30  # 2 connect stages, window, drain, close
-        try:
-            gen.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            stop(gen)
-            return {**base, "error": f"load generator exceeded {limit:.0f} s", "loadgen_log": list(tail)[-10:]}
-        for t in readers:
-            t.join(5)
-        out = "".join(stdout)
-        sampler.halt.set()
-        sampler.join()
-        _live.discard(gen)
-        if gen.returncode != 0 or not out.strip():
-            return {**base, "error": f"load generator exited {gen.returncode}", "loadgen_log": list(tail)[-10:]}
+        run = run_marked(loadgen_argv(server, port, shape, args, tag), sampler, limit, args.verbose)
+        marks, tail = run.marks, run.tail
+        if run.returncode is None:
+            return {**base, "error": f"load generator exceeded {limit:.0f} s", "loadgen_log": tail[-10:]}
+        if run.returncode != 0 or not run.stdout.strip():
+            return {**base, "error": f"load generator exited {run.returncode}", "loadgen_log": tail[-10:]}
         if "measure_start" not in marks or "measure_end" not in marks:
-            return {**base, "error": "load generator printed no measurement window", "loadgen_log": list(tail)[-10:]}
-        result = {**base, **json.loads(out.strip().splitlines()[-1])}
+            return {**base, "error": "load generator printed no measurement window", "loadgen_log": tail[-10:]}
+        result = {**base, **json.loads(run.stdout.strip().splitlines()[-1])}
         m0, m1 = marks["measure_start"], marks["measure_end"]
         rss_end = m1["rss"]
 
@@ -516,8 +558,6 @@ def run_one(server: Server, shape_id: str, args: argparse.Namespace, rep: int) -
             result["error"] = f"server exited with {proc.returncode} during the run; see {log_path}"
         return result
     finally:
-        if gen is not None:
-            stop(gen)
         stop(proc)
         workdir.cleanup()
         if cleanup:

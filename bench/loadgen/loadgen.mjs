@@ -6,6 +6,8 @@
 // update takes until every other client of the room has applied it. Prints exactly one JSON
 // line on stdout; logs and phase markers ("@phase NAME", read by bench/run.py to window its CPU
 // sampling) go to stderr. See bench/README.md for the meaning of every field.
+// With --client hocuspocus the clients are stock @hocuspocus/provider HocuspocusProviders (one
+// socket each, document name = room) instead of y-websocket providers; everything else is the same.
 // With --events (canvashub only) every client opts in to save events (?events=1) and the output
 // also carries the durable-ack latency: edit -> the `saved` event whose clock covers it.
 //
@@ -18,6 +20,7 @@
 import { parseArgs } from 'node:util'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads'
+import { hocuspocusClient, yWebsocketClient } from './clients.mjs'
 
 const OPTIONS = {
   'room-url': { type: 'string' }, // e.g. ws://127.0.0.1:8000/ws/{room}
@@ -35,6 +38,7 @@ const OPTIONS = {
   'connect-timeout': { type: 'string', default: '60' }, // s, per connect stage
   'room-prefix': { type: 'string', default: '' },
   seed: { type: 'string', default: '1' },
+  client: { type: 'string', default: 'y-websocket' }, // or 'hocuspocus' (@hocuspocus/provider)
   events: { type: 'boolean', default: false } // opt in to canvashub save events (?events=1), report durable-ack latency
 }
 
@@ -47,6 +51,7 @@ const ACK_PENDING = 1 // --events: measured edits not yet covered by a `saved` e
 const MSG_EVENT = 100 // canvashub event frame: [100, varString(json)]
 const RENEW_MS = 15000 // y-protocols awareness: outdatedTimeout / 2
 const MAX_US = 2 ** 31 - 1
+const CLIENTS = ['y-websocket', 'hocuspocus']
 
 const config = () => {
   const { values: opt } = parseArgs({ options: OPTIONS })
@@ -64,6 +69,8 @@ const config = () => {
   const idle = Math.floor(num('idle'))
   const C = Math.max(1, Math.floor(num('clients')))
   const R = idle > 0 ? Math.ceil(idle / C) : Math.max(1, Math.floor(num('rooms')))
+  if (!CLIENTS.includes(opt.client)) throw new Error(`--client: one of ${CLIENTS.join(', ')}`)
+  if (opt.client === 'hocuspocus' && opt.events) throw new Error('--events needs --client y-websocket (canvashub)')
   const prefix = opt['room-prefix'] || `b${Date.now().toString(36)}`
   if (!/^[A-Za-z0-9_-]{1,40}$/.test(prefix)) throw new Error('--room-prefix: [A-Za-z0-9_-]{1,40}')
   const cfg = {
@@ -84,6 +91,7 @@ const config = () => {
     connectTimeout: num('connect-timeout') * 1000,
     prefix,
     seed: Math.floor(num('seed')),
+    client: opt.client,
     events: Boolean(opt.events)
   }
   // seq slots per client: every send the schedule can make
@@ -227,8 +235,8 @@ const coordinator = async () => {
 const workerMain = async () => {
   const { default: WebSocket } = await import('ws')
   const Y = await import('yjs')
-  const { WebsocketProvider } = await import('y-websocket')
   const { cfg, base, shared, w } = workerData
+  const openClient = await (cfg.client === 'hocuspocus' ? hocuspocusClient : yWebsocketClient)(WebSocket)
   const decoding = cfg.events ? await import('lib0/decoding') : null // lib0 comes with yjs
   process.setMaxListeners(0) // every provider adds a process 'exit' listener
   const now = () => Number(process.hrtime.bigint() - base) / 1e6
@@ -274,7 +282,7 @@ const workerMain = async () => {
     const j = Math.floor(idx / cfg.R)
     if (j % cfg.threads !== w) continue
     // unacked (--events): measured edits not yet durable, in clock order: [clock after the edit, edit time]
-    mine.push({ idx, room: idx % cfg.R, first: j === 0, doc: null, provider: null, synced: false, seq: 0, others: 0, lastSeen: new Map(), unacked: [], ackHead: 0 })
+    mine.push({ idx, room: idx % cfg.R, first: j === 0, doc: null, provider: null, client: null, synced: false, seq: 0, others: 0, lastSeen: new Map(), unacked: [], ackHead: 0 })
   }
 
   // Yjs integrates a client's updates in order, so when seq n of a sender shows up every
@@ -305,15 +313,11 @@ const workerMain = async () => {
   const setup = (c) => {
     c.doc = new Y.Doc()
     const started = now()
-    // disableBc: Node has a global BroadcastChannel, and without this the providers of one
-    // thread would sync each other in-process, bypassing the server.
     const serverUrl = cfg.serverUrls[Math.floor(c.idx / cfg.R) % cfg.serverUrls.length]
-    const provider = new WebsocketProvider(serverUrl, `${cfg.prefix}-r${c.room}`, c.doc, {
-      WebSocketPolyfill: WebSocket,
-      disableBc: true,
-      ...(cfg.events ? { params: { events: '1' } } : {})
-    })
+    const client = openClient(serverUrl, `${cfg.prefix}-r${c.room}`, c.doc, cfg.events ? { events: '1' } : {})
+    const provider = client.provider
     c.provider = provider
+    c.client = client
     if (cfg.events) {
       // canvashub save events: {"type":"save","status":"saved",...,"clock":{"<clientID>": C}}. An
       // edit after which this doc's own clock was c is durable once a saved event has clock >= c.
@@ -336,11 +340,9 @@ const workerMain = async () => {
         }
       }
     }
-    provider.on('connection-error', () => { errors.connection_errors++ })
-    provider.on('connection-close', () => { if (c.synced) errors.disconnects++ })
-    provider.on('status', ({ status }) => {
-      if (status === 'connected') provider.ws.addEventListener('message', () => { if (inWindow(now())) framesInWindow++ })
-    })
+    client.onConnectionError(() => { errors.connection_errors++ })
+    client.onClose(() => { if (c.synced) errors.disconnects++ })
+    client.onFrame(() => { if (inWindow(now())) framesInWindow++ })
     c.doc.getMap('elements').observe((event, tr) => {
       if (tr.origin !== provider) return // only remote changes, delivered through the server
       const t = now()
@@ -350,20 +352,20 @@ const workerMain = async () => {
         if (Number.isInteger(sender) && sender < cfg.N && sender !== c.idx && v && Number.isInteger(v.s)) onApplied(c, sender, v.s, t)
       }
     })
-    provider.awareness.on('change', ({ added, updated }, origin) => {
+    client.awareness.on('change', ({ added, updated }, origin) => {
       if (origin !== provider) return
       const t = now()
       if (!inWindow(t)) return
       for (const id of added.concat(updated)) {
-        const cur = provider.awareness.getStates().get(id)?.cursor
+        const cur = client.awareness.getStates().get(id)?.cursor
         if (id === c.doc.clientID || !cur || typeof cur.t !== 'number') continue
         awarenessInWindow++
         awarenessLat.push(t - cur.t)
       }
     })
     return new Promise((resolve) => {
-      provider.on('sync', (ok) => {
-        if (ok && !c.synced) {
+      client.onSynced(() => {
+        if (!c.synced) {
           c.synced = true
           Atomics.store(synced, c.idx, 1)
           connectMs.push(now() - started)
@@ -430,7 +432,7 @@ const workerMain = async () => {
   }
 
   const sendCursor = (c, t) => {
-    c.provider.awareness.setLocalStateField('cursor', { x: Math.floor(rand() * 4000), y: Math.floor(rand() * 4000), t })
+    c.client.awareness.setLocalStateField('cursor', { x: Math.floor(rand() * 4000), y: Math.floor(rand() * 4000), t })
   }
 
   const lag = monitorEventLoopDelay({ resolution: 10 })
@@ -456,7 +458,7 @@ const workerMain = async () => {
         // once at a random moment of the first 15 s - the very call the awareness timer makes -
         // so later renewals are spread as in a real room.
         if (cfg.arate === 0) {
-          const aw = c.provider.awareness
+          const aw = c.client.awareness
           setTimeout(() => { if (c.provider) aw.setLocalState(aw.getLocalState()) }, Math.max(0, msg.t0 + rand() * RENEW_MS - now()))
         }
       }
@@ -481,7 +483,7 @@ const workerMain = async () => {
         evRetrying,
         evFailed,
         evOther,
-        deflate: live.filter((c) => /permessage-deflate/.test(c.provider.ws?.extensions ?? '')).length,
+        deflate: live.filter((c) => /permessage-deflate/.test(c.client.socket()?.extensions ?? '')).length,
         lagP99: lagMs(lag.percentile(99)),
         lagMax: lagMs(lag.max)
       })
