@@ -21,6 +21,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -80,6 +81,12 @@ def _ready() -> bool:
     return True
 
 
+def _worker_init() -> None:
+    """A worker leaves interrupts to the server: Ctrl-C (or a SIGINT to the process group) makes the
+    server drain and then stop its workers, instead of killing a replay halfway with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # -- the server side ------------------------------------------------------------------------------
 class Replayer:
     def __init__(self, workers: int, timeout: float, max_in_flight: int = 8) -> None:
@@ -94,7 +101,9 @@ class Replayer:
             self._pool = self._new_pool()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        )
         for _ in range(self.workers):
             pool.submit(_ready)  # start the processes now, not on the first load
         return pool
