@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import multiprocessing
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -83,7 +84,8 @@ def _ready() -> bool:
 
 def _worker_init() -> None:
     """A worker leaves interrupts to the server: Ctrl-C (or a SIGINT to the process group) makes the
-    server drain and then stop its workers, instead of killing a replay halfway with a traceback."""
+    server drain and then stop its workers, instead of killing a replay halfway with a traceback.
+    (It starts with SIGINT ignored already, see ``_new_pool``; this keeps it so.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -101,11 +103,21 @@ class Replayer:
             self._pool = self._new_pool()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        pool = concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
-        )
-        for _ in range(self.workers):
-            pool.submit(_ready)  # start the processes now, not on the first load
+        # Workers start with SIGINT ignored (an ignored signal stays ignored across exec, and Python
+        # then keeps it so): one arriving while a worker's interpreter boots would otherwise kill it
+        # with a fatal error on stderr. Spawning takes milliseconds; a SIGINT to the server in that
+        # window is dropped (called on the main thread: ``start`` and ``_replace`` run on the loop).
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+        try:
+            pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+            )
+            for _ in range(self.workers):
+                pool.submit(_ready)  # start the processes now, not on the first load
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
         return pool
 
     async def stop(self) -> None:

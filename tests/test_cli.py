@@ -88,7 +88,7 @@ async def spawn(tmp_path) -> AsyncIterator:
     """Start ``canvashub`` child processes (in ``tmp_path``); any still running is killed at teardown."""
     started: list[Running] = []
 
-    async def start(*args: str, env: dict[str, str] | None = None) -> Running:
+    async def start(*args: str, env: dict[str, str] | None = None, own_group: bool = False) -> Running:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -98,6 +98,7 @@ async def spawn(tmp_path) -> AsyncIterator:
             env=clean_env(**(env or {})),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=own_group,  # its own process group, as a terminal or a supervisor gives it
         )
         running = Running(proc)
         started.append(running)
@@ -372,6 +373,18 @@ async def test_room_loaded_is_logged_once_per_load_with_its_figures(server_facto
     assert [line["canvas"] for line in lines] == ["loaded-once", "loaded-once"]
     assert lines[0]["version"] == 0 and lines[1]["version"] >= 1  # compacted when it unloaded
     assert all("log_rows" in line and "replay_ms" in line for line in lines)
+
+
+async def test_ctrl_c_to_the_process_group_drains_and_stops_cleanly(spawn, tmp_path):
+    """A SIGINT to the whole process group (Ctrl-C in a terminal) reaches the replay workers too: the server
+    still drains and closes (``drained``, ``hub_closed``), and every line it and its workers write is JSON."""
+    port = free_port()
+    server = await spawn(*serve_args(tmp_path, port), own_group=True)
+    await wait_healthy(server, port)
+    os.killpg(server.proc.pid, signal.SIGINT)
+    assert await server.finish(30) == 130  # the usual exit status after Ctrl-C (server/cli.py)
+    events = server.events()  # fails on any line that is not JSON (e.g. a worker's traceback)
+    assert {"drained", "hub_closed"} <= {line["event"] for line in events}
 
 
 # -- 7. .env --------------------------------------------------------------------------------------
