@@ -67,6 +67,16 @@ SHAPES: dict[str, dict] = {
     },
     "idle": {"desc": "2000 idle connections, rooms of 10", "idle": 2000, "clients": 10},
 }
+# The saturation sweep (issue 14): 50 rooms x 2 clients, offered updates/s from 500 to 16,000.
+SWEEP_OFFERED = (500, 1000, 2000, 4000, 8000, 16000)
+SWEEP_P99_MS = 50.0  # the sweep's figure: delivered updates/s at the highest level whose p99 stays under this
+for _offered in SWEEP_OFFERED:
+    SHAPES[f"sat{_offered}"] = {
+        "desc": f"saturation: 50 rooms x 2 clients, {_offered} upd/s offered",
+        "rooms": 50,
+        "clients": 2,
+        "rate": _offered / 100,
+    }
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
