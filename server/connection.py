@@ -42,7 +42,7 @@ from .errors import (
     ServerError,
     ShuttingDown,
     StoreUnavailable,
-    answer_for,
+    answer,
     error_body,
 )
 from .event_requests import EventRequests
@@ -359,9 +359,9 @@ class WebSocketEndpoint:
                 logging.WARNING,
                 "ws_auth_refused",
                 ip,
-                status_of(exc),
+                answer(exc).status,
                 canvas=canvas_id,
-                status=status_of(exc),
+                status=answer(exc).status,
                 reason=exc.message,
             )
             await reject(scope, send, exc)
@@ -507,28 +507,14 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
                 if isinstance(exc, CanvasTooLarge):
                     limit_exceeded("canvas_size", ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
                 conn.save.failed(exc.message)  # the client keeps the change (and resends it on reconnect)
-                refuse(conn, close_code_of(exc), exc.message, flush=True)
+                refuse(conn, answer(exc).close_code, exc.message, flush=True)
             except ProtocolError as exc:
-                refuse(conn, close_code_of(exc), exc.reason)
+                refuse(conn, answer(exc).close_code, exc.reason)
             elapsed = clock() - started
             metrics.frames_received += 1
             metrics.bytes_received += len(data)
             if elapsed > metrics.frame_handling_max_seconds:
                 metrics.frame_handling_max_seconds = elapsed
-
-
-def close_code_of(exc: ProtocolError | ServerError) -> int:
-    """The error table's close code for ``exc``."""
-    answer = answer_for(exc)
-    assert answer is not None
-    return answer.close_code
-
-
-def status_of(exc: ServerError) -> int:
-    """The error table's HTTP status for ``exc``."""
-    answer = answer_for(exc)
-    assert answer is not None
-    return answer.status
 
 
 def refuse(conn: Connection, code: int, reason: str, *, flush: bool = False) -> None:
@@ -555,14 +541,13 @@ def wants_events(query: list[tuple[str, str]]) -> bool:
 async def reject(scope: dict[str, Any], send: Send, error: ServerError) -> None:
     """Refuse an upgrade with the error table's HTTP status and JSON error (or a 1008 close if the ASGI
     server cannot answer an upgrade with a response)."""
-    answer = answer_for(error)
-    assert answer is not None
+    row = answer(error)
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = orjson.dumps({"error": error_body(error, answer)})
+        body = orjson.dumps({"error": error_body(error, row)})
         await send(
             {
                 "type": "websocket.http.response.start",
-                "status": answer.status,
+                "status": row.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
             }
         )

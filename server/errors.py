@@ -167,6 +167,13 @@ def answer_for(exc: BaseException) -> Answer | None:
     return None
 
 
+def answer(exc: ServerError | ProtocolError) -> Answer:
+    """The row of an error raised on purpose (every server and protocol error has one)."""
+    found = answer_for(exc)
+    assert found is not None, f"{type(exc).__name__} has no row in the error table"
+    return found
+
+
 def error_body(exc: BaseException, answer: Answer) -> dict[str, Any]:
     """The JSON error object for ``exc``: ``{"type", "message"}`` (+ ``errors`` for an invalid body)."""
     message = getattr(exc, "message", None) or getattr(exc, "reason", None) or str(exc) or answer.error_type

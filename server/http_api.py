@@ -43,6 +43,7 @@ from .errors import (
     StorageTimeout,
     TooLarge,
     UnprocessableBody,
+    answer,
     answer_for,
     error_body,
 )
@@ -88,9 +89,7 @@ async def http_exception_response(request: Request, exc: Exception) -> Response:
         error = NotFound(f"no such resource: {request.url.path}", headers=headers)
     else:
         error = InvalidRequest(str(exc.detail), headers=headers)
-    answer = answer_for(error)
-    assert answer is not None
-    return error_response_for(error, answer)
+    return error_response_for(error, answer(error))
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -105,20 +104,6 @@ def error_response_for(exc: BaseException, answer: Answer) -> Response:
     if answer.status == 401:
         headers.setdefault("WWW-Authenticate", 'Bearer realm="canvashub"')
     return json_response({"error": error_body(exc, answer)}, answer.status, headers or None)
-
-
-def error_response(
-    status: int,
-    error_type: str,
-    message: str,
-    headers: dict[str, str] | None = None,
-    errors: list[dict[str, str]] | None = None,
-) -> Response:
-    """Every API error has this shape: ``{"error": {"type", "message"}}`` (422s add ``errors``)."""
-    error: dict[str, Any] = {"type": error_type, "message": message}
-    if errors:
-        error["errors"] = errors
-    return json_response({"error": error}, status, headers)
 
 
 def json_with_elements(
@@ -210,12 +195,12 @@ def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]]
                         auth.authorize(principal, canvas_id, action)
                 return await fn(self, request)
             except Exception as exc:
-                answer = answer_for(exc)
-                if answer is None:
+                row = answer_for(exc)
+                if row is None:
                     raise  # a bug: Starlette answers 500 and logs it
                 if isinstance(exc, CanvasTooLarge):
                     limit_exceeded("canvas_size", canvas=request.path_params.get("canvas_id"))
-                return error_response_for(exc, answer)
+                return error_response_for(exc, row)
 
         return wrapped
 

@@ -42,7 +42,7 @@ from canvashub.crdt.edits import patch_element
 from canvashub.crdt.room import Effects, RoomDocument
 from canvashub.storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, JobStore, Store
 
-from .errors import CanvasTooLarge, Conflict, ServerError, UnprocessableBody, answer_for
+from .errors import CanvasTooLarge, Conflict, ServerError, UnprocessableBody, answer
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
 from .isotime import iso
 from .logs import FailureLog, log
@@ -617,8 +617,7 @@ async def answer_request(service: JobService | None, canvas_id: str, request: An
                 job = cancelled
             return {"type": "response", "request_id": request_id, "ok": True, "job": job_json(job)}
     except ServerError as exc:  # invalid request, idempotency conflict: as the error table names them
-        answer = answer_for(exc)
-        return fail(answer.error_type if answer is not None else "invalid", exc.message)
+        return fail(answer(exc).error_type, exc.message)
     except TimeoutError:
         return fail("timeout", "storage did not answer in time")
     except Exception as exc:
