@@ -21,7 +21,8 @@ varints, so no stock client sends ``0x80 0x00`` for 0) and fit in 64 bits.
 Together with "one message per frame" this makes the encoding of an accepted
 frame unique: ``encode_message(parse_frame(frame)) == frame``. The server still
 decides everything from the parsed message, never by peeking at bytes; the
-uniqueness is what makes relaying a client's accepted frame as-is safe.
+uniqueness guarantees that what it relays, re-encoded from the message, is what
+the client sent.
 """
 
 from __future__ import annotations
