@@ -151,10 +151,11 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         store_timeout=settings.store_timeout,
     )
     hub.job_events = jobs.watcher
-    api = HttpApi(hub, store, jobs, auth, origins, settings)
+    api = HttpApi(hub, store, jobs, replayer, auth, origins, settings)
     operations = OperationsApi(hub, persister, health, cluster, metrics, backend)
     sockets = WebSocketEndpoint(
         hub,
+        hub.registry,
         auth=auth,
         origins=origins,
         ip_connections=ConnectionCounter(settings.max_connections_per_ip),

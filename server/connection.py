@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import orjson
@@ -46,7 +46,6 @@ from .errors import (
     error_body,
 )
 from .event_requests import EventRequests
-from .hub import Hub
 from .jobs import JobService
 from .limits import (
     ConnectionCounter,
@@ -60,7 +59,7 @@ from .limits import (
 )
 from .logs import log
 from .metrics import Metrics
-from .rooms import Room
+from .rooms import Room, RoomRegistry
 from .savestatus import SaveStatus
 from .settings import Settings
 
@@ -301,6 +300,14 @@ class Connection:
             pass  # already disconnected: nothing left to tell the client
 
 
+class Lobby(Protocol):
+    """What a joining socket needs of the hub besides the room registry."""
+
+    shutting_down: bool
+
+    def snapshot_events(self, canvas_id: str) -> list[dict[str, Any]]: ...
+
+
 class WebSocketEndpoint:
     """ASGI app for ``/ws/{canvas_id}``, mounted by the composition root.
 
@@ -310,7 +317,8 @@ class WebSocketEndpoint:
 
     def __init__(
         self,
-        canvases: Hub,
+        canvases: Lobby,
+        rooms: RoomRegistry,
         *,
         auth: Authenticator,
         origins: OriginPolicy,
@@ -321,6 +329,7 @@ class WebSocketEndpoint:
         metrics: Metrics,
     ) -> None:
         self.canvases = canvases
+        self.rooms = rooms
         self.auth = auth
         self.origins = origins
         self.ip_connections = ip_connections
@@ -392,7 +401,7 @@ class WebSocketEndpoint:
     ) -> None:
         canvases, settings, metrics = self.canvases, self.settings, self.metrics
         try:
-            room = await canvases.registry.acquire(canvas_id)
+            room = await self.rooms.acquire(canvas_id)
         except StoreUnavailable as exc:
             log(logging.DEBUG, "ws_load_failed", canvas=canvas_id, error=str(exc))  # see canvas_load_failed
             await reject(scope, send, StoreUnavailable("canvas storage is unavailable, retry later"))
@@ -451,7 +460,7 @@ class WebSocketEndpoint:
             if conn.expiry is not None:
                 conn.expiry.cancel()
             room.leave(conn)
-            canvases.registry.release(room)
+            self.rooms.release(room)
             if conn.requests is not None:
                 conn.requests.cancel()
             writer = conn.writer

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from canvashub.crdt.edits import check_element_id, check_fields, patch_element, restore_to
 from canvashub.crdt.errors import ProtocolError
-from canvashub.crdt.room import RoomDocument
+from canvashub.crdt.room import Effects, RoomDocument
 from canvashub.storage.base import LoadedCanvas, Store
 
 from .auth import Authenticator, bearer_token
@@ -48,12 +48,13 @@ from .errors import (
     error_body,
 )
 from .health import HealthMonitor
-from .hub import Hub, binary_etag, etag_matches
+from .hub import CanvasExport, binary_etag, etag_matches
 from .isotime import iso
 from .jobs import JOB_ID, JobService, job_json
 from .limits import OriginPolicy, limit_exceeded
 from .metrics import Metrics
 from .persistence import Persister
+from .replayer import Replayer
 from .schemas import ELEMENT_PATCH, SchemaViolation, check, contains_nul
 from .settings import Settings
 
@@ -269,12 +270,42 @@ def page_response(
     return json_response({key: [item(r) for r in rows], "next_cursor": cursor_of(rows[-1]) if more else None})
 
 
+class Canvases(Protocol):
+    """What the canvas API needs of the canvases this process holds (the hub provides it)."""
+
+    def live_etag(self, canvas_id: str) -> str | None: ...
+
+    async def canvas_exists(self, canvas_id: str) -> bool: ...
+
+    async def export_canvas(self, canvas_id: str, binary: bool) -> CanvasExport | None: ...
+
+    async def write(
+        self, canvas_id: str, change: Callable[[RoomDocument], Effects], if_match: str | None = None, size: int = 0
+    ) -> tuple[str, asyncio.Future[int] | None]: ...
+
+    async def delete_canvas(self, canvas_id: str) -> bool: ...
+
+
+class Readiness(Protocol):
+    """What ``/readyz`` and ``/metrics`` report of the hub."""
+
+    shutting_down: bool
+
+    def stats(self) -> dict[str, int]: ...
+
+
 class OperationsApi:
     """``/healthz``, ``/readyz`` and ``/metrics``: what load balancers and operators poll. Nothing here
     waits on the store (its health is probed in the background, server/health.py)."""
 
     def __init__(
-        self, hub: Hub, persister: Persister, health: HealthMonitor, cluster: Cluster, metrics: Metrics, backend: str
+        self,
+        hub: Readiness,
+        persister: Persister,
+        health: HealthMonitor,
+        cluster: Cluster,
+        metrics: Metrics,
+        backend: str,
     ) -> None:
         self.hub = hub
         self.persister = persister
@@ -323,14 +354,16 @@ class HttpApi:
 
     def __init__(
         self,
-        canvases: Hub,
+        canvases: Canvases,
         store: Store,
         jobs: JobService,
+        replayer: Replayer,
         auth: Authenticator,
         origins: OriginPolicy,
         settings: Settings,
     ) -> None:
         self.canvases = canvases
+        self.replayer = replayer
         self.store = store
         self.jobs = jobs
         self.auth = auth
@@ -457,7 +490,7 @@ class HttpApi:
         headers = {"Vary": "Accept"}
         if binary:
             return Response(snapshot, media_type=BINARY_TYPE, headers=headers)
-        exported = await self.canvases.replayer.export([(f"version {number}", snapshot)], binary=False)
+        exported = await self.replayer.export([(f"version {number}", snapshot)], binary=False)
         head = {"id": canvas_id, "number": info.number, "created_at": iso(info.created_at), "size": info.size}
         return json_with_elements(head, exported.body, exported.error, headers)
 
