@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -24,7 +25,7 @@ from canvashub.storage.base import Store
 from canvashub.storage.postgres import PostgresStore
 from canvashub.storage.sqlite import SQLiteStore
 
-from . import logs
+from . import logs, openapi
 from .auth import Authenticator
 from .cluster import Cluster
 from .compaction import Compactor
@@ -36,6 +37,7 @@ from .hub import Hub
 from .jobs import JobService
 from .limits import ConnectionCounter, OriginPolicy, UpgradePacer, offences
 from .metrics import Metrics
+from .openapi import ApiDocs
 from .persistence import Persister
 from .pubsub import MemoryPubSub, PubSub, RedisPubSub
 from .replayer import Replayer
@@ -202,26 +204,23 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
             offences.flush()
             logs.log(logging.INFO, "hub_closed", backlog_flushed=flushed)
 
-    api_routes = [
-        route("/canvases", GET=api.list_canvases),
-        route("/canvases/{canvas_id}", GET=api.get_canvas, DELETE=api.delete_canvas),
-        route("/canvases/{canvas_id}/updates", POST=api.post_update),
-        route("/canvases/{canvas_id}/elements/{element_id}", PATCH=api.patch_element),
-        route("/canvases/{canvas_id}/versions", GET=api.list_versions),
-        route("/canvases/{canvas_id}/versions/{number:int}", GET=api.get_version),
-        route("/canvases/{canvas_id}/versions/{number:int}/restore", POST=api.restore_version),
-        route("/canvases/{canvas_id}/generations", GET=api.list_generations, POST=api.create_generation),
-        route("/generations/{job_id}", GET=api.get_generation),
-        route("/generations/{job_id}/cancel", POST=api.cancel_generation),
-    ]
+    # The router is built from the same table /openapi.json is rendered from (server/openapi.py).
+    api_docs = ApiDocs(openapi.document(version("canvashub")), settings.demo_dir)
+    owners = {"api": api, "assets": api, "operations": operations, "docs": api_docs}
+
+    def routes_of(*names: str) -> list[Route]:
+        return [
+            route(path, **methods)
+            for name in names
+            for path, methods in openapi.handlers_by_path(name, owners[name]).items()
+        ]
+
     routes = [
-        route("/healthz", GET=operations.healthz),
-        route("/readyz", GET=operations.readyz),
-        route("/metrics", GET=operations.metrics),
+        *routes_of("operations", "docs"),
         # Its own router: under /api, no match is a JSON 404 and a wrong method a JSON 405 listing the
         # path's methods, never a fall through to the demo's static files below.
-        Mount("/api", routes=api_routes),
-        route("/assets/{asset_id}", GET=api.get_asset),
+        Mount("/api", routes=routes_of("api")),
+        *routes_of("assets"),
         WebSocketRoute("/ws/{canvas_id}", sockets),
     ]
     editor_page = Path(settings.demo_dir, "canvas.html")
