@@ -11,10 +11,8 @@ last renewal. If someone else's frame removes *our* state, we answer with a newe
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +21,8 @@ import orjson
 from canvashub.crdt import codec
 from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload, parse_awareness
 from canvashub.crdt.errors import ProtocolError
+
+from .feed import Feed
 
 RENEW_SECONDS = 15.0
 OUTDATED_SECONDS = 30.0
@@ -51,7 +51,7 @@ class Presence:
         self._clocks: dict[int, int] = {}  # client id -> last clock seen, removals included
         self._last_sent = 0.0
         self._listeners: list[Callable[[PresenceChange], None]] = []
-        self._queues: set[asyncio.Queue[PresenceChange]] = set()
+        self._feeds: set[Feed[PresenceChange]] = set()
 
     # -- this client ------------------------------------------------------------------------------
 
@@ -97,15 +97,10 @@ class Presence:
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
-    async def changes(self) -> AsyncIterator[PresenceChange]:
-        """Every change of others' presence from now on (at most 1,024 buffered; the oldest go first)."""
-        queue: asyncio.Queue[PresenceChange] = asyncio.Queue(CHANGE_QUEUE_LIMIT)
-        self._queues.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.discard(queue)
+    def changes(self) -> Feed[PresenceChange]:
+        """Every change of others' presence from now on: ``with presence.changes() as feed: async for
+        change in feed`` (at most 1,024 buffered; the oldest are dropped first)."""
+        return Feed(self._feeds, CHANGE_QUEUE_LIMIT)
 
     def receive(self, payload: bytes) -> None:
         """Apply an awareness payload from the server; a malformed one is ignored."""
@@ -179,8 +174,5 @@ class Presence:
         change = PresenceChange(tuple(added), tuple(updated), tuple(removed))
         for callback in list(self._listeners):
             callback(change)
-        for queue in self._queues:
-            if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-            queue.put_nowait(change)
+        for feed in list(self._feeds):
+            feed.put(change)

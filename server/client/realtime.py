@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -44,6 +44,7 @@ from canvashub.crdt.update import check_state_vector, decode_state_vector
 from .backoff import Backoff
 from .durability import SaveTracker, Target
 from .errors import ConnectionRefused, EditDenied, refusal_for_close, refusal_for_status
+from .feed import Feed
 from .presence import RENEW_SECONDS, Presence
 
 log = logging.getLogger("canvashub.client")
@@ -91,6 +92,7 @@ class Canvas:
         self.doc: Doc[Any] = doc if doc is not None else Doc()
         self.presence = Presence(self.doc.client_id, self._send_presence, max_state_bytes=max_presence_bytes)
         self.access: dict[str, Any] | None = None  # the last ``access`` event: role, user, can
+        self.attempts = 0  # connection attempts so far
         self.connections = 0  # sockets opened so far (1 + reconnects)
         self._token = token
         self._backoff = backoff or Backoff()
@@ -112,7 +114,7 @@ class Canvas:
         self._task: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._event_queues: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._event_feeds: set[Feed[dict[str, Any]]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -182,6 +184,17 @@ class Canvas:
         """Why the connection ended for good, if it did."""
         return self._error
 
+    async def wait_closed(self, timeout: float | None = None) -> None:
+        """Wait until the connection has ended for good; raises the ``ConnectionRefused`` that ended it
+        (e.g. ``CanvasDeleted``), returns if ``close()`` ended it."""
+        task = self._task
+        if task is None:
+            raise RuntimeError("not started")
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+        if self._error is not None:
+            self._error_seen = True
+            raise self._error
+
     async def synced(self, timeout: float | None = None) -> None:
         """Wait until the current connection has received the server's state."""
         await self._wait(lambda: self._synced, timeout, "synced")
@@ -230,15 +243,10 @@ class Canvas:
         self._event_listeners.append(callback)
         return lambda: self._event_listeners.remove(callback) if callback in self._event_listeners else None
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Every canvashub event from now on (at most 1,024 buffered; the oldest are dropped first)."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(EVENT_QUEUE_LIMIT)
-        self._event_queues.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._event_queues.discard(queue)
+    def events(self) -> Feed[dict[str, Any]]:
+        """Every canvashub event from now on: ``with canvas.events() as feed: async for event in feed``
+        (at most 1,024 buffered; the oldest are dropped first)."""
+        return Feed(self._event_feeds, EVENT_QUEUE_LIMIT)
 
     def _dispatch_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -251,11 +259,8 @@ class Canvas:
             self._tracker.denied = str(event.get("reason") or "edit denied")
         for callback in list(self._event_listeners):
             callback(event)
-        for queue in self._event_queues:
-            if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-            queue.put_nowait(event)
+        for feed in list(self._event_feeds):
+            feed.put(event)
         self._notify()
 
     # -- local changes ----------------------------------------------------------------------------
@@ -329,6 +334,7 @@ class Canvas:
 
     async def _attempt(self) -> ConnectionRefused | None:
         """One connection, from the upgrade to its close. Returns a refusal if the close is final."""
+        self.attempts += 1
         url, subprotocols = await self._credentials()
         try:
             ws = await websockets.connect(
