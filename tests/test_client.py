@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -332,3 +334,24 @@ def _same_numbers(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same_numbers(a[k], b[k]) for k in a)
     return a == b
+
+
+def readme_example() -> str:
+    """The Python block of the README's "script or agent as a peer" section."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## A script or an agent as a peer", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_readme_example_runs(live_server, tmp_path):
+    """The README's "script or agent as a peer" example runs as written against a live server."""
+    code = readme_example()
+    assert 'URL = "http://127.0.0.1:8000"' in code
+    script = tmp_path / "agent.py"
+    script.write_text(code.replace("http://127.0.0.1:8000", live_server.http_url))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert out.decode().splitlines() == ["1 elements; 0 other people here", "Hello from Python"]

@@ -175,21 +175,30 @@ class HttpClient:
         return await self._json("GET", _canvas(canvas_id, "/generations"), params=params)
 
     async def wait_generation(
-        self, job_id: str, *, timeout: float = 120.0, poll: float = 0.1, max_poll: float = 2.0
+        self, job_id: str, *, timeout: float = 120.0, placed: bool = True, poll: float = 0.1, max_poll: float = 2.0
     ) -> dict[str, Any]:
         """Poll the job until it is ``succeeded``, ``failed`` or ``cancelled`` (the interval doubles from
-        ``poll`` up to ``max_poll``); ``TimeoutError`` after ``timeout`` seconds. A connected
-        ``Canvas`` hears the same from its ``generation`` events without polling."""
+        ``poll`` up to ``max_poll``); ``TimeoutError`` after ``timeout`` seconds. The job record says
+        ``succeeded`` a moment before the server's job watcher has put its image element into the
+        canvas: with ``placed`` (the default) this also waits until the canvas holds that element. A
+        connected ``Canvas`` hears the same from its ``generation`` events, without polling."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         interval = poll
+        job: dict[str, Any] | None = None
         while True:
-            job = await self.get_generation(job_id)
+            if job is None or job.get("status") not in JOB_TERMINAL_STATUSES:
+                job = await self.get_generation(job_id)
             if job.get("status") in JOB_TERMINAL_STATUSES:
-                return job
+                element_id = (job.get("result") or {}).get("element_id")
+                if not placed or job["status"] != "succeeded" or not element_id:
+                    return job
+                exported = await self.export_json(str(job["canvas_id"]))
+                if element_id in exported.get("elements", {}):
+                    return job
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise TimeoutError(f"generation {job_id} still {job.get('status')} after {timeout} s")
+                raise TimeoutError(f"generation {job_id} not finished and placed after {timeout} s")
             await asyncio.sleep(min(interval, remaining))  # polling interval of a bounded wait
             interval = min(max_poll, interval * 2)
 

@@ -11,6 +11,7 @@ last renewal. If someone else's frame removes *our* state, we answer with a newe
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from canvashub.crdt.awareness import AwarenessEntry, encode_awareness_payload, p
 from canvashub.crdt.errors import ProtocolError
 
 from .feed import Feed
+
+log = logging.getLogger("canvashub.client")
 
 RENEW_SECONDS = 15.0
 OUTDATED_SECONDS = 30.0
@@ -173,6 +176,9 @@ class Presence:
             return
         change = PresenceChange(tuple(added), tuple(updated), tuple(removed))
         for callback in list(self._listeners):
-            callback(change)
+            try:
+                callback(change)
+            except Exception:
+                log.exception("canvashub_client_presence_callback_failed")
         for feed in list(self._feeds):
             feed.put(change)

@@ -258,7 +258,10 @@ class Canvas:
         elif kind == "denied":
             self._tracker.denied = str(event.get("reason") or "edit denied")
         for callback in list(self._event_listeners):
-            callback(event)
+            try:
+                callback(event)
+            except Exception:
+                log.exception("canvashub_client_event_callback_failed canvas=%s", self.canvas_id)
         for feed in list(self._event_feeds):
             feed.put(event)
         self._notify()
@@ -304,7 +307,11 @@ class Canvas:
     async def _run(self) -> None:
         try:
             while not self._closing.is_set():
-                refusal = await self._attempt()
+                try:
+                    refusal = await self._attempt()
+                except Exception:  # a bug here or in a callback must not end the peer silently: retry
+                    log.exception("canvashub_client_connection_crashed canvas=%s", self.canvas_id)
+                    refusal = None
                 if refusal is not None:
                     self._error = refusal
                     log.warning("canvashub_client_refused canvas=%s error=%s", self.canvas_id, refusal)
