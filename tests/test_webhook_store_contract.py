@@ -194,3 +194,12 @@ async def test_prune_removes_old_finished_deliveries_and_their_events(store):
     # msg_0001's event row went with its last delivery: adding it again delivers it again.
     await store.add_webhook_events([_event(1)])
     assert len(await store.list_webhook_deliveries(None, 10, endpoint="a")) == 2
+
+
+async def test_outbox_migration_is_recorded(backend, store):
+    """The outbox migration (SQLite 4, Postgres 6) is recorded after the job migrations."""
+    from canvashub.storage import migrations
+
+    expected = [v for v, _ in (migrations.SQLITE if backend.kind == "sqlite" else migrations.POSTGRES)]
+    assert [v for v, _ in await backend.migration_rows()] == expected
+    assert (4 if backend.kind == "sqlite" else 6) in expected
