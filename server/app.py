@@ -42,8 +42,9 @@ from .persistence import Persister
 from .pubsub import MemoryPubSub, PubSub, RedisPubSub
 from .replayer import Replayer
 from .rooms import Room
-from .settings import Settings
+from .settings import Settings, parse_webhook_endpoints
 from .startup import open_store
+from .webhooks import WebhookService
 
 
 def make_store(settings: Settings) -> tuple[Store, str]:
@@ -136,6 +137,19 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     persister.on_committed = cluster.committed
     persister.on_durable = hub.stored
     persister.on_retrying = lambda canvas_id: hub.stored(canvas_id, None)
+    webhooks = WebhookService(
+        store,
+        parse_webhook_endpoints(settings.webhooks),  # checked by Settings already
+        metrics,
+        max_attempts=settings.webhook_max_attempts,
+        timeout=settings.webhook_timeout,
+        retry_base=settings.webhook_retry_base,
+        retry_max=settings.webhook_retry_max,
+        concurrency=settings.webhook_concurrency,
+        poll_interval=settings.webhook_poll_interval,
+        retention=settings.webhook_retention,
+        store_timeout=settings.store_timeout,
+    )
     generators = build_generators(
         settings.pattern_step_delay, settings.generator_http_url or None, settings.generator_http_timeout
     )
@@ -151,9 +165,10 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         retry_base=settings.job_retry_base,
         retry_max=settings.job_retry_max,
         store_timeout=settings.store_timeout,
+        webhooks=webhooks,
     )
     hub.job_events = jobs.watcher
-    api = HttpApi(hub, store, jobs, replayer, auth, origins, settings)
+    api = HttpApi(hub, store, jobs, replayer, auth, origins, settings, webhooks)
     operations = OperationsApi(hub, persister, health, cluster, metrics, backend)
     sockets = WebSocketEndpoint(
         hub,
@@ -179,6 +194,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         persister.start()
         compactor.start()
         cluster.start()
+        webhooks.start()  # delivers what earlier runs (or other processes) left in the outbox
         jobs.start()
         hub.start()
         background.append(asyncio.get_running_loop().create_task(offences.summarise_forever()))
@@ -191,6 +207,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         finally:
             await hub.drain()  # sockets flushed and closed with 1001 (idempotent: the server may have drained)
             await jobs.stop()  # a job cut short keeps its lease; it is reclaimed once that expires
+            await webhooks.stop()  # an attempt cut short keeps its lease; it is retried once that expires
             flushed = await persister.flush(settings.shutdown_timeout)
             await persister.stop()
             await compactor.stop()
@@ -253,6 +270,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     )
     app.state.hub = hub
     app.state.jobs = jobs
+    app.state.webhooks = webhooks
     app.state.settings = settings
     return app
 

@@ -18,9 +18,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from canvashub.storage.base import WEBHOOK_DELIVERY_STATUSES
+
 from .canvas_ids import CANVAS_ID_PATTERN, CANVAS_ID_RULE
 from .errors import TABLE, NotFound, answer, error_body
 from .schemas import ELEMENT_PATCH, GENERATION_REQUEST
+from .settings import WEBHOOK_NAME
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
@@ -116,6 +119,25 @@ JOB = {
         "updated_at": OPTIONAL_TIMESTAMP,
         "started_at": OPTIONAL_TIMESTAMP,
         "finished_at": OPTIONAL_TIMESTAMP,
+    },
+}
+DELIVERY = {
+    "type": "object",
+    "required": ["id", "endpoint", "webhook_id", "event_type", "status", "attempts", "created_at"],
+    "properties": {
+        "id": {"type": "integer"},
+        "endpoint": {"type": "string"},
+        "webhook_id": {"type": "string", "description": "the event's id, sent as the webhook-id header"},
+        "event_type": {"type": "string"},
+        "status": {"type": "string", "enum": list(WEBHOOK_DELIVERY_STATUSES)},
+        "attempts": {"type": "integer"},
+        "next_attempt_at": OPTIONAL_TIMESTAMP,
+        "last_status_code": {"type": ["integer", "null"]},
+        "last_error": {"type": ["string", "null"]},
+        "created_at": TIMESTAMP,
+        "updated_at": OPTIONAL_TIMESTAMP,
+        "delivered_at": OPTIONAL_TIMESTAMP,
+        "payload": {"type": "object", "description": "the message body as sent"},
     },
 }
 
@@ -408,6 +430,20 @@ OPERATIONS: tuple[Operation, ...] = (
         {200: json_body(JOB, "the generation after the request"), **errors(400, 401, 403, 404, 409, 503, 504)},
         parameters=(JOB_ID,),
         action="generate",
+    ),
+    _op(
+        "GET",
+        "/webhooks/deliveries",
+        "list_webhook_deliveries",
+        "Webhook deliveries, newest first (admin)",
+        "webhooks",
+        {200: json_body(page("deliveries", DELIVERY), "one page of deliveries"), **errors(400, 401, 403, 503, 504)},
+        parameters=(
+            *paging({"type": "string", "pattern": "^[0-9]{1,18}$"}),
+            {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(WEBHOOK_DELIVERY_STATUSES)}},
+            {"name": "endpoint", "in": "query", "schema": {"type": "string", "pattern": f"^{WEBHOOK_NAME.pattern}$"}},
+        ),
+        action="admin",
     ),
     _op(
         "GET",

@@ -218,7 +218,7 @@ def test_token_claims_are_checked():
     now = time.time()
     for claims in (
         {"role": "owner", "canvas": "*", "exp": now + 60},  # no sub
-        {"sub": "a", "role": "admin", "canvas": "*", "exp": now + 60},
+        {"sub": "a", "role": "root", "canvas": "*", "exp": now + 60},  # not a role
         {"sub": "a", "role": ["owner"], "canvas": "*", "exp": now + 60},  # not a string: 401, not a crash
         {"sub": "a", "role": "owner", "canvas": ["*"], "exp": now + 60},
         {"sub": "a", "role": "owner", "canvas": "a/b", "exp": now + 60},
