@@ -8,7 +8,7 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from canvashub.storage.base import Store
+from canvashub.storage.base import Job, Store
 from canvashub.storage.postgres import PostgresStore
 from canvashub.storage.sqlite import SQLiteStore
 
@@ -30,9 +30,10 @@ from .auth import Authenticator
 from .cluster import Cluster
 from .compaction import Compactor
 from .connection import WebSocketEndpoint
+from .extensions import Extensions, GenerationEvent, load_extensions
 from .generators import build_generators
 from .health import HealthMonitor
-from .http_api import HttpApi, OperationsApi, http_exception_response, route
+from .http_api import HttpApi, OperationsApi, RequestMetrics, http_exception_response, route
 from .hub import Hub
 from .jobs import JobService
 from .limits import ConnectionCounter, OriginPolicy, UpgradePacer, offences
@@ -91,14 +92,21 @@ def make_pubsub(settings: Settings) -> PubSub:
     return MemoryPubSub()
 
 
-def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
+def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Sequence[object] = ()) -> Starlette:
     """Build every part and wire each to the narrow interface it uses. ``pubsub``: tests pass in-process
-    nodes sharing one ``MemoryBroker`` to run several servers as a cluster in one process."""
+    nodes sharing one ``MemoryBroker`` to run several servers as a cluster in one process. ``extensions``:
+    an embedding application's hook objects (server/extensions.py), after those of ``CANVASHUB_EXTENSIONS``."""
     logs.configure(settings.log_level)
     auth = make_authenticator(settings)
     store, backend = make_store(settings)
     pubsub = pubsub if pubsub is not None else make_pubsub(settings)
     metrics = Metrics()
+    hooks = Extensions(
+        [*load_extensions(settings.extensions), *(extensions or [])],
+        timeout=settings.hook_timeout,
+        max_queue=settings.hook_queue,
+        on_outcome=metrics.hook_outcome,
+    )
     origins = OriginPolicy(settings.allowed_origins)
     health = HealthMonitor(store.health)  # what /readyz reports, without waiting on the store
     # Replays proportional to a canvas's history run here, never on the loop (pycrdt holds the GIL).
@@ -153,6 +161,11 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     generators = build_generators(
         settings.pattern_step_delay, settings.generator_http_url or None, settings.generator_http_timeout
     )
+
+    def job_state(job: Job, status: str, error: tuple[str, str] | None) -> None:
+        metrics.job_state(status)
+        hooks.notify("generation", GenerationEvent(job.id, job.canvas_id, status, None if error is None else error[1]))
+
     jobs = JobService(
         hub,
         store,
@@ -166,10 +179,19 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         retry_max=settings.job_retry_max,
         store_timeout=settings.store_timeout,
         webhooks=webhooks,
+        on_state=job_state,
     )
     hub.job_events = jobs.watcher
-    api = HttpApi(hub, store, jobs, replayer, auth, origins, settings, webhooks)
+    api = HttpApi(hub, store, jobs, replayer, auth, origins, settings, webhooks, hooks)
     operations = OperationsApi(hub, persister, health, cluster, metrics, backend)
+    metrics.gauges = lambda: {
+        **{name: float(value) for name, value in hub.stats().items()},
+        **{
+            f"pubsub_{name}": float(value)
+            for name, value in cluster.status().items()
+            if isinstance(value, int | float)  # bool included: pubsub_healthy 1/0
+        },
+    }
     sockets = WebSocketEndpoint(
         hub,
         hub.registry,
@@ -207,6 +229,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         finally:
             await hub.drain()  # sockets flushed and closed with 1001 (idempotent: the server may have drained)
             await jobs.stop()  # a job cut short keeps its lease; it is reclaimed once that expires
+            await hooks.stop(settings.hook_timeout)  # queued notifications get one hook timeout to run
             await webhooks.stop()  # an attempt cut short keeps its lease; it is retried once that expires
             flushed = await persister.flush(settings.shutdown_timeout)
             await persister.stop()
@@ -262,6 +285,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
                 max_age=600,
             )
         )
+    middleware.insert(0, Middleware(RequestMetrics, metrics=metrics))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -272,6 +296,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     app.state.jobs = jobs
     app.state.webhooks = webhooks
     app.state.settings = settings
+    app.state.extensions = hooks
     return app
 
 

@@ -519,11 +519,9 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
                 refuse(conn, answer(exc).close_code, exc.message, flush=True)
             except ProtocolError as exc:
                 refuse(conn, answer(exc).close_code, exc.reason)
-            elapsed = clock() - started
             metrics.frames_received += 1
             metrics.bytes_received += len(data)
-            if elapsed > metrics.frame_handling_max_seconds:
-                metrics.frame_handling_max_seconds = elapsed
+            metrics.frame_handled(clock() - started)
 
 
 def refuse(conn: Connection, code: int, reason: str, *, flush: bool = False) -> None:

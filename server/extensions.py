@@ -42,7 +42,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .auth import Principal
 from .errors import ExtensionUnavailable, Forbidden, Unauthorized
@@ -124,6 +124,14 @@ class StatelessEvent:
     session_id: str
     user_id: str | None
     payload: str
+
+
+class Notifier(Protocol):
+    """What a part that reports events needs of the extensions (``Extensions`` provides it)."""
+
+    def notify(self, hook: str, event: object) -> None: ...
+
+    def has(self, hook: str) -> bool: ...
 
 
 class ExtensionConfigError(ValueError):

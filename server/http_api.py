@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -47,11 +48,13 @@ from .errors import (
     answer_for,
     error_body,
 )
+from .extensions import DeletedEvent, Notifier
 from .health import HealthMonitor
 from .hub import CanvasExport, binary_etag, etag_matches
 from .isotime import iso
 from .jobs import JOB_ID, JobService, job_json
 from .limits import OriginPolicy, limit_exceeded
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .persistence import Persister
 from .replayer import Replayer
@@ -346,8 +349,7 @@ class OperationsApi:
         )
 
     async def metrics(self, request: Request) -> Response:
-        body = self.metrics_registry.render({k: float(v) for k, v in self.hub.stats().items()})
-        return Response(body, media_type="text/plain; version=0.0.4")
+        return Response(self.metrics_registry.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 class HttpApi:
@@ -363,7 +365,9 @@ class HttpApi:
         origins: OriginPolicy,
         settings: Settings,
         webhooks: WebhookPublisher,
+        hooks: Notifier,
     ) -> None:
+        self.hooks = hooks
         self.canvases = canvases
         self.replayer = replayer
         self.store = store
@@ -458,6 +462,7 @@ class HttpApi:
             raise NotFound(f"canvas {canvas_id!r} does not exist")
         if events:
             self.webhooks.committed()
+        self.hooks.notify("deleted", DeletedEvent(canvas_id))
         return Response(status_code=204)
 
     # -- webhooks --------------------------------------------------------------------------
@@ -629,3 +634,43 @@ def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
         "delivered_at": iso(delivery.delivered_at),
         "payload": delivery.payload,
     }
+
+
+class RequestMetrics:
+    """ASGI middleware: every HTTP request's duration by route template, method and status."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.observe = metrics.http_requests
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the server answers if the app raises before starting a response
+
+        async def send_and_note(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.observe.labels(route_template(scope), scope["method"], str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+def route_template(scope: dict[str, Any]) -> str:
+    """The matched route's path template (bounded label values); ``unmatched`` if none matched."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None:
+        return "unmatched"
+    if isinstance(route, Route):
+        mount = scope.get("root_path", "")
+        return (mount if mount == "/api" else "") + path
+    return "static"

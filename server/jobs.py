@@ -86,6 +86,19 @@ def job_json(job: Job) -> dict[str, Any]:
     }
 
 
+# Told of every job state this process causes: (job, new status, (error type, message) or None).
+# The composition root sends it to metrics and to the extensions' ``generation`` hook.
+StateListener = Callable[[Job, str, "tuple[str, str] | None"], None]
+
+
+def _tell(listener: StateListener | None, job: Job, status: str, error: tuple[str, str] | None = None) -> None:
+    if listener is not None:
+        try:
+            listener(job, status, error)
+        except Exception as exc:  # a listener bug must not fail the job
+            log(logging.ERROR, "job_state_listener_failed", job=job.id, error=repr(exc))
+
+
 class Worker:
     """Claims and runs jobs, at most ``concurrency`` at a time."""
 
@@ -101,8 +114,10 @@ class Worker:
         retry_max: float,
         worker_id: str | None = None,
         webhooks: WebhookPublisher | None = None,
+        on_state: StateListener | None = None,
     ) -> None:
         self.store = store
+        self.on_state = on_state
         # generation.succeeded / generation.failed go to the outbox with the job's terminal state
         self.webhooks = webhooks
         self.generators = generators
@@ -164,6 +179,7 @@ class Worker:
         log(
             logging.INFO, "job_started", job=job.id, canvas=job.canvas_id, generator=job.generator, attempt=job.attempts
         )
+        _tell(self.on_state, job, "running")
         self._signal()
         generator = self.generators.get(job.generator)
         if generator is None:
@@ -252,6 +268,8 @@ class Worker:
         )
         if finished is not None and events and self.webhooks is not None:
             self.webhooks.committed()
+        if finished is not None:
+            _tell(self.on_state, job, status, error)
         log(
             logging.INFO if status != "failed" else logging.WARNING,
             "job_finished",
@@ -274,6 +292,7 @@ class Worker:
                 error=error_type,
                 retry_in_ms=round(delay * 1000),
             )
+            _tell(self.on_state, job, "queued", (error_type, message[:500]))
             self._signal()
             return
         await self._finish(job, "failed", error=(error_type, message[:500]))
@@ -514,8 +533,10 @@ class JobService:
         retry_max: float,
         store_timeout: float,
         webhooks: WebhookPublisher | None = None,
+        on_state: StateListener | None = None,
     ) -> None:
         self.store = store
+        self.on_state = on_state
         self.generators = generators
         self.max_attempts = max_attempts
         self.watcher = JobWatcher(canvases, store, watch_interval, store_timeout)
@@ -530,6 +551,7 @@ class JobService:
                 retry_base=retry_base,
                 retry_max=retry_max,
                 webhooks=webhooks,
+                on_state=on_state,
             )
             self.worker.changed = self.watcher.changed
 
@@ -579,6 +601,7 @@ class JobService:
             raise IdempotencyConflict(f"idempotency key {key!r} was used for a different request (generation {job.id})")
         if created:
             log(logging.INFO, "job_queued", job=job.id, canvas=canvas_id, generator=generator)
+            _tell(self.on_state, job, "queued")
             self.watcher.observe(job)  # `queued` goes out now, before any worker can start it
             self.watcher.changed.set()
             if self.worker is not None:
@@ -588,6 +611,8 @@ class JobService:
     async def cancel(self, job_id: str) -> Job | None:
         job = await self.store.cancel_job(job_id)
         self.watcher.changed.set()
+        if job is not None and job.status == "cancelled" and job.finished_at is not None:
+            _tell(self.on_state, job, "cancelled")  # a queued job ends here; a running one when its worker stops
         return job
 
 

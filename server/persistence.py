@@ -53,6 +53,7 @@ class Pending:
     # earlier update of its canvas (commits follow submission order), that much is in storage.
     # At most one queued item per canvas keeps one (see ``submit``); None advances nothing.
     state: bytes | None = None
+    queued_at: float = 0.0  # time.monotonic() at submit: the durable-ack latency histogram starts here
 
 
 class Persister:
@@ -136,7 +137,7 @@ class Persister:
         if writer is not None:
             number = writer.submit()
         done = asyncio.get_running_loop().create_future() if want_result else None
-        item = Pending(canvas_id, update, writer, number, done, clocks, published, needed, state)
+        item = Pending(canvas_id, update, writer, number, done, clocks, published, needed, state, time.monotonic())
         self._queue.append(item)
         if state is not None:
             # Only the newest queued state of a canvas can matter once its batch commits: drop the older
@@ -305,6 +306,11 @@ class Persister:
         self.metrics.updates_committed += len(rows)
         self.metrics.bytes_committed += size
         self.metrics.commit_seconds += ms / 1000
+        self.metrics.commit.observe(ms / 1000)
+        committed_at = time.monotonic()
+        observe = self.metrics.durable_ack.observe
+        for item in batch:
+            observe(committed_at - item.queued_at)
         self._failures.recovered(attempts=attempt + 1, backlog_bytes=self.backlog_bytes)
         self.retrying = False
         self.last_error = None

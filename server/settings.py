@@ -421,6 +421,17 @@ class Settings:
     )
 
     # -- webhooks (see docs/integrating.md) ------------------------------------------
+    extensions: str = _opt(
+        "",
+        "CANVASHUB_EXTENSIONS",
+        "extension factories to load, package.module:factory,... (docs/integrating.md; unset: none)",
+    )
+    hook_timeout: float = _opt(
+        5.0, "CANVASHUB_HOOK_TIMEOUT", "seconds an extension hook may take before it is abandoned", above=0
+    )
+    hook_queue: int = _opt(
+        10000, "CANVASHUB_HOOK_QUEUE", "notifications queued per extension before new ones are dropped", low=1
+    )
     webhooks: str = _opt(
         "",
         "CANVASHUB_WEBHOOKS",

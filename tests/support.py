@@ -74,14 +74,14 @@ class LiveServer(ServerAddress):
         await asyncio.wait_for(self.task, 30)
 
 
-async def start_server(pubsub: Any = None, **overrides: Any) -> LiveServer:
+async def start_server(pubsub: Any = None, extensions: Any = (), **overrides: Any) -> LiveServer:
     """Start a server in this event loop; without ``data_dir``/``database_url`` it gets a fresh SQLite dir.
     ``pubsub``: e.g. a ``MemoryPubSub`` on a broker shared with other test servers (a cluster in one process)."""
     owned_dir = None
     if "data_dir" not in overrides and not overrides.get("database_url"):
         owned_dir = overrides["data_dir"] = tempfile.mkdtemp(prefix="canvashub-test-")
     settings = dataclasses.replace(Settings(), host="127.0.0.1", port=0, **overrides)
-    app = create_app(settings, pubsub)
+    app = create_app(settings, pubsub, extensions)
     server = DrainingServer(uvicorn_config(app, settings), app)
     task = asyncio.get_running_loop().create_task(server.serve())
     await wait_until(lambda: server.started or task.done(), 10, "server start")
@@ -227,3 +227,20 @@ class StorageBackend:
         if self.database_url:
             return PostgresStore(self.database_url, pool_size=2, acquire_timeout=5.0)
         return SQLiteStore(os.path.join(self.data_dir or "", "canvashub.sqlite3"))
+
+
+def metric_value(text: str, sample: str) -> float:
+    """The value of one sample (name with its labels in any order, e.g.
+    ``canvashub_closes_total{code="1013"}``) in Prometheus text; 0 if the sample is absent (a
+    labelled counter with no samples yet)."""
+
+    def key(name: str) -> tuple[str, frozenset[str]]:
+        base, _, labels = name.partition("{")
+        return base, frozenset(labels.rstrip("}").split(",")) if labels else frozenset()
+
+    wanted = key(sample)
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if not line.startswith("#") and key(name) == wanted:
+            return float(value)
+    return 0.0

@@ -17,7 +17,7 @@ from canvashub.server.auth import mint_token
 from canvashub.server.settings import Settings, SettingsError, parse_webhook_endpoints
 from canvashub.server.webhooks import Debouncer, backoff_delay
 
-from .support import free_port, wait_until
+from .support import free_port, metric_value, wait_until
 from .test_cli import assert_refused, run_cli, serve_args
 from .test_scale_out import redis_process, start_cluster  # noqa: F401 (fixture)
 from .webhook_receiver import Receiver, new_secret
@@ -219,7 +219,7 @@ async def test_receiver_down_then_up_gets_every_event_once_after_dedup(server_fa
         assert all(d["status"] == "delivered" and d["attempts"] >= 3 for d in listed)
         assert all(d["last_status_code"] == 204 and d["delivered_at"] for d in listed)
         metrics = (await http.get("/metrics")).text
-    assert 'canvashub_webhook_attempts_total{outcome="delivered"} 11' in metrics
+    assert metric_value(metrics, 'canvashub_webhook_attempts_total{outcome="delivered"}') == 11
 
 
 async def test_generation_outcomes_are_delivered_with_the_job(server_factory, storage_backend, receiver):
