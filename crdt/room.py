@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pycrdt import Doc, Subscription, merge_updates
+from pycrdt import Doc, Map, Subscription, merge_updates
 
 from . import codec
 from .awareness import AwarenessRegistry, encode_awareness_payload, parse_awareness, with_identity
@@ -99,6 +99,10 @@ class RoomDocument:
         self.full_encodes = 0  # full-state encodes done on this document (observability and tests)
         self._doc: Doc[Any] | None = None
         self._subscription: Subscription | None = None
+        # Element ids changed since ``take_changed_elements`` (only once ``track_elements`` was called).
+        self._tracking_elements = False
+        self._elements_subscription: tuple[Map[Any], Subscription] | None = None
+        self._changed_elements: set[str] = set()
         self.doc = doc if doc is not None else Doc()
         self.awareness = AwarenessRegistry(max_awareness_ids_per_peer)
         self.max_awareness_state_bytes = max_awareness_state_bytes
@@ -120,6 +124,40 @@ class RoomDocument:
         self._doc = doc
         self._full = None
         self._subscription = doc.observe(self._observe)
+        if self._elements_subscription is not None:
+            root, subscription = self._elements_subscription
+            root.unobserve(subscription)
+            self._elements_subscription = None
+        if self._tracking_elements:
+            self._observe_elements()
+
+    def track_elements(self) -> None:
+        """From now on, note which element ids (keys of the ``elements`` map) each change touches
+        (``take_changed_elements``): a deep observer, paid per change only once asked for."""
+        self._tracking_elements = True
+        if self._elements_subscription is None:
+            self._observe_elements()
+
+    def _observe_elements(self) -> None:
+        try:
+            root = self.doc.get("elements", type=Map)
+        except Exception:  # a client made ``elements`` something else: nothing to name
+            return
+        self._elements_subscription = (root, root.observe_deep(self._note_elements))
+
+    def _note_elements(self, events: list[Any]) -> None:
+        changed = self._changed_elements
+        for event in events:
+            path = event.path
+            if path:
+                changed.add(str(path[0]))  # a field inside one element
+            else:
+                changed.update(str(key) for key in event.keys)  # elements added, replaced or removed
+
+    def take_changed_elements(self) -> set[str]:
+        changed = self._changed_elements
+        self._changed_elements = set()
+        return changed
 
     def _observe(self, event: Any) -> None:
         self._captured.append(event.update)

@@ -30,7 +30,7 @@ from .auth import Authenticator
 from .cluster import Cluster
 from .compaction import Compactor
 from .connection import WebSocketEndpoint
-from .extensions import Extensions, GenerationEvent, load_extensions
+from .extensions import ChangeCollector, Extensions, GenerationEvent, SavedEvent, load_extensions
 from .generators import build_generators
 from .health import HealthMonitor
 from .http_api import HttpApi, OperationsApi, RequestMetrics, http_exception_response, route
@@ -45,6 +45,7 @@ from .replayer import Replayer
 from .rooms import Room
 from .settings import Settings, parse_webhook_endpoints
 from .startup import open_store
+from .webhook_bridge import WebhookBridge
 from .webhooks import WebhookService
 
 
@@ -101,12 +102,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
     store, backend = make_store(settings)
     pubsub = pubsub if pubsub is not None else make_pubsub(settings)
     metrics = Metrics()
-    hooks = Extensions(
-        [*load_extensions(settings.extensions), *(extensions or [])],
-        timeout=settings.hook_timeout,
-        max_queue=settings.hook_queue,
-        on_outcome=metrics.hook_outcome,
-    )
+    loaded_extensions = [*load_extensions(settings.extensions), *(extensions or [])]  # a bad spec: ValueError
     origins = OriginPolicy(settings.allowed_origins)
     health = HealthMonitor(store.health)  # what /readyz reports, without waiting on the store
     # Replays proportional to a canvas's history run here, never on the loop (pycrdt holds the GIL).
@@ -158,6 +154,23 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         retention=settings.webhook_retention,
         store_timeout=settings.store_timeout,
     )
+    # Webhooks for what hooks report (canvas.created/changed/saved, session.*) come from a built-in
+    # extension; canvas.deleted and generation.* are written with what they report (same transaction).
+    bridge = None
+    if webhooks.enabled:
+        bridge = WebhookBridge(
+            webhooks, wait=settings.webhook_change_debounce, max_wait=settings.webhook_change_max_wait
+        )
+        loaded_extensions.append(bridge)
+    hooks = Extensions(
+        loaded_extensions,
+        timeout=settings.hook_timeout,
+        max_queue=settings.hook_queue,
+        on_outcome=metrics.hook_outcome,
+    )
+    changes = ChangeCollector(hooks, wait=settings.webhook_change_debounce, max_wait=settings.webhook_change_max_wait)
+    if hooks.has("saved"):
+        persister.on_saved = lambda canvas_id, seq, count: hooks.notify("saved", SavedEvent(canvas_id, seq, count))
     generators = build_generators(
         settings.pattern_step_delay, settings.generator_http_url or None, settings.generator_http_timeout
     )
@@ -229,9 +242,12 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         finally:
             await hub.drain()  # sockets flushed and closed with 1001 (idempotent: the server may have drained)
             await jobs.stop()  # a job cut short keeps its lease; it is reclaimed once that expires
-            await hooks.stop(settings.hook_timeout)  # queued notifications get one hook timeout to run
-            await webhooks.stop()  # an attempt cut short keeps its lease; it is retried once that expires
             flushed = await persister.flush(settings.shutdown_timeout)
+            changes.flush()  # pending change events go out now
+            await hooks.stop(settings.hook_timeout)  # queued notifications get one hook timeout to run
+            if bridge is not None:
+                await bridge.flush()  # pending canvas.saved events into the outbox
+            await webhooks.stop()  # an attempt cut short keeps its lease; it is retried once that expires
             await persister.stop()
             await compactor.stop()
             await replayer.stop()

@@ -81,8 +81,10 @@ class ChangeEvent:
     users: tuple[str | None, ...]
     origins: tuple[str, ...]
     updates: int
-    first_at: float
+    first_at: float  # epoch seconds of the first and last change in this event
     last_at: float
+    elements_truncated: bool = False  # more elements changed than an event lists (``max_elements``)
+    created: bool = False  # the first change of a canvas that had nothing stored
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -368,3 +370,97 @@ class Extensions:
         left = self.pending()
         if left:
             log(logging.WARNING, "hook_events_abandoned", events=left)
+
+
+class ChangeCollector:
+    """Changes of each canvas made on this process, folded into one ``change`` event per canvas:
+    sent ``wait`` seconds after its last change, and at most ``max_wait`` seconds after the first
+    one not yet sent. ``note`` is synchronous and cheap (rooms call it per change)."""
+
+    def __init__(self, hooks: Notifier, *, wait: float, max_wait: float, max_elements: int = 1000) -> None:
+        self.hooks = hooks
+        self.wait = wait
+        self.max_wait = max(max_wait, wait)
+        self.max_elements = max_elements
+        self._pending: dict[str, _Changes] = {}
+
+    @property
+    def wanted(self) -> bool:
+        return self.hooks.has("change")
+
+    def note(self, canvas_id: str, elements: set[str], user: str | None, origin: str, created: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        changes = self._pending.get(canvas_id)
+        if changes is None:
+            changes = self._pending[canvas_id] = _Changes(loop.time(), time.time())
+        changes.add(elements, user, origin, created, self.max_elements)
+        fire_at = min(loop.time() + self.wait, changes.first_loop + self.max_wait)
+        if changes.timer is not None:
+            changes.timer.cancel()
+        changes.timer = loop.call_at(fire_at, self._fire, canvas_id)
+
+    def _fire(self, canvas_id: str) -> None:
+        changes = self._pending.pop(canvas_id, None)
+        if changes is not None:
+            self.hooks.notify("change", changes.event(canvas_id))
+
+    def flush(self) -> None:
+        """Send every pending event now (at shutdown)."""
+        for canvas_id in list(self._pending):
+            timer = self._pending[canvas_id].timer
+            if timer is not None:
+                timer.cancel()
+            self._fire(canvas_id)
+
+
+class _Changes:
+    __slots__ = (
+        "first_loop",
+        "first_at",
+        "last_at",
+        "elements",
+        "truncated",
+        "users",
+        "origins",
+        "updates",
+        "created",
+        "timer",
+    )
+
+    def __init__(self, first_loop: float, first_at: float) -> None:
+        self.first_loop = first_loop
+        self.first_at = self.last_at = first_at
+        self.elements: set[str] = set()
+        self.truncated = False
+        self.users: dict[str | None, None] = {}
+        self.origins: dict[str, None] = {}
+        self.updates = 0
+        self.created = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, elements: set[str], user: str | None, origin: str, created: bool, max_elements: int) -> None:
+        self.last_at = time.time()
+        self.updates += 1
+        self.created = self.created or created
+        if len(self.users) < 100:
+            self.users[user] = None
+        self.origins[origin] = None
+        room = max_elements - len(self.elements)
+        if len(elements) <= room:
+            self.elements |= elements
+        else:
+            self.truncated = True
+            self.elements.update(list(elements)[:room])
+
+    def event(self, canvas_id: str) -> ChangeEvent:
+        return ChangeEvent(
+            canvas_id,
+            tuple(sorted(self.elements)),
+            tuple(self.users),
+            tuple(self.origins),
+            self.updates,
+            self.first_at,
+            self.last_at,
+            self.truncated,
+            self.created,
+        )

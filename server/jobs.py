@@ -129,6 +129,7 @@ class Worker:
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
         self._running: set[asyncio.Task[None]] = set()
         self._nudge = asyncio.Event()
+        self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self.changed: asyncio.Event | None = None  # set on every state change (the in-process watcher listens)
         self._claim_failures = FailureLog("job_claim")
@@ -142,13 +143,15 @@ class Worker:
         self._loop_task = asyncio.get_running_loop().create_task(self._claim_loop())
 
     async def stop(self) -> None:
+        self._stopping = True  # as well as the cancel, which a completing wait_for may swallow (3.11)
+        self._nudge.set()
         tasks = ([self._loop_task] if self._loop_task else []) + list(self._running)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _claim_loop(self) -> None:
-        while True:
+        while not self._stopping:
             job = None
             if len(self._running) < self.concurrency:
                 try:
@@ -351,6 +354,7 @@ class JobWatcher:
         self._cursor = time.time() - 1.0
         self._seen: dict[str, float] = {}  # job id -> updated_at already observed
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._failures = FailureLog("job_watch")
 
     def start(self) -> None:
@@ -358,6 +362,8 @@ class JobWatcher:
 
     async def stop(self) -> None:
         if self._task is not None:
+            self._stopping = True  # as well as the cancel, which a completing wait_for may swallow (3.11)
+            self.changed.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
@@ -377,7 +383,7 @@ class JobWatcher:
         return [generation_event(job) for job in self.active.get(canvas_id, {}).values()]
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             self.changed.clear()
             try:
                 await self._poll()

@@ -110,6 +110,9 @@ class Persister:
         # Told each canvas with pending updates when writing them fails or stalls: sockets watching the
         # canvas's storage state (not only this batch's writers) then hear ``retrying`` too.
         self.on_retrying: Callable[[str], None] | None = None
+        # Told (canvas, highest log seq now stored, how many of its updates this commit wrote) after
+        # each commit: the extensions' ``saved`` hook and the ``canvas.saved`` webhook.
+        self.on_saved: Callable[[str, int, int], None] | None = None
         self._state_holder: dict[str, Pending] = {}  # per canvas: the queued item holding a state
 
     # -- producer side (synchronous: called from room code) -------------------------------
@@ -339,6 +342,7 @@ class Persister:
     def _acknowledge(self, batch: list[Pending], seqs: list[int]) -> None:
         writers: dict[SaveStatus, tuple[int, int]] = {}
         per_canvas: dict[str, int] = {}
+        last_seq: dict[str, int] = {}
         published: dict[str, int] = {}
         durable: dict[str, bytes | None] = {}
         for item, seq in zip(batch, seqs, strict=True):
@@ -347,6 +351,7 @@ class Persister:
                 durable[item.canvas_id] = item.state
             if seq:
                 per_canvas[item.canvas_id] = per_canvas.get(item.canvas_id, 0) + 1
+                last_seq[item.canvas_id] = max(last_seq.get(item.canvas_id, 0), seq)
             if item.published:
                 published[item.canvas_id] = max(published.get(item.canvas_id, 0), item.published)
             if item.done is not None and not item.done.done():
@@ -365,6 +370,9 @@ class Persister:
             for canvas_id, state in durable.items():
                 self.on_durable(canvas_id, state)
         self._release_waiters()
+        if self.on_saved is not None:
+            for canvas_id, count in per_canvas.items():
+                self.on_saved(canvas_id, last_seq[canvas_id], count)
         if self.compactor is not None:
             for canvas_id, count in per_canvas.items():
                 self.compactor.note_appended(canvas_id, count)

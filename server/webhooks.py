@@ -118,6 +118,7 @@ class WebhookService:
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
+        self._stopping = False
         self._claim_failures = FailureLog("webhook_claim")
         self._record_failures = FailureLog("webhook_record")
         self._receivers = {name: FailureLog(f"webhook_endpoint_{name}") for name in self.endpoints}
@@ -165,6 +166,10 @@ class WebhookService:
         """Stop claiming; give attempts in flight a short grace, then cut them short (their leases
         expire and they are retried, by this or another process: at least once)."""
         if self._loop_task is not None:
+            # The flag as well as the cancel: on Python 3.11 a wait_for whose inner wait completes just as
+            # the task is cancelled swallows the cancellation (the loop would carry on forever).
+            self._stopping = True
+            self._wake.set()
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
@@ -179,7 +184,7 @@ class WebhookService:
 
     async def _claim_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._running)
             claimed: list[WebhookDelivery] = []
