@@ -42,6 +42,7 @@ from .replayer import Replayer
 from .rooms import Room
 from .settings import Settings
 from .startup import open_store
+from .wsnative import NativeSockets
 
 
 def make_store(settings: Settings) -> tuple[Store, str]:
@@ -164,6 +165,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         settings=settings,
         metrics=metrics,
     )
+    native_sockets = NativeSockets(sockets, settings, metrics)  # canvashub serve's transport for /ws
     background: list[asyncio.Task[None]] = []
 
     @contextlib.asynccontextmanager
@@ -255,6 +257,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     app.state.hub = hub
     app.state.jobs = jobs
     app.state.settings = settings
+    app.state.ws_protocol = native_sockets.protocol_class()
     return app
 
 
