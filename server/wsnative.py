@@ -321,7 +321,6 @@ class NativeProtocol(asyncio.Protocol):
         "_frags",
         "_frag_size",
         "_frag_text",
-        "_skip",
         "_ping_at",
         "_ping_payload",
         "_delegate",
@@ -342,7 +341,6 @@ class NativeProtocol(asyncio.Protocol):
         self._frags: list[bytes] | None = None  # a fragmented message's parts
         self._frag_size = 0
         self._frag_text = False
-        self._skip = 0  # payload bytes still to discard (a message refused from its header)
         self._ping_at = 0.0  # when the last ping was sent
         self._ping_payload: bytes | None = None  # the ping waiting for its pong
         self._delegate: Any = None  # uvicorn's WebSocketsSansIOProtocol, for upgrades that are not ours
@@ -568,13 +566,6 @@ class NativeProtocol(asyncio.Protocol):
     # -- frames --------------------------------------------------------------------------------
     def _frames(self, data: bytes) -> None:
         """Parse whole frames from what arrived (and what was left over), hand each message over."""
-        skip = self._skip
-        if skip:
-            if len(data) <= skip:
-                self._skip = skip - len(data)
-                return
-            self._skip = 0
-            data = data[skip:]
         buf = self._buf
         view: bytes | bytearray = data
         if buf is not None:
@@ -607,11 +598,7 @@ class NativeProtocol(asyncio.Protocol):
                 if length > 125 or not b0 & 0x80:
                     return self._fail(CloseCode.PROTOCOL_ERROR, "invalid control frame")
             elif length + self._frag_size > max_size:  # decided from the header, before buffering
-                end = head + 4 + length
-                self._skip = max(0, end - size)
-                pos = min(end, size)
-                self._too_big(max_size)
-                continue
+                return self._fail(CloseCode.MESSAGE_TOO_BIG, f"frame exceeds {max_size} bytes")
             end = head + 4 + length
             if end > size:
                 break
@@ -681,17 +668,9 @@ class NativeProtocol(asyncio.Protocol):
         else:
             self._fail(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
 
-    def _too_big(self, max_size: int) -> None:
-        """A message over the frame cap: refused from its header (1009); its payload is skipped."""
-        self._frags = None
-        self._frag_size = 0
-        conn = self.conn
-        if conn is not None and not conn.closing:
-            refuse(conn, CloseCode.MESSAGE_TOO_BIG, f"frame exceeds {max_size} bytes")
-
     def _fail(self, code: int, reason: str) -> None:
-        """The framing itself is broken: close ``code``, then read nothing more (the client's echo can no
-        longer be found) and half-close, as websockets does."""
+        """The framing is broken, or a message is over the cap (decided from its header): close ``code``,
+        then parse nothing more (the client's echo can no longer be found) and half-close, as websockets does."""
         conn = self.conn
         if conn is not None and not conn.closing:
             refuse(conn, code, reason)
