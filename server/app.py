@@ -47,6 +47,7 @@ from .settings import Settings, parse_webhook_endpoints
 from .startup import open_store
 from .webhook_bridge import WebhookBridge
 from .webhooks import WebhookService
+from .wsnative import NativeSockets
 
 
 def make_store(settings: Settings) -> tuple[Store, str]:
@@ -216,6 +217,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         settings=settings,
         metrics=metrics,
     )
+    native_sockets = NativeSockets(sockets, settings, metrics)  # canvashub serve's transport for /ws
     background: list[asyncio.Task[None]] = []
 
     @contextlib.asynccontextmanager
@@ -313,6 +315,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
     app.state.webhooks = webhooks
     app.state.settings = settings
     app.state.extensions = hooks
+    app.state.ws_protocol = native_sockets.protocol_class()
     return app
 
 

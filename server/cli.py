@@ -273,7 +273,11 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         # Connections must finish their request headers (where the token is) in time.
         http=preauth_protocol(http_protocol_class(), settings.preauth_timeout),
-        ws="websockets-sansio",
+        # /ws sockets on canvashub's own transport (server/wsnative.py); everything else, and every socket
+        # when the ASGI transport or per-message-deflate is chosen, through the ASGI app.
+        ws=app.state.ws_protocol
+        if settings.ws_transport == "native" and not settings.per_message_deflate
+        else "websockets-sansio",
         ws_max_size=settings.max_frame_bytes,  # decided from the frame header: close 1009
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,

@@ -21,8 +21,9 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl
 
 import orjson
@@ -74,25 +75,15 @@ _ids = itertools.count(1)
 SLOW_LINK_BYTES_PER_SECOND = 64 * 1024
 
 
-class Connection:
-    """Outbound side of one socket: bounded queue plus writer task."""
+class BaseConnection:
+    """What both transports share for one socket: its room, access, rate buckets, save status and events
+    channel. Subclasses own the outbound side (``enqueue``, ``close``, ``check_stall``, ``queued``)."""
 
     __slots__ = (
         "id",
         "room",
         "canvas_id",
         "metrics",
-        "_send",
-        "_queue",
-        "_queued_bytes",
-        "_max_messages",
-        "_max_bytes",
-        "_stall_seconds",
-        "_sent",
-        "_last_sent_bytes",
-        "_sent_seen",
-        "_waiting_since",
-        "_waiter",
         "closing",
         "close_code",
         "_close_reason",
@@ -109,14 +100,15 @@ class Connection:
         "message_bucket",
         "byte_bucket",
         "expiry",
+        "_max_bytes",
+        "_stall_seconds",
+        "_waiting_since",
     )
 
     def __init__(
         self,
         room: Room,
-        send: Send,
         *,
-        max_messages: int,
         max_bytes: int,
         stall_seconds: float,
         metrics: Metrics,
@@ -130,27 +122,19 @@ class Connection:
         """Complete when constructed: ``rates`` are the (frames, bytes) buckets (None: unlimited);
         ``announce``: relay presence even if the role may not write; ``jobs`` answers events-channel
         requests (a socket that opted into events may send them). ``max_bytes`` and ``stall_seconds`` are
-        the slow-client rule; ``max_messages`` is only a safety bound on per-frame overhead."""
+        the slow-client rule."""
         self.id = next(_ids)
         self.room = room
         self.canvas_id = room.canvas_id
         self.metrics = metrics
-        self._send = send
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._stall_seconds = stall_seconds
-        self._sent = 0  # sends completed: write progress
-        self._last_sent_bytes = 0  # the size of the last frame sent: the transport may still be draining it
-        self._sent_seen = 0  # ``_sent`` when ``_waiting_since`` was last set
         self._waiting_since: float | None = None  # first sweep that saw frames waiting without progress
-        self._waiter: asyncio.Future[None] | None = None
         self.closing = False
         self.close_code: int | None = None
         self._close_reason = ""
         self.idle = True  # nothing sent since the last keepalive tick
-        self.writer: asyncio.Task[None] | None = None
+        self.writer: asyncio.Future[None] | None = None  # done once the close frame is out (or the socket gone)
         self.events = events  # opted in with ?events=1: receives [100, json] event frames
         self.save = SaveStatus(self.send_event)  # this socket's changes: which are durable (docs/protocol.md)
         self.requests = EventRequests(jobs, self.canvas_id, principal, self.send_event) if events else None
@@ -166,22 +150,6 @@ class Connection:
 
     def __hash__(self) -> int:
         return self.id
-
-    def enqueue(self, frame: bytes) -> None:
-        if self.closing:
-            return
-        if self._queued_bytes + len(frame) > self._max_bytes:
-            self._overflow("bytes")
-            return
-        if len(self._queue) >= self._max_messages:
-            self._overflow("frames")
-            return
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
-        self.idle = False
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def write_denied(self, update: bytes) -> None:
         """A viewer sent a change: it is dropped; the client is told once (y-protocols auth message + event)."""
@@ -204,6 +172,88 @@ class Connection:
     def send_event(self, payload: dict[str, Any]) -> None:
         if self.events:
             self.enqueue(encode_event(orjson.dumps(payload)))
+
+    def enqueue(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str, *, flush: bool) -> None:
+        raise NotImplementedError
+
+    def check_stall(self, now: float) -> None:
+        raise NotImplementedError
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+
+class Connection(BaseConnection):
+    """Outbound side of one ASGI socket: bounded queue plus writer task."""
+
+    __slots__ = (
+        "_send",
+        "_queue",
+        "_queued_bytes",
+        "_max_messages",
+        "_sent",
+        "_last_sent_bytes",
+        "_sent_seen",
+        "_waiter",
+    )
+
+    def __init__(
+        self,
+        room: Room,
+        send: Send,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        stall_seconds: float,
+        metrics: Metrics,
+        principal: Principal,
+        ip: str,
+        rates: tuple[TokenBucket, TokenBucket] | None,
+        events: bool = False,
+        announce: bool = True,
+        jobs: JobService | None = None,
+    ) -> None:
+        """``send``: the ASGI send; ``max_messages`` is only a safety bound on per-frame overhead."""
+        super().__init__(
+            room,
+            max_bytes=max_bytes,
+            stall_seconds=stall_seconds,
+            metrics=metrics,
+            principal=principal,
+            ip=ip,
+            rates=rates,
+            events=events,
+            announce=announce,
+            jobs=jobs,
+        )
+        self._send = send
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._max_messages = max_messages
+        self._sent = 0  # sends completed: write progress
+        self._last_sent_bytes = 0  # the size of the last frame sent: the transport may still be draining it
+        self._sent_seen = 0  # ``_sent`` when ``_waiting_since`` was last set
+        self._waiter: asyncio.Future[None] | None = None
+
+    def enqueue(self, frame: bytes) -> None:
+        if self.closing:
+            return
+        if self._queued_bytes + len(frame) > self._max_bytes:
+            self._overflow("bytes")
+            return
+        if len(self._queue) >= self._max_messages:
+            self._overflow("frames")
+            return
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        self.idle = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def check_stall(self, now: float) -> None:
         """Called by the hub's periodic sweep (``now``: the loop's clock): drop the client if frames have
@@ -308,8 +358,30 @@ class Lobby(Protocol):
     def snapshot_events(self, canvas_id: str) -> list[dict[str, Any]]: ...
 
 
+class Upgrade(NamedTuple):
+    """What admission needs of an upgrade request, whichever transport parsed it."""
+
+    canvas_id: str
+    ip: str
+    origin: str | None
+    host: str | None
+    query_string: bytes
+    subprotocols: Sequence[str]
+
+
+class Admitted(NamedTuple):
+    """An upgrade that passed every check: the caller holds one of ``ip``'s connection slots."""
+
+    canvas_id: str
+    ip: str
+    principal: Principal
+    subprotocol: str | None
+    events: bool
+
+
 class WebSocketEndpoint:
-    """ASGI app for ``/ws/{canvas_id}``, mounted by the composition root.
+    """Admission and lifecycle of ``/ws/{canvas_id}`` sockets for both transports, and the portable ASGI
+    app for them (mounted by the composition root; ``canvashub serve`` uses server/wsnative.py instead).
 
     Checks, in order and before any document is loaded: pacing per address, canvas id (400), Origin
     (403), token (401) and its canvas and role (403), shutdown (503), connections per IP (403).
@@ -338,28 +410,25 @@ class WebSocketEndpoint:
         self.settings = settings
         self.metrics = metrics
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        canvas_id = scope["path_params"]["canvas_id"]
-        first = await receive()
-        if first["type"] != "websocket.connect":
-            return
-        ip = client_ip(scope)
+    # -- shared by both transports ----------------------------------------------------------
+    async def admit(self, upgrade: Upgrade) -> Admitted:
+        """Every check an upgrade passes before any document is loaded; raises the refusal (a
+        ``ServerError`` the caller answers with ``reject``). On success one of the address's connection
+        slots is held: the caller gives it back with ``release_ip``."""
+        canvas_id, ip = upgrade.canvas_id, upgrade.ip
         # Every upgrade from one address takes its turn first, valid or not: a flood of short-lived
         # sockets is paced to a bounded handshake rate instead of starving established rooms.
         if not await self.upgrades.admit(ip):
             limit_exceeded("upgrade_rate_per_ip", ip=ip, canvas=canvas_id, rate=self.upgrades.rate)
-            await reject(scope, send, Overloaded("too many new connections from this address, retry later"))
-            return
+            raise Overloaded("too many new connections from this address, retry later")
         if not is_valid_canvas_id(canvas_id):
-            await reject(scope, send, InvalidRequest(f"canvas id must be {CANVAS_ID_RULE}"))
-            return
-        origin = header(scope, b"origin")
-        if not self.origins.allows(origin, header(scope, b"host")):
+            raise InvalidRequest(f"canvas id must be {CANVAS_ID_RULE}")
+        origin = upgrade.origin
+        if not self.origins.allows(origin, upgrade.host):
             limit_exceeded("origin", ip=ip, canvas=canvas_id, origin=origin[:200] if origin else None)
-            await reject(scope, send, Forbidden("this Origin may not open WebSockets here"))
-            return
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
-        token, subprotocol = websocket_token(query, scope.get("subprotocols") or ())
+            raise Forbidden("this Origin may not open WebSockets here")
+        query = parse_qsl(upgrade.query_string.decode("latin-1"))
+        token, subprotocol = websocket_token(query, upgrade.subprotocols)
         try:
             principal = self.auth.authenticate(token)
             self.auth.authorize(principal, canvas_id, "read")
@@ -373,44 +442,109 @@ class WebSocketEndpoint:
                 status=answer(exc).status,
                 reason=exc.message,
             )
-            await reject(scope, send, exc)
-            return
+            raise
         if self.canvases.shutting_down:
-            await reject(scope, send, ShuttingDown("server is shutting down"))
-            return
+            raise ShuttingDown("server is shutting down")
         if not self.ip_connections.acquire(ip):
             limit = self.ip_connections.limit
             limit_exceeded("connections_per_ip", ip=ip, canvas=canvas_id, maximum=limit)
-            await reject(scope, send, Forbidden(f"too many connections from this address (limit {limit})"))
-            return
-        try:
-            await self._serve(scope, receive, send, canvas_id, principal, subprotocol, ip, query)
-        finally:
-            self.ip_connections.release(ip)
+            raise Forbidden(f"too many connections from this address (limit {limit})")
+        return Admitted(canvas_id, ip, principal, subprotocol, wants_events(query))
 
-    async def _serve(
-        self,
-        scope: dict[str, Any],
-        receive: Receive,
-        send: Send,
-        canvas_id: str,
-        principal: Principal,
-        subprotocol: str | None,
-        ip: str,
-        query: list[tuple[str, str]],
-    ) -> None:
-        canvases, settings, metrics = self.canvases, self.settings, self.metrics
+    def release_ip(self, admitted: Admitted) -> None:
+        self.ip_connections.release(admitted.ip)
+
+    async def enter(self, admitted: Admitted) -> Room:
+        """The admitted socket's room (loaded if needed); ``StoreUnavailable`` to refuse with."""
         try:
-            room = await self.rooms.acquire(canvas_id)
+            return await self.rooms.acquire(admitted.canvas_id)
         except StoreUnavailable as exc:
-            log(logging.DEBUG, "ws_load_failed", canvas=canvas_id, error=str(exc))  # see canvas_load_failed
-            await reject(scope, send, StoreUnavailable("canvas storage is unavailable, retry later"))
-            return
-        now = time.monotonic()
-        rates = (
+            log(logging.DEBUG, "ws_load_failed", canvas=admitted.canvas_id, error=str(exc))  # see canvas_load_failed
+            raise StoreUnavailable("canvas storage is unavailable, retry later") from None
+
+    def rates(self) -> tuple[TokenBucket, TokenBucket]:
+        """A new socket's (frames, bytes) rate buckets."""
+        settings, now = self.settings, time.monotonic()
+        return (
             TokenBucket(settings.rate_messages_per_second, settings.rate_messages_burst, now),
             TokenBucket(settings.rate_bytes_per_second, max(settings.rate_bytes_burst, settings.max_frame_bytes), now),
         )
+
+    def start(self, conn: BaseConnection, room: Room) -> bool:
+        """Right after the upgrade was accepted: join the room (True), or close the socket because the room
+        was deleted meanwhile or is full (False; the close frame is queued)."""
+        settings = self.settings
+        full = settings.max_connections_per_canvas and len(room.connections) >= settings.max_connections_per_canvas
+        if room.deleted or full:  # deleted while we were accepting, or no room for one more
+            if full:
+                limit_exceeded(
+                    "connections_per_canvas",
+                    ip=conn.ip,
+                    canvas=conn.canvas_id,
+                    maximum=settings.max_connections_per_canvas,
+                )
+                conn.close(CloseCode.TRY_AGAIN_LATER, "canvas is full, retry later", flush=False)
+            else:
+                conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
+            return False
+        principal = conn.principal
+        room.join(conn)
+        room.document.set_identity(conn, principal.identity)
+        if conn.events:
+            conn.send_event(principal.describe())
+            for event in self.canvases.snapshot_events(conn.canvas_id):
+                conn.send_event(event)
+            room.report_storage(conn)  # what is durable: sync step 1's state vector does not say
+        if principal.expires_at is not None:
+            conn.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, principal.expires_at - time.time()), conn.expire
+            )
+        log(logging.DEBUG, "ws_open", canvas=conn.canvas_id, conn=conn.id, user=principal.user_id, role=principal.role)
+        self.metrics.connections_opened += 1
+        return True
+
+    def finish(self, conn: BaseConnection) -> None:
+        """The socket is gone: leave the room, give back its hold on the room and its timers."""
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
+        room = conn.room
+        room.leave(conn)
+        self.rooms.release(room)
+        if conn.requests is not None:
+            conn.requests.cancel()
+        log(logging.DEBUG, "ws_closed", canvas=conn.canvas_id, conn=conn.id, code=conn.close_code)
+
+    # -- the ASGI transport ---------------------------------------------------------------------
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        upgrade = Upgrade(
+            scope["path_params"]["canvas_id"],
+            client_ip(scope),
+            header(scope, b"origin"),
+            header(scope, b"host"),
+            scope.get("query_string", b""),
+            scope.get("subprotocols") or (),
+        )
+        try:
+            admitted = await self.admit(upgrade)
+        except ServerError as exc:
+            await reject(scope, send, exc)
+            return
+        try:
+            await self._serve(scope, receive, send, admitted)
+        finally:
+            self.release_ip(admitted)
+
+    async def _serve(self, scope: dict[str, Any], receive: Receive, send: Send, admitted: Admitted) -> None:
+        settings, metrics = self.settings, self.metrics
+        try:
+            room = await self.enter(admitted)
+        except StoreUnavailable as exc:
+            await reject(scope, send, exc)
+            return
         conn = Connection(
             room,
             send,
@@ -418,51 +552,24 @@ class WebSocketEndpoint:
             max_bytes=settings.send_queue_bytes,
             stall_seconds=settings.send_stall_seconds,
             metrics=metrics,
-            principal=principal,
-            ip=ip,
-            rates=rates,
-            events=wants_events(query),
+            principal=admitted.principal,
+            ip=admitted.ip,
+            rates=self.rates(),
+            events=admitted.events,
             announce=settings.viewer_awareness,
             jobs=self.jobs,
         )
         loop = asyncio.get_running_loop()
         try:
             accept: dict[str, Any] = {"type": "websocket.accept"}
-            if subprotocol is not None:
-                accept["subprotocol"] = subprotocol
+            if admitted.subprotocol is not None:
+                accept["subprotocol"] = admitted.subprotocol
             await send(accept)
-            full = settings.max_connections_per_canvas and len(room.connections) >= settings.max_connections_per_canvas
-            if room.deleted or full:  # deleted while we were accepting, or no room for one more
-                if full:
-                    limit_exceeded(
-                        "connections_per_canvas", ip=ip, canvas=canvas_id, maximum=settings.max_connections_per_canvas
-                    )
-                    conn.close(CloseCode.TRY_AGAIN_LATER, "canvas is full, retry later", flush=False)
-                else:
-                    conn.close(CloseCode.CANVAS_DELETED, "canvas deleted", flush=False)
-                conn.writer = loop.create_task(conn.run_writer())  # sends just the close frame
-                await read_loop(conn, receive, settings.max_frame_bytes, metrics)
-                return
-            room.join(conn)
-            room.document.set_identity(conn, principal.identity)
-            if conn.events:
-                conn.send_event(principal.describe())
-                for event in canvases.snapshot_events(canvas_id):
-                    conn.send_event(event)
-                room.report_storage(conn)  # what is durable: sync step 1's state vector does not say
-            if principal.expires_at is not None:
-                conn.expiry = loop.call_later(max(0.0, principal.expires_at - time.time()), conn.expire)
+            self.start(conn, room)  # if it did not join, the writer sends just the close frame
             conn.writer = loop.create_task(conn.run_writer())
-            log(logging.DEBUG, "ws_open", canvas=canvas_id, conn=conn.id, user=principal.user_id, role=principal.role)
-            metrics.connections_opened += 1
             await read_loop(conn, receive, settings.max_frame_bytes, metrics)
         finally:
-            if conn.expiry is not None:
-                conn.expiry.cancel()
-            room.leave(conn)
-            self.rooms.release(room)
-            if conn.requests is not None:
-                conn.requests.cancel()
+            self.finish(conn)
             writer = conn.writer
             if writer is not None and not writer.done():
                 if conn.closing:
@@ -472,15 +579,10 @@ class WebSocketEndpoint:
                         writer.cancel()
                 else:
                     writer.cancel()
-            log(logging.DEBUG, "ws_closed", canvas=canvas_id, conn=conn.id, code=conn.close_code)
 
 
 async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, metrics: Metrics) -> None:
     """Feed the room until the client disconnects; a bad frame closes only ``conn``."""
-    clock = time.perf_counter
-    monotonic = time.monotonic
-    room = conn.room
-    messages, volume = conn.message_bucket, conn.byte_bucket
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
@@ -488,43 +590,55 @@ async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, me
         if conn.closing:
             continue  # drain until uvicorn reports the end of the closing handshake
         data = message.get("bytes")
-        if messages is not None and volume is not None:
-            now = monotonic()
-            size = len(data) if data is not None else len(message.get("text") or "")
-            limit = None
-            if not messages.take(1, now):
-                limit = "messages_per_second"
-            elif not volume.take(size, now):
-                limit = "bytes_per_second"
-            if limit is not None:
-                limit_exceeded(limit, ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
-                refuse(conn, CloseCode.POLICY_VIOLATION, f"rate limit exceeded ({limit.replace('_', ' ')})")
-                continue
-        if data is None:
-            refuse(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported")
-        elif len(data) > max_frame_bytes:
-            refuse(conn, CloseCode.MESSAGE_TOO_BIG, f"frame exceeds {max_frame_bytes} bytes")
+        size = len(data) if data is not None else len(message.get("text") or "")
+        receive_message(conn, data, size, max_frame_bytes, metrics)
+
+
+def receive_message(
+    conn: BaseConnection, data: bytes | None, size: int, max_frame_bytes: int, metrics: Metrics
+) -> None:
+    """One whole message from the client (``data`` None: a text message of ``size`` bytes), for both
+    transports: rate limits (1008), text (1003), the frame cap (1009), then the room. A bad frame closes
+    only ``conn``."""
+    messages, volume = conn.message_bucket, conn.byte_bucket
+    if messages is not None and volume is not None:
+        now = time.monotonic()
+        limit = None
+        if not messages.take(1, now):
+            limit = "messages_per_second"
+        elif not volume.take(size, now):
+            limit = "bytes_per_second"
+        if limit is not None:
+            limit_exceeded(limit, ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
+            refuse(conn, CloseCode.POLICY_VIOLATION, f"rate limit exceeded ({limit.replace('_', ' ')})")
+            return
+    if data is None:
+        refuse(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported")
+        return
+    if size > max_frame_bytes:
+        refuse(conn, CloseCode.MESSAGE_TOO_BIG, f"frame exceeds {max_frame_bytes} bytes")
+        return
+    started = perf_counter()
+    try:
+        parsed = parse_frame(data)
+        if type(parsed) is EventRequest and conn.requests is not None:
+            conn.requests.receive(parsed.payload, size)
         else:
-            started = clock()
-            try:
-                parsed = parse_frame(data)
-                if type(parsed) is EventRequest and conn.requests is not None:
-                    conn.requests.receive(parsed.payload, len(data))
-                else:
-                    room.receive(conn, parsed, len(data))
-            except ServerError as exc:  # a write refused by policy (backlog full, canvas too large)
-                if isinstance(exc, CanvasTooLarge):
-                    limit_exceeded("canvas_size", ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
-                conn.save.failed(exc.message)  # the client keeps the change (and resends it on reconnect)
-                refuse(conn, answer(exc).close_code, exc.message, flush=True)
-            except ProtocolError as exc:
-                refuse(conn, answer(exc).close_code, exc.reason)
-            metrics.frames_received += 1
-            metrics.bytes_received += len(data)
-            metrics.frame_handled(clock() - started)
+            conn.room.receive(conn, parsed, size)
+    except ServerError as exc:  # a write refused by policy (backlog full, canvas too large)
+        if isinstance(exc, CanvasTooLarge):
+            limit_exceeded("canvas_size", ip=conn.ip, canvas=conn.canvas_id, conn=conn.id)
+        conn.save.failed(exc.message)  # the client keeps the change (and resends it on reconnect)
+        refuse(conn, answer(exc).close_code, exc.message, flush=True)
+    except ProtocolError as exc:
+        refuse(conn, answer(exc).close_code, exc.reason)
+    elapsed = perf_counter() - started
+    metrics.frames_received += 1
+    metrics.bytes_received += size
+    metrics.frame_handled(elapsed)
 
 
-def refuse(conn: Connection, code: int, reason: str, *, flush: bool = False) -> None:
+def refuse(conn: BaseConnection, code: int, reason: str, *, flush: bool = False) -> None:
     """The one place a protocol error becomes a close: leave the room, then close this socket only."""
     offences.record(
         logging.WARNING,
@@ -545,16 +659,21 @@ def wants_events(query: list[tuple[str, str]]) -> bool:
     return any(value in ("1", "true") for key, value in query if key == "events")
 
 
+def rejection(error: ServerError) -> tuple[int, bytes]:
+    """The HTTP status and JSON body refusing an upgrade with ``error`` (the error table's row)."""
+    row = answer(error)
+    return row.status, orjson.dumps({"error": error_body(error, row)})
+
+
 async def reject(scope: dict[str, Any], send: Send, error: ServerError) -> None:
     """Refuse an upgrade with the error table's HTTP status and JSON error (or a 1008 close if the ASGI
     server cannot answer an upgrade with a response)."""
-    row = answer(error)
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = orjson.dumps({"error": error_body(error, row)})
+        status, body = rejection(error)
         await send(
             {
                 "type": "websocket.http.response.start",
-                "status": row.status,
+                "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
             }
         )

@@ -28,6 +28,7 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # what is left open when the server stops after its drain
     TRY_AGAIN_LATER = 1013
     UNAUTHORIZED = 4401  # the access token expired while connected
     CANVAS_DELETED = 4404

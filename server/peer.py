@@ -20,7 +20,7 @@ class Peer(Protocol):
     events: bool  # it opted into canvashub event frames
     idle: bool  # nothing was sent to it since the last keepalive tick
     save: SaveStatus  # its changes' save status
-    writer: asyncio.Task[None] | None  # sends what is queued; done once the close frame is out
+    writer: asyncio.Future[None] | None  # done once the close frame is out (or the socket is gone)
 
     def __hash__(self) -> int: ...
 

@@ -266,6 +266,13 @@ class Settings:
     per_message_deflate: bool = _opt(
         False, "CANVASHUB_PER_MESSAGE_DEFLATE", "negotiate permessage-deflate (costs CPU, see docs/benchmarks.md)"
     )
+    ws_transport: str = _opt(
+        "native",
+        "CANVASHUB_WS_TRANSPORT",
+        "canvashub serve's WebSocket transport for /ws: native (its own, lean) or asgi (the portable ASGI "
+        "endpoint under uvicorn's websockets-sansio); asgi is used whenever per-message-deflate is on",
+        choices=("native", "asgi"),
+    )
     shutdown_timeout: float = _opt(
         10.0, "CANVASHUB_SHUTDOWN_TIMEOUT", "seconds to flush clients and pending writes on shutdown", low=0
     )

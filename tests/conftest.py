@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
+from . import support
 from .proxy import TcpProxy
 from .support import (
     PG_DSN,
@@ -17,6 +18,17 @@ from .support import (
     start_server,
     with_search_path,
 )
+
+
+@pytest.fixture(params=["native", "asgi"])
+def each_transport(request) -> Iterator[str]:
+    """The test's servers use canvashub's own /ws transport, then the portable ASGI endpoint (both
+    under ``canvashub serve``'s uvicorn; ``CANVASHUB_WS_TRANSPORT`` for child processes)."""
+    support.TRANSPORT = request.param
+    try:
+        yield request.param
+    finally:
+        support.TRANSPORT = None
 
 
 @pytest.fixture

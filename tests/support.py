@@ -19,6 +19,10 @@ from canvashub.server.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The /ws transport the servers started by a test use (``ws_transport``: native or asgi); None: the
+# default (native). The ``each_transport`` fixture runs a test once with each.
+TRANSPORT: str | None = None
+
 
 def skip_or_fail(reason: str) -> None:
     """A missing service skips on a developer machine and fails in CI."""
@@ -80,6 +84,8 @@ async def start_server(pubsub: Any = None, extensions: Any = (), **overrides: An
     owned_dir = None
     if "data_dir" not in overrides and not overrides.get("database_url"):
         owned_dir = overrides["data_dir"] = tempfile.mkdtemp(prefix="canvashub-test-")
+    if TRANSPORT is not None:
+        overrides.setdefault("ws_transport", TRANSPORT)
     settings = dataclasses.replace(Settings(), host="127.0.0.1", port=0, **overrides)
     app = create_app(settings, pubsub, extensions)
     server = DrainingServer(uvicorn_config(app, settings), app)
@@ -147,7 +153,11 @@ async def start_process_server(
             "--port",
             str(port),
             *args,
-            env={**os.environ, **(env or {})},
+            env={
+                **os.environ,
+                **({"CANVASHUB_WS_TRANSPORT": TRANSPORT} if TRANSPORT is not None else {}),
+                **(env or {}),
+            },
             stdout=log_file,
             stderr=log_file,
         )

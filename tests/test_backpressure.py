@@ -136,6 +136,7 @@ async def test_write_progress_restarts_the_stall_period():
     await client.finish()
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_fast_reader_with_thousands_of_frames_in_flight_stays(process_server_factory):
     """A follower reading normally gets all of 10,000 updates sent back to back, and is never closed (1013)."""
     server = await process_server_factory(UNLIMITED)
@@ -162,6 +163,7 @@ async def test_fast_reader_with_thousands_of_frames_in_flight_stays(process_serv
     await writer.close(), await follower.close()
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_client_that_stops_reading_is_cut_off_after_the_stall_period(process_server_factory, tmp_path):
     """A client that never reads is dropped about send_stall_seconds after its writes stop progressing, with
     its queue small and released; the room goes on."""
@@ -219,6 +221,7 @@ async def test_client_that_stops_reading_is_cut_off_after_the_stall_period(proce
     await sender.close(), await reader.close()
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_client_over_the_byte_cap_is_disconnected_at_once(process_server_factory, tmp_path):
     """A client that stops reading is dropped (1013) the moment its queue passes send_queue_bytes, long before
     the stall period, while 40 MB flows through its room; RSS stays flat."""

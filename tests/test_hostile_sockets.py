@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
 import websockets
 from pycrdt import Doc, Map
 
@@ -14,6 +15,9 @@ from .frames import mutate, random_frame, valid_frames
 from .support import wait_until
 
 ALLOWED_CLOSE_CODES = {1002, 1003, 1007, 1008, 1009}
+
+
+pytestmark = pytest.mark.usefixtures("each_transport")  # both /ws transports
 
 
 class LoopLagMonitor:

@@ -114,6 +114,7 @@ async def assert_server_matches(server: LiveServer, canvas: str, state: dict[str
 # -- tests -------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_concurrent_offline_edits_converge(live_server, js):
     """Edits made while one client is offline (same and different fields, same text position) converge everywhere."""
     canvas = "interop-converge"
@@ -301,6 +302,7 @@ async def test_awareness_reaches_peer_and_goes_away(live_server, js, how):
     )
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_one_megabyte_text_insert_arrives_intact(server_factory, js):
     """A 1 MB text insert (one update frame, under max_frame_bytes) reaches the other client byte for byte."""
     live = await server_factory(max_frame_bytes=2_000_000)
@@ -328,6 +330,7 @@ async def test_one_megabyte_text_insert_arrives_intact(server_factory, js):
 KEEPALIVE_SECONDS = 1.0
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_idle_client_receives_keepalives(server_factory, js):
     """An idle stock client keeps receiving frames, so its 30 s "no message received" watchdog never fires."""
     live = await server_factory(keepalive_seconds=KEEPALIVE_SECONDS)
@@ -401,6 +404,7 @@ async def test_departed_peers_do_not_use_up_a_clients_awareness_ids(server_facto
     assert not [e for e in a.events if e["event"] == "closed"], a.events
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_client_dropped_by_server_regains_its_presence(live_server, js):
     """After the server drops a client (e.g. send queue full, 1013) and it reconnects, peers see its new presence."""
     canvas = "interop-aw-rejoin"

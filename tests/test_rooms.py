@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import websockets
 from pycrdt import Doc, Map
 
@@ -71,6 +72,7 @@ async def test_rejoin_during_grace_reuses_room(server_factory):
     await again.close()
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_graceful_shutdown_flushes_then_closes_1001(server_factory):
     """On shutdown every queued frame is delivered before the close frame, which is 1001."""
     live = await server_factory()

@@ -51,6 +51,7 @@ def awareness_frame(client_id: int, clock: int, state: dict) -> bytes:
 # -- tokens and modes -------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_upgrade_needs_a_valid_token_for_this_canvas(server_factory):
     """No token or a bad one: 401; a token for canvas A on canvas B: 403; both before any document loads.
     Tokens work from ?token= and from Sec-WebSocket-Protocol (``canvashub`` is selected when offered)."""
@@ -97,6 +98,7 @@ async def test_stock_client_sends_token_both_ways_and_stops_at_expiry(server_fac
             await client.close()
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_expiry_while_connected_closes_4401(server_factory):
     """A connected socket is closed with 4401 when its token expires, not long before or after."""
     server = await server_factory(**AUTH)
@@ -237,6 +239,7 @@ def test_token_claims_are_checked():
 # -- roles ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_viewer_updates_are_dropped_never_stored_and_told_once(server_factory):
     """A viewer sends 1,000 updates and a sync step 2: the document's state vector is unchanged, nothing
     is stored or relayed, and the viewer is told once (auth "permission denied" + a ``denied`` event)."""
@@ -440,6 +443,7 @@ async def test_awareness_for_a_foreign_client_id_is_rejected_and_identity_comes_
 # -- limits ------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_message_and_byte_rates_close_1008(server_factory):
     """A socket over its message rate or its byte rate is closed 1008, after answering at most about a burst."""
     server = await server_factory(rate_messages_per_second=10, rate_messages_burst=20)
@@ -465,6 +469,7 @@ async def test_message_and_byte_rates_close_1008(server_factory):
     assert await client.wait_closed(5) == 1008
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_oversize_frame_closes_1009_with_auth_on(server_factory):
     """A frame over max_frame_bytes closes an authenticated socket with 1009."""
     server = await server_factory(**AUTH, max_frame_bytes=64 * 1024)
@@ -473,6 +478,7 @@ async def test_oversize_frame_closes_1009_with_auth_on(server_factory):
     assert await client.wait_closed(5) == 1009
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_connection_limits_per_ip_and_per_canvas(server_factory):
     """Past the per-address limit upgrades are refused 403 until a socket closes; a full canvas closes newcomers 1013.
     Other canvases still accept sockets while one is full."""
@@ -527,6 +533,7 @@ async def test_document_size_cap_refuses_growth_4413_and_413(server_factory):
     assert total <= cap + 100 and len(stored.updates) < sent
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_bad_origin_is_refused_403_at_upgrade(server_factory):
     """An upgrade from an Origin not allowed is refused 403; allowed, same-host and absent Origins are accepted.
     With allowed_origins "*" any Origin is accepted."""
@@ -579,6 +586,7 @@ async def test_cors_is_explicit_and_json_bodies_are_bounded(server_factory):
         assert "access-control-allow-origin" not in response.headers
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_tokens_never_appear_in_logs(process_server_factory, tmp_path):
     """A server at debug level sees tokens in queries, subprotocols and headers, valid, expired and
     forged; its whole log is captured and no token string appears in it."""

@@ -28,6 +28,7 @@ async def test_server_sends_step1_on_connect(live_server):
     await ws.close()
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_update_relayed_and_exported(live_server):
     """An update from one client reaches the other and shows in the JSON export."""
     a = await live_server.connect("c2")
@@ -42,6 +43,7 @@ async def test_update_relayed_and_exported(live_server):
     await a.close(), await b.close()
 
 
+@pytest.mark.usefixtures("each_transport")
 async def test_invalid_canvas_id_rejected_at_upgrade(live_server):
     """A canvas id with forbidden characters is refused with HTTP 400 before the upgrade."""
     with pytest.raises(websockets.InvalidStatus) as info:
