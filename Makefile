@@ -34,8 +34,13 @@ $(TYPECHECK):
 	mkdir -p $@
 	ln -sfn ../../server $@/server; ln -sfn ../../crdt $@/crdt; ln -sfn ../../storage $@/storage
 
+# canvashub.client lives in server/client/ (pyproject package-dir); its own link, so that a
+# checkout whose .typecheck/ predates it gets it too.
+$(TYPECHECK)/client: | $(TYPECHECK)
+	ln -sfn ../../server/client $@
+
 ## Lint, formatting, layer contracts and types: zero findings (part of `make test`).
-check: $(INSTALLED) $(TYPECHECK)
+check: $(INSTALLED) $(TYPECHECK) $(TYPECHECK)/client
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache

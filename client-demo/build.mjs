@@ -2,7 +2,9 @@
 //
 //   npm run build   -> dist/editor.js (the editor, /c/{id}), dist/home.js (the canvas list, /),
 //                      dist/sw.js (service worker), all minified IIFEs without sourcemaps,
-//                      plus the static files (index.html, canvas.html, style.css) and
+//                      plus the static files (index.html, canvas.html, style.css), the API
+//                      reference page (api-docs.html, served at /docs, with swagger-ui-dist's
+//                      prebuilt renderer copied to dist/vendor/: it works offline) and
 //                      THIRD_PARTY_LICENSES.txt.
 //   npm run watch   -> same, rebuilding on change.
 //
@@ -17,11 +19,15 @@ import { fileURLToPath } from 'node:url'
 const root = dirname(fileURLToPath(import.meta.url))
 const srcDir = join(root, 'src')
 const distDir = join(root, 'dist')
-const STATIC_FILES = ['index.html', 'canvas.html', 'style.css']
+const STATIC_FILES = ['index.html', 'canvas.html', 'style.css', 'api-docs.html', 'api-docs.js']
+// Prebuilt files of npm packages, copied as they are (the API page's renderer).
+const VENDOR_FILES = [['swagger-ui-dist', 'swagger-ui-bundle.js'], ['swagger-ui-dist', 'swagger-ui.css']]
 const watch = process.argv.includes('--watch')
 
 const copyStatic = () => {
   for (const name of STATIC_FILES) copyFileSync(join(srcDir, name), join(distDir, name))
+  mkdirSync(join(distDir, 'vendor'), { recursive: true })
+  for (const [pkg, name] of VENDOR_FILES) copyFileSync(join(root, 'node_modules', pkg, name), join(distDir, 'vendor', name))
 }
 
 // Names the service worker's cache after the sources, so a new build replaces the cached shell.
@@ -35,7 +41,7 @@ const buildId = () => {
 // The minified bundles drop licence comments, so ship the licences of every
 // npm package that ended up in them.
 const writeLicenses = (metafile) => {
-  const pkgs = new Set()
+  const pkgs = new Set(VENDOR_FILES.map(([pkg]) => pkg))
   for (const output of Object.values(metafile.outputs)) {
     for (const input of Object.keys(output.inputs)) {
       const m = input.match(/node_modules\/((?:@[^/]+\/)?[^/]+)\//)
@@ -50,7 +56,7 @@ const writeLicenses = (metafile) => {
     return `${name}@${version} (${license})\n\n${text}\n`
   })
   writeFileSync(join(distDir, 'THIRD_PARTY_LICENSES.txt'),
-    'Third-party packages bundled into editor.js and home.js\n\n' + sections.join('\n' + '-'.repeat(72) + '\n\n'))
+    'Third-party packages bundled into editor.js and home.js, or copied to vendor/\n\n' + sections.join('\n' + '-'.repeat(72) + '\n\n'))
 }
 
 const report = () => {

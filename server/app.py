@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -24,7 +25,7 @@ from canvashub.storage.base import Store
 from canvashub.storage.postgres import PostgresStore
 from canvashub.storage.sqlite import SQLiteStore
 
-from . import logs
+from . import logs, openapi
 from .auth import Authenticator
 from .cluster import Cluster
 from .compaction import Compactor
@@ -36,12 +37,14 @@ from .hub import Hub
 from .jobs import JobService
 from .limits import ConnectionCounter, OriginPolicy, UpgradePacer, offences
 from .metrics import Metrics
+from .openapi import ApiDocs
 from .persistence import Persister
 from .pubsub import MemoryPubSub, PubSub, RedisPubSub
 from .replayer import Replayer
 from .rooms import Room
-from .settings import Settings
+from .settings import Settings, parse_webhook_endpoints
 from .startup import open_store
+from .webhooks import WebhookService
 
 
 def make_store(settings: Settings) -> tuple[Store, str]:
@@ -134,6 +137,19 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     persister.on_committed = cluster.committed
     persister.on_durable = hub.stored
     persister.on_retrying = lambda canvas_id: hub.stored(canvas_id, None)
+    webhooks = WebhookService(
+        store,
+        parse_webhook_endpoints(settings.webhooks),  # checked by Settings already
+        metrics,
+        max_attempts=settings.webhook_max_attempts,
+        timeout=settings.webhook_timeout,
+        retry_base=settings.webhook_retry_base,
+        retry_max=settings.webhook_retry_max,
+        concurrency=settings.webhook_concurrency,
+        poll_interval=settings.webhook_poll_interval,
+        retention=settings.webhook_retention,
+        store_timeout=settings.store_timeout,
+    )
     generators = build_generators(
         settings.pattern_step_delay, settings.generator_http_url or None, settings.generator_http_timeout
     )
@@ -149,9 +165,10 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         retry_base=settings.job_retry_base,
         retry_max=settings.job_retry_max,
         store_timeout=settings.store_timeout,
+        webhooks=webhooks,
     )
     hub.job_events = jobs.watcher
-    api = HttpApi(hub, store, jobs, replayer, auth, origins, settings)
+    api = HttpApi(hub, store, jobs, replayer, auth, origins, settings, webhooks)
     operations = OperationsApi(hub, persister, health, cluster, metrics, backend)
     sockets = WebSocketEndpoint(
         hub,
@@ -177,6 +194,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         persister.start()
         compactor.start()
         cluster.start()
+        webhooks.start()  # delivers what earlier runs (or other processes) left in the outbox
         jobs.start()
         hub.start()
         background.append(asyncio.get_running_loop().create_task(offences.summarise_forever()))
@@ -189,6 +207,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
         finally:
             await hub.drain()  # sockets flushed and closed with 1001 (idempotent: the server may have drained)
             await jobs.stop()  # a job cut short keeps its lease; it is reclaimed once that expires
+            await webhooks.stop()  # an attempt cut short keeps its lease; it is retried once that expires
             flushed = await persister.flush(settings.shutdown_timeout)
             await persister.stop()
             await compactor.stop()
@@ -202,26 +221,23 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
             offences.flush()
             logs.log(logging.INFO, "hub_closed", backlog_flushed=flushed)
 
-    api_routes = [
-        route("/canvases", GET=api.list_canvases),
-        route("/canvases/{canvas_id}", GET=api.get_canvas, DELETE=api.delete_canvas),
-        route("/canvases/{canvas_id}/updates", POST=api.post_update),
-        route("/canvases/{canvas_id}/elements/{element_id}", PATCH=api.patch_element),
-        route("/canvases/{canvas_id}/versions", GET=api.list_versions),
-        route("/canvases/{canvas_id}/versions/{number:int}", GET=api.get_version),
-        route("/canvases/{canvas_id}/versions/{number:int}/restore", POST=api.restore_version),
-        route("/canvases/{canvas_id}/generations", GET=api.list_generations, POST=api.create_generation),
-        route("/generations/{job_id}", GET=api.get_generation),
-        route("/generations/{job_id}/cancel", POST=api.cancel_generation),
-    ]
+    # The router is built from the same table /openapi.json is rendered from (server/openapi.py).
+    api_docs = ApiDocs(openapi.document(version("canvashub")), settings.demo_dir)
+    owners = {"api": api, "assets": api, "operations": operations, "docs": api_docs}
+
+    def routes_of(*names: str) -> list[Route]:
+        return [
+            route(path, **methods)
+            for name in names
+            for path, methods in openapi.handlers_by_path(name, owners[name]).items()
+        ]
+
     routes = [
-        route("/healthz", GET=operations.healthz),
-        route("/readyz", GET=operations.readyz),
-        route("/metrics", GET=operations.metrics),
+        *routes_of("operations", "docs"),
         # Its own router: under /api, no match is a JSON 404 and a wrong method a JSON 405 listing the
         # path's methods, never a fall through to the demo's static files below.
-        Mount("/api", routes=api_routes),
-        route("/assets/{asset_id}", GET=api.get_asset),
+        Mount("/api", routes=routes_of("api")),
+        *routes_of("assets"),
         WebSocketRoute("/ws/{canvas_id}", sockets),
     ]
     editor_page = Path(settings.demo_dir, "canvas.html")
@@ -254,6 +270,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None) -> Starlette:
     )
     app.state.hub = hub
     app.state.jobs = jobs
+    app.state.webhooks = webhooks
     app.state.settings = settings
     return app
 

@@ -6,7 +6,8 @@ RS256/ES256 by a private key whose public half is configured. Claims:
 - ``sub``: user id; ``name``: display name (optional; defaults to ``sub``)
 - ``canvas``: the canvas id it grants, or a pattern where ``*`` matches any run
   of characters (``team-*``, ``*``)
-- ``role``: ``viewer``, ``editor`` or ``owner``
+- ``role``: ``viewer``, ``editor``, ``owner`` or ``admin`` (an owner who may also use the
+  operator endpoints, e.g. ``GET /api/webhooks/deliveries``; needs ``canvas: "*"``)
 - ``exp``: expiry (required)
 
 With neither a secret nor a public key configured the server is in open
@@ -26,9 +27,9 @@ import jwt
 
 from .errors import Forbidden, Unauthorized
 
-ROLES = ("viewer", "editor", "owner")
+ROLES = ("viewer", "editor", "owner", "admin")
 RANK = {role: i for i, role in enumerate(ROLES)}
-ACTIONS = ("read", "edit", "delete", "restore", "generate")
+ACTIONS = ("read", "edit", "delete", "restore", "generate", "admin")
 MIN_SECRET_BYTES = 32
 CANVAS_CLAIM = re.compile(r"[A-Za-z0-9_*-]{1,64}")
 TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -66,7 +67,7 @@ class Principal:
             "type": "access",
             "role": self.role,
             "user": self.identity,
-            "can": {action: self.can(action) for action in ACTIONS if action != "read"},
+            "can": {action: self.can(action) for action in ACTIONS if action not in ("read", "admin")},
         }
 
 
@@ -116,7 +117,14 @@ class Authenticator:
                 self.public_algorithms = ["ES256"]
             else:
                 raise ValueError("CANVASHUB_AUTH_PUBLIC_KEY must be an RSA or EC (P-256) public key")
-        roles = {"read": "viewer", "edit": "editor", "delete": "owner", "restore": "owner", "generate": "owner"}
+        roles = {
+            "read": "viewer",
+            "edit": "editor",
+            "delete": "owner",
+            "restore": "owner",
+            "generate": "owner",
+            "admin": "admin",
+        }
         for action, role in (action_roles or {}).items():
             if role not in RANK:
                 raise ValueError(f"role for {action!r} must be one of {', '.join(ROLES)}, got {role!r}")

@@ -122,6 +122,10 @@ class StorageTimeout(ServerError):
     """A storage call did not answer in time."""
 
 
+class ExtensionUnavailable(ServerError):
+    """An extension's hook that must answer (``authenticate``) failed or did not answer in time."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """How one kind of error is answered."""
@@ -150,6 +154,7 @@ TABLE: dict[type[BaseException], Answer] = {
     StoreUnavailable: Answer(503, "unavailable", CloseCode.TRY_AGAIN_LATER, retry_after=True),
     ShuttingDown: Answer(503, "unavailable", CloseCode.GOING_AWAY, retry_after=True),
     StorageTimeout: Answer(504, "timeout", CloseCode.TRY_AGAIN_LATER),
+    ExtensionUnavailable: Answer(503, "unavailable", CloseCode.TRY_AGAIN_LATER, retry_after=True),
     asyncio.TimeoutError: Answer(504, "timeout", CloseCode.TRY_AGAIN_LATER),
     # A frame or payload the protocol refuses: 400 over HTTP; on a socket, the error's own close code.
     ProtocolError: Answer(400, "invalid", CloseCode.PROTOCOL_ERROR),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -24,7 +24,7 @@ from starlette.routing import Route
 from canvashub.crdt.edits import check_element_id, check_fields, patch_element, restore_to
 from canvashub.crdt.errors import ProtocolError
 from canvashub.crdt.room import Effects, RoomDocument
-from canvashub.storage.base import LoadedCanvas, Store
+from canvashub.storage.base import WEBHOOK_DELIVERY_STATUSES, LoadedCanvas, Store, WebhookDelivery, WebhookEvent
 
 from .auth import Authenticator, bearer_token
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
@@ -56,7 +56,8 @@ from .metrics import Metrics
 from .persistence import Persister
 from .replayer import Replayer
 from .schemas import ELEMENT_PATCH, SchemaViolation, check, contains_nul
-from .settings import Settings
+from .settings import WEBHOOK_NAME, Settings
+from .webhooks import WebhookPublisher, canvas_deleted_data
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
@@ -283,7 +284,7 @@ class Canvases(Protocol):
         self, canvas_id: str, change: Callable[[RoomDocument], Effects], if_match: str | None = None, size: int = 0
     ) -> tuple[str, asyncio.Future[int] | None]: ...
 
-    async def delete_canvas(self, canvas_id: str) -> bool: ...
+    async def delete_canvas(self, canvas_id: str, events: Sequence[WebhookEvent] = ()) -> bool: ...
 
 
 class Readiness(Protocol):
@@ -361,6 +362,7 @@ class HttpApi:
         auth: Authenticator,
         origins: OriginPolicy,
         settings: Settings,
+        webhooks: WebhookPublisher,
     ) -> None:
         self.canvases = canvases
         self.replayer = replayer
@@ -369,6 +371,7 @@ class HttpApi:
         self.auth = auth
         self.origins = origins
         self.settings = settings
+        self.webhooks = webhooks
 
     async def _bounded(self, call: Awaitable[Any]) -> Any:
         """A storage call that gives up (504 ``timeout``) after ``store_timeout``."""
@@ -446,9 +449,35 @@ class HttpApi:
     @handler("delete")
     async def delete_canvas(self, request: Request) -> Response:
         canvas_id = request.path_params["canvas_id"]
-        if not await self.canvases.delete_canvas(canvas_id):
+        principal = request.state.principal
+        # canvas.deleted is written in the delete's own transaction (only if the canvas existed).
+        events = self.webhooks.prepare(
+            "canvas.deleted", canvas_deleted_data(canvas_id, principal.user_id, principal.role)
+        )
+        if not await self.canvases.delete_canvas(canvas_id, events):
             raise NotFound(f"canvas {canvas_id!r} does not exist")
+        if events:
+            self.webhooks.committed()
         return Response(status_code=204)
+
+    # -- webhooks --------------------------------------------------------------------------
+    @handler("admin")
+    async def list_webhook_deliveries(self, request: Request) -> Response:
+        limit, cursor = page_args(request)
+        try:
+            before = None if cursor is None else int(cursor)
+        except ValueError:
+            raise InvalidRequest("cursor must be a delivery id") from None
+        if before is not None and not 0 <= before < 2**63:
+            raise InvalidRequest("cursor must be a delivery id")
+        status = request.query_params.get("status") or None
+        if status is not None and status not in WEBHOOK_DELIVERY_STATUSES:
+            raise InvalidRequest(f"status must be one of {', '.join(WEBHOOK_DELIVERY_STATUSES)}")
+        endpoint = request.query_params.get("endpoint") or None
+        if endpoint is not None and not WEBHOOK_NAME.fullmatch(endpoint):
+            raise InvalidRequest("endpoint must be an endpoint name")
+        rows = await self._bounded(self.store.list_webhook_deliveries(before, limit + 1, status, endpoint))
+        return page_response("deliveries", rows, limit, delivery_json, lambda d: str(d.id))
 
     # -- history ---------------------------------------------------------------------------
     @handler("read")
@@ -581,3 +610,22 @@ class HttpApi:
         if asset is None:
             raise NotFound("no such asset")
         return Response(asset.data, media_type=asset.content_type, headers=headers)
+
+
+def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
+    """One row of ``GET /api/webhooks/deliveries``."""
+    return {
+        "id": delivery.id,
+        "endpoint": delivery.endpoint,
+        "webhook_id": delivery.event_id,
+        "event_type": delivery.event_type,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status == "pending" else None,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "created_at": iso(delivery.created_at),
+        "updated_at": iso(delivery.updated_at),
+        "delivered_at": iso(delivery.delivered_at),
+        "payload": delivery.payload,
+    }

@@ -9,7 +9,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from pycrdt import Doc
@@ -17,7 +17,7 @@ from pycrdt import Doc
 from canvashub.crdt.codec import KEEPALIVE_FRAME
 from canvashub.crdt.replay import stored_parts
 from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
-from canvashub.storage.base import CanvasStore, LoadedCanvas
+from canvashub.storage.base import CanvasStore, LoadedCanvas, WebhookEvent
 
 from .cluster import Cluster
 from .compaction import Compactor, log_skipped
@@ -343,8 +343,9 @@ class Hub:
         finally:
             self.registry.release(room)
 
-    async def delete_canvas(self, canvas_id: str) -> bool:
-        """Disconnect the canvas's clients (close 4404), drop unwritten updates, delete it from the store.
+    async def delete_canvas(self, canvas_id: str, events: Sequence[WebhookEvent] = ()) -> bool:
+        """Disconnect the canvas's clients (close 4404), drop unwritten updates, delete it from the store
+        (with ``events``, webhook outbox rows, in the same transaction).
 
         New loads of the canvas wait until the store delete is done (and a load
         that was already running is discarded), so nothing resurrects it."""
@@ -353,7 +354,7 @@ class Hub:
             timeout = self.settings.store_timeout
             # A batch holding its rows commits first, then the delete removes them.
             await asyncio.wait_for(self.persister.wait_inflight(), timeout)
-            existed = await asyncio.wait_for(self.store.delete_canvas(canvas_id), timeout)
+            existed = await asyncio.wait_for(self.store.delete_canvas(canvas_id, events), timeout)
         finally:
             self.registry.end_delete(canvas_id)
         self.cluster.publish_deleted(canvas_id)

@@ -47,6 +47,7 @@ from .generators.base import GenerationError, GenerationOutput, GenerationReques
 from .isotime import iso
 from .logs import FailureLog, log
 from .schemas import GENERATION_REQUEST, MAX_PARAMS_BYTES, SchemaViolation, check, contains_nul
+from .webhooks import WebhookPublisher, generation_data
 
 PROGRESS_EVENT_INTERVAL = 0.2  # at most 5 progress events per second per job
 CHANGE_MARGIN = 2.0  # seconds the job watcher re-reads behind its cursor
@@ -99,8 +100,11 @@ class Worker:
         retry_base: float,
         retry_max: float,
         worker_id: str | None = None,
+        webhooks: WebhookPublisher | None = None,
     ) -> None:
         self.store = store
+        # generation.succeeded / generation.failed go to the outbox with the job's terminal state
+        self.webhooks = webhooks
         self.generators = generators
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
@@ -227,6 +231,15 @@ class Worker:
     async def _finish(
         self, job: Job, status: str, result: dict | None = None, error: tuple[str, str] | None = None
     ) -> None:
+        now = time.time()
+        events = []
+        if self.webhooks is not None and status in ("succeeded", "failed"):
+            events = self.webhooks.prepare(
+                f"generation.{status}",
+                generation_data(
+                    job.id, job.canvas_id, job.generator, job.prompt, job.attempts, now, result=result, error=error
+                ),
+            )
         finished = await self.store.finish_job(
             job.id,
             self.worker_id,
@@ -234,7 +247,11 @@ class Worker:
             result=result,
             error_type=error[0] if error else None,
             error_message=error[1] if error else None,
+            now=now,
+            events=events,
         )
+        if finished is not None and events and self.webhooks is not None:
+            self.webhooks.committed()
         log(
             logging.INFO if status != "failed" else logging.WARNING,
             "job_finished",
@@ -496,6 +513,7 @@ class JobService:
         retry_base: float,
         retry_max: float,
         store_timeout: float,
+        webhooks: WebhookPublisher | None = None,
     ) -> None:
         self.store = store
         self.generators = generators
@@ -511,6 +529,7 @@ class JobService:
                 poll_interval=poll_interval,
                 retry_base=retry_base,
                 retry_max=retry_max,
+                webhooks=webhooks,
             )
             self.worker.changed = self.watcher.changed
 

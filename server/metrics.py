@@ -24,6 +24,8 @@ class Metrics:
         self.compactions = 0
         self.compaction_conflicts = 0
         self.compaction_failures = 0
+        self.webhook_events = 0  # events written to the outbox by this process (one per event, not per endpoint)
+        self.webhook_attempts: Counter[str] = Counter()  # by outcome: delivered, retry, dead, lease_lost
 
     def render(self, gauges: dict[str, float]) -> str:
         lines = []
@@ -68,4 +70,11 @@ class Metrics:
             ("compaction_failures", "compactions that gave up (rows stay in the log)"),
         ):
             metric(f"{attr}_total", "counter", help, [("", getattr(self, attr))])
+        metric("webhook_events_total", "counter", "webhook events written to the outbox", [("", self.webhook_events)])
+        metric(
+            "webhook_attempts_total",
+            "counter",
+            "webhook delivery attempts by outcome (delivered, retry, dead; lease_lost: recorded too late)",
+            [(f'{{outcome="{outcome}"}}', n) for outcome, n in sorted(self.webhook_attempts.items())],
+        )
         return "\n".join(lines) + "\n"

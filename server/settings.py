@@ -9,8 +9,11 @@ and whether ``canvashub worker`` uses it. Nothing reads the environment at impor
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
+import json
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -74,6 +77,106 @@ def _origins_check(value: str) -> str | None:
             or parts.fragment
         ):
             return f"each entry must be * or an origin like https://app.example.com[:port], got {item!r}"
+    return None
+
+
+# Webhook events (docs/integrating.md, "Webhooks"). An endpoint's filter names some of these, or a
+# family with ``.*`` (``canvas.*``), or ``*``.
+WEBHOOK_EVENT_TYPES = (
+    "canvas.created",
+    "canvas.changed",
+    "canvas.saved",
+    "canvas.deleted",
+    "generation.succeeded",
+    "generation.failed",
+    "session.started",
+    "session.ended",
+)
+WEBHOOK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_SECRET_BYTES = (24, 64)  # the Standard Webhooks spec's bounds
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """One configured receiver: ``events`` is its filter (``*``, ``family.*`` or exact types)."""
+
+    name: str
+    url: str
+    secret: str  # whsec_<base64>
+    events: tuple[str, ...] = ("*",)
+
+    def wants(self, event_type: str) -> bool:
+        for pattern in self.events:
+            if pattern == "*" or pattern == event_type:
+                return True
+            if pattern.endswith(".*") and event_type.startswith(pattern[:-1]):
+                return True
+        return False
+
+
+def parse_webhook_endpoints(text: str) -> tuple[WebhookEndpoint, ...]:
+    """``CANVASHUB_WEBHOOKS``: a JSON list of ``{"name", "url", "secret", "events"?}`` objects (empty:
+    no webhooks). Raises ``ValueError`` saying which entry is wrong and how."""
+    if not text.strip():
+        return ()
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"must be a JSON list of endpoints: {exc}") from None
+    if not isinstance(items, list):
+        raise ValueError('must be a JSON list of {"name", "url", "secret", "events"} objects')
+    endpoints: list[WebhookEndpoint] = []
+    for i, item in enumerate(items):
+        where = f"endpoint {i}"
+        if not isinstance(item, dict):
+            raise ValueError(f'{where}: must be an object with "name", "url", "secret" and optional "events"')
+        unknown = set(item) - {"name", "url", "secret", "events"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        name = item.get("name")
+        if not isinstance(name, str) or not WEBHOOK_NAME.fullmatch(name):
+            raise ValueError(f"{where}: name must be 1-64 characters from A-Z a-z 0-9 _ . -, got {name!r}")
+        where = f"endpoint {name!r}"
+        if any(e.name == name for e in endpoints):
+            raise ValueError(f"{where}: the name is used twice")
+        url = item.get("url")
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"{where}: url is missing")
+        problem = _url_check("http", "https")(url)
+        if problem:
+            raise ValueError(f"{where}: url {problem}")
+        secret = item.get("secret")
+        if not isinstance(secret, str) or not secret.startswith(WEBHOOK_SECRET_PREFIX):
+            raise ValueError(f"{where}: secret must be a Standard Webhooks secret, whsec_ followed by base64")
+        try:
+            key = base64.b64decode(secret[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{where}: secret is not valid base64 after whsec_") from None
+        low, high = WEBHOOK_SECRET_BYTES
+        if not low <= len(key) <= high:
+            raise ValueError(f"{where}: secret must decode to {low}-{high} bytes, got {len(key)}")
+        events = item.get("events", ["*"])
+        if isinstance(events, str):
+            events = [events]
+        if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+            raise ValueError(f"{where}: events must be a non-empty list of event types")
+        families = {t.split(".")[0] + ".*" for t in WEBHOOK_EVENT_TYPES}
+        for pattern in events:
+            if pattern != "*" and pattern not in WEBHOOK_EVENT_TYPES and pattern not in families:
+                raise ValueError(
+                    f"{where}: unknown event {pattern!r}; one of {', '.join(WEBHOOK_EVENT_TYPES)}, "
+                    f"{', '.join(sorted(families))} or *"
+                )
+        endpoints.append(WebhookEndpoint(name, url, secret, tuple(events)))
+    return tuple(endpoints)
+
+
+def _webhooks_check(value: str) -> str | None:
+    try:
+        parse_webhook_endpoints(value)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -315,6 +418,54 @@ class Settings:
         "CANVASHUB_HTTP_DURABLE_TIMEOUT",
         "HTTP writes wait this long for the commit (202 if not yet durable)",
         low=0,
+    )
+
+    # -- webhooks (see docs/integrating.md) ------------------------------------------
+    webhooks: str = _opt(
+        "",
+        "CANVASHUB_WEBHOOKS",
+        'webhook endpoints, a JSON list of {"name", "url", "secret": "whsec_...", "events": ["canvas.*", ...]} (unset: none)',
+        check=_webhooks_check,
+    )
+    webhook_max_attempts: int = _opt(
+        12, "CANVASHUB_WEBHOOK_MAX_ATTEMPTS", "attempts per delivery before it is dead-lettered", low=1
+    )
+    webhook_timeout: float = _opt(
+        10.0, "CANVASHUB_WEBHOOK_TIMEOUT", "timeout of one delivery attempt (connect to response), seconds", above=0
+    )
+    webhook_retry_base: float = _opt(
+        2.0,
+        "CANVASHUB_WEBHOOK_RETRY_BASE",
+        "retry delay cap after the first failed attempt, seconds (doubles per attempt; full jitter)",
+        above=0,
+    )
+    webhook_retry_max: float = _opt(3600.0, "CANVASHUB_WEBHOOK_RETRY_MAX", "largest retry delay cap, seconds", above=0)
+    webhook_concurrency: int = _opt(
+        8, "CANVASHUB_WEBHOOK_CONCURRENCY", "deliveries in flight at once in this process", low=1
+    )
+    webhook_poll_interval: float = _opt(
+        1.0,
+        "CANVASHUB_WEBHOOK_POLL_INTERVAL",
+        "how often an idle process looks for due deliveries (events added here wake it at once), seconds",
+        above=0,
+    )
+    webhook_retention: float = _opt(
+        7 * 86400.0,
+        "CANVASHUB_WEBHOOK_RETENTION",
+        "delivered and dead deliveries are deleted this many seconds after their last attempt",
+        above=0,
+    )
+    webhook_change_debounce: float = _opt(
+        2.0,
+        "CANVASHUB_WEBHOOK_CHANGE_DEBOUNCE",
+        "canvas.changed / canvas.saved are sent this long after a canvas's last change, seconds",
+        above=0,
+    )
+    webhook_change_max_wait: float = _opt(
+        10.0,
+        "CANVASHUB_WEBHOOK_CHANGE_MAX_WAIT",
+        "... and at most this long after its first unsent change, seconds",
+        above=0,
     )
 
     # -- scale-out (see docs/operations.md) ---------------------------------------

@@ -1,10 +1,10 @@
-"""Durable storage contracts: data shapes and three async protocols, one per concern.
+"""Durable storage contracts: data shapes and four async protocols, one per concern.
 
 ``CanvasStore`` (update log and versioned snapshots), ``JobStore`` (durable background jobs
-with leases) and ``AssetStore`` (content-addressed binary outputs) each have their own
-contract suite in ``tests/``. One backend class may implement all three: ``Store`` names
-that union, which both ``SQLiteStore`` and ``PostgresStore`` are. Server parts ask for the
-narrowest protocol they use.
+with leases), ``AssetStore`` (content-addressed binary outputs) and ``WebhookStore`` (the
+webhook outbox: events and their deliveries, with leases) each have their own contract suite
+in ``tests/``. One backend class may implement all four: ``Store`` names that union, which both
+``SQLiteStore`` and ``PostgresStore`` are. Server parts ask for the narrowest protocol they use.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -91,6 +92,68 @@ class Asset:
     content_type: str
     data: bytes
     created_at: float
+
+
+WEBHOOK_DELIVERY_STATUSES = ("pending", "delivering", "delivered", "dead")
+WEBHOOK_OUTCOMES = ("delivered", "retry", "dead")
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookEvent:
+    """One event for the outbox. ``id`` is the ``webhook-id`` receivers dedupe by; ``payload`` is the
+    JSON object sent as the body; ``endpoints`` are the names of the endpoints that get a delivery
+    (the caller decides the fan-out; an event with no endpoint is not stored)."""
+
+    id: str
+    type: str
+    payload: dict[str, Any]
+    created_at: float
+    endpoints: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookDelivery:
+    """One event's delivery to one endpoint, with its event's type and payload."""
+
+    id: int  # ascending in insertion order (the listing's cursor)
+    endpoint: str
+    event_id: str
+    event_type: str
+    payload: dict[str, Any]
+    status: str  # one of WEBHOOK_DELIVERY_STATUSES
+    attempts: int  # times claimed (an attempt cut short by a crash counts)
+    next_attempt_at: float
+    lease_owner: str | None
+    lease_expires: float | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+
+
+WebhookEventRows = list[tuple[tuple[str, str, str, float], list[str]]]
+
+
+def webhook_event_rows(events: Sequence[WebhookEvent]) -> WebhookEventRows:
+    """((id, type, payload JSON text, created_at), endpoint names) per event that has endpoints: checked
+    and serialised before any transaction starts."""
+    return [
+        ((e.id, e.type, dump_json_object(e.payload, "webhook payload"), float(e.created_at)), list(e.endpoints))
+        for e in events
+        if e.endpoints
+    ]
+
+
+def webhook_attempt_status(outcome: str, next_attempt_at: float | None) -> tuple[str, float | None]:
+    """(new status, next_attempt_at to store or None to keep it) for ``record_webhook_attempt``."""
+    if outcome == "retry":
+        if next_attempt_at is None:
+            raise ValueError("a retry needs next_attempt_at")
+        return "pending", float(next_attempt_at)
+    if outcome in ("delivered", "dead"):
+        return outcome, None
+    raise ValueError(f"outcome must be one of {WEBHOOK_OUTCOMES}, not {outcome!r}")
 
 
 def dump_json_object(value: Any, what: str) -> str:
@@ -183,8 +246,11 @@ class CanvasStore(StoreLifecycle, Protocol):
     async def list_canvases(self, after: str | None, limit: int) -> list[CanvasInfo]:
         """Canvases ordered by id; ``after`` is an exclusive cursor on id."""
 
-    async def delete_canvas(self, canvas_id: str) -> bool:
-        """Remove canvas, log, versions and the canvas's jobs; True if the canvas existed."""
+    async def delete_canvas(self, canvas_id: str, events: Sequence[WebhookEvent] = ()) -> bool:
+        """Remove canvas, log, versions and the canvas's jobs; True if the canvas existed.
+
+        ``events`` (webhook outbox, see ``WebhookStore.add_webhook_events``) are written in the same
+        transaction, and only if the canvas existed."""
 
 
 @runtime_checkable
@@ -258,10 +324,13 @@ class JobStore(StoreLifecycle, Protocol):
         error_type: str | None = None,
         error_message: str | None = None,
         now: float | None = None,
+        events: Sequence[WebhookEvent] = (),
     ) -> Job | None:
         """Move a running job ``worker_id`` owns to succeeded, failed or cancelled: set result and
         error fields from the arguments, finished_at, progress 1.0 on success, clear the lease.
-        None if the lease was lost (the caller must then not apply its result)."""
+        None if the lease was lost (the caller must then not apply its result).
+
+        ``events`` (webhook outbox) are written in the same transaction, and only if the job moved."""
 
     async def retry_job(
         self,
@@ -315,5 +384,52 @@ class AssetStore(StoreLifecycle, Protocol):
 
 
 @runtime_checkable
-class Store(CanvasStore, JobStore, AssetStore, Protocol):
-    """All three: what the embedded SQLite backend and the Postgres backend each implement."""
+class WebhookStore(StoreLifecycle, Protocol):
+    """The webhook outbox: events, and one delivery per (event, endpoint) claimed with a lease.
+
+    Times are the caller's epoch seconds (``now`` defaults to ``time.time()``), as for jobs."""
+
+    async def add_webhook_events(self, events: Sequence[WebhookEvent]) -> None:
+        """Store events and a pending delivery (due at the event's ``created_at``) per endpoint, in
+        one transaction. An event id already stored, or an (event, endpoint) pair already present,
+        is left as it is; an event with no endpoints is not stored."""
+
+    async def claim_webhook_deliveries(
+        self, owner: str, limit: int, lease_seconds: float, now: float | None = None
+    ) -> list[WebhookDelivery]:
+        """Atomically lease up to ``limit`` deliveries, earliest next_attempt_at first.
+
+        Claimable: pending with next_attempt_at <= now, or delivering with lease_expires < now (its
+        owner died mid-attempt). Each becomes delivering, owned by ``owner`` until now +
+        lease_seconds, attempts + 1. Concurrent claimers, also in other processes, get disjoint sets."""
+
+    async def record_webhook_attempt(
+        self,
+        delivery_id: int,
+        owner: str,
+        outcome: str,
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """The result of an attempt by the lease holder: ``outcome`` "delivered" (delivered_at = now),
+        "retry" (pending again, due at ``next_attempt_at``) or "dead" (no more attempts). Stores the
+        status code and error, clears the lease. False (nothing changed) if ``owner`` no longer holds
+        the delivery."""
+
+    async def list_webhook_deliveries(
+        self, before: int | None, limit: int, status: str | None = None, endpoint: str | None = None
+    ) -> list[WebhookDelivery]:
+        """Deliveries newest first (id descending), optionally of one status and/or one endpoint;
+        ``before`` is an exclusive cursor on id."""
+
+    async def prune_webhook_deliveries(self, finished_before: float, limit: int) -> int:
+        """Delete up to ``limit`` delivered or dead deliveries last updated before ``finished_before``,
+        and events left without deliveries; return the number of deliveries deleted."""
+
+
+@runtime_checkable
+class Store(CanvasStore, JobStore, AssetStore, WebhookStore, Protocol):
+    """All four: what the embedded SQLite backend and the Postgres backend each implement."""

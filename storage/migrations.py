@@ -84,6 +84,42 @@ SQLITE: list[tuple[int, list[str]]] = [
             "ALTER TABLE jobs ADD COLUMN result_claim_expires REAL",
         ],
     ),
+    (
+        4,
+        [
+            # The webhook outbox (server/webhooks.py). An event is written in the same transaction as the
+            # change it reports where there is one; each (event, endpoint) pair is one delivery, claimed
+            # with a lease like a job. Times are epoch seconds from the host clock.
+            """CREATE TABLE webhook_events (
+                id TEXT PRIMARY KEY,
+                type TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                created_at REAL NOT NULL
+            )""",
+            """CREATE TABLE webhook_deliveries (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                endpoint TEXT NOT NULL,
+                event_id TEXT NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,
+                status TEXT NOT NULL CHECK (status IN ('pending', 'delivering', 'delivered', 'dead')),
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at REAL NOT NULL,
+                lease_owner TEXT,
+                lease_expires REAL,
+                last_status_code INTEGER,
+                last_error TEXT,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                delivered_at REAL,
+                UNIQUE (event_id, endpoint)
+            )""",
+            "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at, id) WHERE status = 'pending'",
+            "CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (lease_expires) WHERE status = 'delivering'",
+            "CREATE INDEX webhook_deliveries_status ON webhook_deliveries (status, id)",
+            "CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint, id)",
+            "CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (updated_at) "
+            "WHERE status IN ('delivered', 'dead')",
+        ],
+    ),
 ]
 
 POSTGRES: list[tuple[int, list[str]]] = [
@@ -196,6 +232,41 @@ POSTGRES: list[tuple[int, list[str]]] = [
             # no table rewrite. jobs_unapplied still serves the claim query.
             "ALTER TABLE jobs ADD COLUMN result_claimer TEXT",
             "ALTER TABLE jobs ADD COLUMN result_claim_expires DOUBLE PRECISION",
+        ],
+    ),
+    (
+        6,
+        [
+            # The webhook outbox, as SQLite migration 4. The payload is kept as the JSON text that is
+            # signed and sent (TEXT, not JSONB: JSONB would reorder its keys).
+            """CREATE TABLE webhook_events (
+                id TEXT COLLATE "C" PRIMARY KEY,
+                type TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE webhook_deliveries (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                endpoint TEXT COLLATE "C" NOT NULL,
+                event_id TEXT COLLATE "C" NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,
+                status TEXT NOT NULL CHECK (status IN ('pending', 'delivering', 'delivered', 'dead')),
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at DOUBLE PRECISION NOT NULL,
+                lease_owner TEXT,
+                lease_expires DOUBLE PRECISION,
+                last_status_code INTEGER,
+                last_error TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                delivered_at DOUBLE PRECISION,
+                UNIQUE (event_id, endpoint)
+            )""",
+            "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at, id) WHERE status = 'pending'",
+            "CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (lease_expires) WHERE status = 'delivering'",
+            "CREATE INDEX webhook_deliveries_status ON webhook_deliveries (status, id)",
+            "CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint, id)",
+            "CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (updated_at) "
+            "WHERE status IN ('delivered', 'dead')",
         ],
     ),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -17,10 +18,15 @@ from .base import (
     Job,
     LoadedCanvas,
     VersionInfo,
+    WebhookDelivery,
+    WebhookEvent,
+    WebhookEventRows,
     check_final_status,
     clamp_progress,
     dump_json_object,
     lease_expired_message,
+    webhook_attempt_status,
+    webhook_event_rows,
 )
 
 
@@ -168,12 +174,15 @@ class PostgresStore:
             )
         return [CanvasInfo(r["id"], r["version"], r["updated_at"]) for r in rows]
 
-    async def delete_canvas(self, canvas_id: str) -> bool:
+    async def delete_canvas(self, canvas_id: str, events: Sequence[WebhookEvent] = ()) -> bool:
+        rows = webhook_event_rows(events)
         async with self._acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", canvas_id)
             # canvas_updates / canvas_versions go by ON DELETE CASCADE; jobs have no FK to canvases.
             await conn.execute("DELETE FROM jobs WHERE canvas_id = $1", canvas_id)
             deleted = await conn.fetchval("DELETE FROM canvases WHERE id = $1 RETURNING true", canvas_id)
+            if deleted is not None:
+                await _insert_events(conn, rows)
         return deleted is not None
 
     async def health(self) -> bool:
@@ -346,22 +355,31 @@ class PostgresStore:
         error_type: str | None = None,
         error_message: str | None = None,
         now: float | None = None,
+        events: Sequence[WebhookEvent] = (),
     ) -> Job | None:
         check_final_status(status)
         now = float(time.time() if now is None else now)
         result_text = None if result is None else dump_json_object(result, "result")
-        return await self._update_job(
-            "UPDATE jobs SET status = $1, result = $2::jsonb, error_type = $3, error_message = $4, finished_at = $5, "
-            "updated_at = $5, progress = CASE WHEN $1 = 'succeeded' THEN 1.0 ELSE progress END, "
-            "lease_owner = NULL, lease_expires = NULL WHERE id = $6 AND status = 'running' AND lease_owner = $7",
-            status,
-            result_text,
-            error_type,
-            error_message,
-            now,
-            job_id,
-            worker_id,
-        )
+        rows = webhook_event_rows(events)
+        async with self._acquire() as conn, conn.transaction():
+            job = self._job_or_none(
+                await conn.fetchrow(
+                    "UPDATE jobs SET status = $1, result = $2::jsonb, error_type = $3, error_message = $4, "
+                    "finished_at = $5, updated_at = $5, progress = CASE WHEN $1 = 'succeeded' THEN 1.0 ELSE progress END, "
+                    "lease_owner = NULL, lease_expires = NULL WHERE id = $6 AND status = 'running' AND lease_owner = $7 "
+                    f"RETURNING {_COLUMNS}",
+                    status,
+                    result_text,
+                    error_type,
+                    error_message,
+                    now,
+                    job_id,
+                    worker_id,
+                )
+            )
+            if job is not None:
+                await _insert_events(conn, rows)
+        return job
 
     async def retry_job(
         self,
@@ -458,8 +476,128 @@ class PostgresStore:
             row = await conn.fetchrow("SELECT id, content_type, data, created_at FROM assets WHERE id = $1", asset_id)
         return None if row is None else Asset(row["id"], row["content_type"], row["data"], row["created_at"])
 
+    # -- webhook outbox ---------------------------------------------------
+    async def add_webhook_events(self, events: Sequence[WebhookEvent]) -> None:
+        rows = webhook_event_rows(events)
+        if not rows:
+            return
+        async with self._acquire() as conn, conn.transaction():
+            await _insert_events(conn, rows)
+
+    async def claim_webhook_deliveries(
+        self, owner: str, limit: int, lease_seconds: float, now: float | None = None
+    ) -> list[WebhookDelivery]:
+        if limit <= 0:
+            return []
+        now = float(time.time() if now is None else now)
+        expires = now + float(lease_seconds)
+        async with self._acquire() as conn:
+            # One statement: the subselect locks up to ``limit`` claimable rows, skipping rows other
+            # claimers hold; a row claimed and committed since our snapshot is re-checked against the
+            # subselect's WHERE when locked, and so skipped.
+            rows = await conn.fetch(
+                "WITH claimed AS (UPDATE webhook_deliveries SET status = 'delivering', lease_owner = $1, "
+                "lease_expires = $2, attempts = attempts + 1, updated_at = $3 WHERE id IN ("
+                "SELECT id FROM webhook_deliveries WHERE (status = 'pending' AND next_attempt_at <= $3) "
+                "OR (status = 'delivering' AND lease_expires < $3) ORDER BY next_attempt_at, id LIMIT $4 "
+                "FOR UPDATE SKIP LOCKED) RETURNING *) "
+                f"SELECT {_DELIVERY_COLUMNS} FROM claimed d JOIN webhook_events e ON e.id = d.event_id "
+                "ORDER BY d.next_attempt_at, d.id",
+                owner,
+                expires,
+                now,
+                int(limit),
+            )
+        return [_delivery(r) for r in rows]
+
+    async def record_webhook_attempt(
+        self,
+        delivery_id: int,
+        owner: str,
+        outcome: str,
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        now = float(time.time() if now is None else now)
+        status, due = webhook_attempt_status(outcome, next_attempt_at)
+        async with self._acquire() as conn:
+            changed = await conn.fetchval(
+                "UPDATE webhook_deliveries SET status = $1, next_attempt_at = COALESCE($2::float8, next_attempt_at), "
+                "last_status_code = $3, last_error = $4, updated_at = $5, "
+                "delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END, "
+                "lease_owner = NULL, lease_expires = NULL "
+                "WHERE id = $6 AND status = 'delivering' AND lease_owner = $7 RETURNING true",
+                status,
+                due,
+                status_code,
+                error,
+                now,
+                int(delivery_id),
+                owner,
+            )
+        return changed is not None
+
+    async def list_webhook_deliveries(
+        self, before: int | None, limit: int, status: str | None = None, endpoint: str | None = None
+    ) -> list[WebhookDelivery]:
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id "
+                "WHERE ($1::bigint IS NULL OR d.id < $1) AND ($2::text IS NULL OR d.status = $2) "
+                "AND ($3::text IS NULL OR d.endpoint = $3) ORDER BY d.id DESC LIMIT $4",
+                before,
+                status,
+                endpoint,
+                int(limit),
+            )
+        return [_delivery(r) for r in rows]
+
+    async def prune_webhook_deliveries(self, finished_before: float, limit: int) -> int:
+        async with self._acquire() as conn, conn.transaction():
+            deleted = await conn.fetch(
+                "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries "
+                "WHERE status IN ('delivered', 'dead') AND updated_at < $1 LIMIT $2) RETURNING id",
+                float(finished_before),
+                int(limit),
+            )
+            await conn.execute(
+                "DELETE FROM webhook_events e WHERE e.created_at < $1 AND NOT EXISTS "
+                "(SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)",
+                float(finished_before),
+            )
+        return len(deleted)
+
     def __repr__(self) -> str:
         return f"PostgresStore(pool_size={self.pool_size})"
 
 
 _COLUMNS = ", ".join(JOB_COLUMNS)
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.endpoint, d.event_id, e.type AS event_type, e.payload, d.status, d.attempts, d.next_attempt_at, "
+    "d.lease_owner, d.lease_expires, d.last_status_code, d.last_error, d.created_at, d.updated_at, d.delivered_at"
+)
+
+
+async def _insert_events(conn: asyncpg.Connection, rows: WebhookEventRows) -> None:
+    """The outbox rows, inside the caller's transaction (two statements, whatever the number of events)."""
+    if not rows:
+        return
+    await conn.executemany(
+        "INSERT INTO webhook_events (id, type, payload, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        [event for event, _ in rows],
+    )
+    await conn.executemany(
+        "INSERT INTO webhook_deliveries (endpoint, event_id, status, next_attempt_at, created_at, updated_at) "
+        "VALUES ($1, $2, 'pending', $3, $3, $3) ON CONFLICT (event_id, endpoint) DO NOTHING",
+        [(name, event[0], event[3]) for event, endpoints in rows for name in endpoints],
+    )
+
+
+def _delivery(row: asyncpg.Record) -> WebhookDelivery:
+    values = list(row.values())
+    values[4] = json.loads(values[4])
+    return WebhookDelivery(*values)

@@ -7,7 +7,7 @@ import concurrent.futures
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from . import migrations
@@ -19,10 +19,15 @@ from .base import (
     Job,
     LoadedCanvas,
     VersionInfo,
+    WebhookDelivery,
+    WebhookEvent,
+    WebhookEventRows,
     check_final_status,
     clamp_progress,
     dump_json_object,
     lease_expired_message,
+    webhook_attempt_status,
+    webhook_event_rows,
 )
 
 T = TypeVar("T")
@@ -210,12 +215,17 @@ class SQLiteStore:
 
         return await self._run(body)
 
-    async def delete_canvas(self, canvas_id: str) -> bool:
+    async def delete_canvas(self, canvas_id: str, events: Sequence[WebhookEvent] = ()) -> bool:
+        rows = webhook_event_rows(events)
+
         def body(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM canvas_updates WHERE canvas_id = ?", (canvas_id,))
             conn.execute("DELETE FROM canvas_versions WHERE canvas_id = ?", (canvas_id,))
             conn.execute("DELETE FROM jobs WHERE canvas_id = ?", (canvas_id,))
-            return conn.execute("DELETE FROM canvases WHERE id = ?", (canvas_id,)).rowcount > 0
+            existed = conn.execute("DELETE FROM canvases WHERE id = ?", (canvas_id,)).rowcount > 0
+            if existed:
+                _insert_events(conn, rows)
+            return existed
 
         return await self._run(lambda conn: self._tx(conn, body))
 
@@ -346,12 +356,17 @@ class SQLiteStore:
 
         return await self._run(lambda conn: self._tx(conn, body))
 
-    async def _update_job(self, job_id: str, sql: str, args: tuple[Any, ...]) -> Job | None:
-        """Run one UPDATE (its last parameter is the job id); return the job if a row changed."""
+    async def _update_job(
+        self, job_id: str, sql: str, args: tuple[Any, ...], events: Sequence[WebhookEvent] = ()
+    ) -> Job | None:
+        """Run one UPDATE (its last parameter is the job id); return the job if a row changed, and
+        then (only then) write ``events`` to the webhook outbox in the same transaction."""
+        rows = webhook_event_rows(events)
 
         def body(conn: sqlite3.Connection) -> Job | None:
             if conn.execute(sql, args).rowcount == 0:
                 return None
+            _insert_events(conn, rows)
             return self._get_job(conn, job_id)
 
         return await self._run(lambda conn: self._tx(conn, body))
@@ -381,6 +396,7 @@ class SQLiteStore:
         error_type: str | None = None,
         error_message: str | None = None,
         now: float | None = None,
+        events: Sequence[WebhookEvent] = (),
     ) -> Job | None:
         check_final_status(status)
         now = float(time.time() if now is None else now)
@@ -392,6 +408,7 @@ class SQLiteStore:
             "lease_owner = NULL, lease_expires = NULL "
             "WHERE id = ? AND status = 'running' AND lease_owner = ?",
             (status, result_text, error_type, error_message, now, now, status, job_id, worker_id),
+            events,
         )
 
     async def retry_job(
@@ -495,11 +512,141 @@ class SQLiteStore:
 
         return await self._run(body)
 
+    # -- webhook outbox ---------------------------------------------------
+    async def add_webhook_events(self, events: Sequence[WebhookEvent]) -> None:
+        rows = webhook_event_rows(events)
+        if rows:
+            await self._run(lambda conn: self._tx(conn, lambda c: _insert_events(c, rows)))
+
+    async def claim_webhook_deliveries(
+        self, owner: str, limit: int, lease_seconds: float, now: float | None = None
+    ) -> list[WebhookDelivery]:
+        if limit <= 0:
+            return []
+        now = float(time.time() if now is None else now)
+        expires = now + float(lease_seconds)
+
+        def body(conn: sqlite3.Connection) -> list[WebhookDelivery]:
+            # One write transaction (BEGIN IMMEDIATE): other connections, also in other processes,
+            # wait for the file's write lock and then see these claims.
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    f"UPDATE webhook_deliveries SET status = 'delivering', lease_owner = ?, lease_expires = ?, "
+                    f"attempts = attempts + 1, updated_at = ? WHERE id IN ({_CLAIMABLE_DELIVERIES}) RETURNING id",
+                    (owner, expires, now, now, now, int(limit)),
+                ).fetchall()
+            ]
+            if not ids:
+                return []
+            marks = ", ".join("?" * len(ids))
+            return self._deliveries(conn, f"WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at, d.id", tuple(ids))
+
+        def claim(conn: sqlite3.Connection) -> list[WebhookDelivery]:
+            # Polled: do not take the write lock when a read finds nothing due.
+            if not conn.execute(_CLAIMABLE_DELIVERIES, (now, now, 1)).fetchall():
+                return []
+            return self._tx(conn, body)
+
+        return await self._run(claim)
+
+    async def record_webhook_attempt(
+        self,
+        delivery_id: int,
+        owner: str,
+        outcome: str,
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        now = float(time.time() if now is None else now)
+        status, due = webhook_attempt_status(outcome, next_attempt_at)
+
+        def body(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE webhook_deliveries SET status = ?, next_attempt_at = COALESCE(?, next_attempt_at), "
+                "last_status_code = ?, last_error = ?, updated_at = ?, "
+                "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END, "
+                "lease_owner = NULL, lease_expires = NULL "
+                "WHERE id = ? AND status = 'delivering' AND lease_owner = ?",
+                (status, due, status_code, error, now, status, now, int(delivery_id), owner),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def list_webhook_deliveries(
+        self, before: int | None, limit: int, status: str | None = None, endpoint: str | None = None
+    ) -> list[WebhookDelivery]:
+        return await self._run(
+            lambda conn: self._deliveries(
+                conn,
+                "WHERE (? IS NULL OR d.id < ?) AND (? IS NULL OR d.status = ?) AND (? IS NULL OR d.endpoint = ?) "
+                "ORDER BY d.id DESC LIMIT ?",
+                (before, before, status, status, endpoint, endpoint, int(limit)),
+            )
+        )
+
+    async def prune_webhook_deliveries(self, finished_before: float, limit: int) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            deleted = conn.execute(
+                "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries "
+                "WHERE status IN ('delivered', 'dead') AND updated_at < ? LIMIT ?)",
+                (float(finished_before), int(limit)),
+            ).rowcount
+            conn.execute(
+                "DELETE FROM webhook_events WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)",
+                (float(finished_before),),
+            )
+            return deleted
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    @staticmethod
+    def _deliveries(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[WebhookDelivery]:
+        return [_delivery(r) for r in conn.execute(_SELECT_DELIVERY + where, args).fetchall()]
+
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
 
 
 _SELECT_JOB = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs "
+
+_SELECT_DELIVERY = (
+    "SELECT d.id, d.endpoint, d.event_id, e.type, e.payload, d.status, d.attempts, d.next_attempt_at, "
+    "d.lease_owner, d.lease_expires, d.last_status_code, d.last_error, d.created_at, d.updated_at, d.delivered_at "
+    "FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id "
+)
+
+# Ids of deliveries claim_webhook_deliveries may take: due, or leased by an owner that died.
+# Parameters: now, now, limit.
+_CLAIMABLE_DELIVERIES = (
+    "SELECT id FROM webhook_deliveries WHERE (status = 'pending' AND next_attempt_at <= ?) "
+    "OR (status = 'delivering' AND lease_expires < ?) ORDER BY next_attempt_at, id LIMIT ?"
+)
+
+
+def _insert_events(conn: sqlite3.Connection, rows: WebhookEventRows) -> None:
+    for (event_id, kind, payload, created_at), endpoints in rows:
+        conn.execute(
+            "INSERT INTO webhook_events (id, type, payload, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (event_id, kind, payload, created_at),
+        )
+        conn.executemany(
+            "INSERT INTO webhook_deliveries (endpoint, event_id, status, next_attempt_at, created_at, updated_at) "
+            "VALUES (?, ?, 'pending', ?, ?, ?) ON CONFLICT (event_id, endpoint) DO NOTHING",
+            [(name, event_id, created_at, created_at, created_at) for name in endpoints],
+        )
+
+
+def _delivery(row: tuple[Any, ...]) -> WebhookDelivery:
+    values = list(row)
+    values[4] = json.loads(values[4])
+    return WebhookDelivery(*values)
+
 
 # Ids of results claim_results may take: succeeded, not applied, no live claim. Parameters: now, limit.
 # (Without statistics the planner prefers jobs_claim and sorts every succeeded job.)

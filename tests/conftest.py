@@ -48,8 +48,10 @@ async def process_server_factory() -> AsyncIterator:
     """Start ``canvashub serve`` child processes; all stopped at teardown."""
     started: list[ProcessServer] = []
 
-    async def start(env: dict[str, str] | None = None, *args: str, log_path: str | None = None) -> ProcessServer:
-        server = await start_process_server(env, *args, log_path=log_path)
+    async def start(
+        env: dict[str, str] | None = None, *args: str, log_path: str | None = None, port: int | None = None
+    ) -> ProcessServer:
+        server = await start_process_server(env, *args, log_path=log_path, port=port)
         started.append(server)
         return server
 

@@ -126,14 +126,15 @@ class ProcessServer(ServerAddress):
 
 
 async def start_process_server(
-    env: dict[str, str] | None = None, *args: str, log_path: str | None = None
+    env: dict[str, str] | None = None, *args: str, log_path: str | None = None, port: int | None = None
 ) -> ProcessServer:
-    """``canvashub serve`` on a free port; its stdout and stderr (the log) go to ``log_path`` if given."""
+    """``canvashub serve`` on a free port (or ``port``: e.g. a restart where clients expect it);
+    its stdout and stderr (the log) go to ``log_path`` if given."""
     import sys
 
     import httpx
 
-    port = free_port()
+    port = port or free_port()
     log_file = await asyncio.to_thread(open, log_path, "ab") if log_path else None
     try:
         proc = await asyncio.create_subprocess_exec(

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_a_wheel_installs_exactly_one_top_level_package(tmp_path):
     """``pip install`` of the project puts ``canvashub`` (and its metadata and console script) into
-    site-packages, and no generic ``server``, ``crdt`` or ``storage`` package."""
+    site-packages, and no generic ``server``, ``crdt`` or ``storage`` package; ``canvashub.client``
+    imports from it, and only under that name."""
     target = tmp_path / "site"
     subprocess.run(
         [
@@ -35,9 +36,29 @@ def test_a_wheel_installs_exactly_one_top_level_package(tmp_path):
     top = {entry.name for entry in target.iterdir()}
     packages = {name for name in top if not name.endswith((".dist-info", ".egg-info")) and name != "bin"}
     assert packages == {"canvashub"}, top
-    assert {p.name for p in (target / "canvashub").iterdir()} >= {"server", "crdt", "storage"}
+    assert {p.name for p in (target / "canvashub").iterdir()} >= {"server", "crdt", "storage", "client"}
     assert not (target / "canvashub" / "__init__.py").exists()  # a namespace: nothing to shadow
     assert (target / "bin" / "canvashub").exists()
+    # The client's source lives in server/client/, but it is installed once, as canvashub.client.
+    assert (target / "canvashub" / "client" / "realtime.py").exists()
+    assert not (target / "canvashub" / "server" / "client").exists()
+    probe = textwrap.dedent("""
+        import canvashub.client as client
+        assert callable(client.connect) and client.HttpClient
+        try:
+            import canvashub.server.client
+        except ImportError:
+            print("one name")
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "one name", out.stderr[-3000:]
 
 
 def test_an_application_with_its_own_server_and_storage_packages_embeds_canvashub(tmp_path):
@@ -78,3 +99,18 @@ def test_an_application_with_its_own_server_and_storage_packages_embeds_canvashu
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("embedded")
+
+
+def test_the_editable_install_loads_the_client_under_one_name_only():
+    """In the development install ``server/client/`` is ``canvashub.client``; importing it as
+    ``canvashub.server.client`` (possible by path, as server/ is canvashub.server) is refused."""
+    probe = textwrap.dedent("""
+        import canvashub.client
+        try:
+            import canvashub.server.client
+        except ImportError as exc:
+            print("refused:", exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("refused: the Python client is canvashub.client")

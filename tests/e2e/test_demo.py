@@ -301,3 +301,26 @@ async def test_viewer_token_is_read_only(server_factory, browser):
     assert room.document.doc.get("elements", type=Map)[rect]["x"] == x_before
     await bob.screenshot(path=shot("viewer-bob"))
     no_page_errors(alice, bob)
+
+
+async def test_api_reference_page_renders_offline(browser, live_server) -> None:
+    """/docs renders the server's OpenAPI document with no request leaving the server (works offline)."""
+    context = await browser.new_context()
+    outside: list[str] = []
+
+    async def only_this_server(route) -> None:
+        if route.request.url.startswith(live_server.http_url):
+            await route.continue_()
+        else:
+            outside.append(route.request.url)
+            await route.abort()
+
+    await context.route("**/*", only_this_server)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{live_server.http_url}/docs")
+    await expect(page.get_by_text("List canvases (ordered by id)")).to_be_visible()
+    await expect(page.get_by_text("/api/canvases/{canvas_id}/generations").first).to_be_visible()
+    assert outside == [] and errors == []
+    await context.close()
