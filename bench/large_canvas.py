@@ -5,8 +5,8 @@ Usage: .venv/bin/python bench/large_canvas.py [--elements 20000] [--seconds 20] 
 For each server (this checkout, then each ``--tree`` checkout's own ``.venv/bin/canvashub``): seed a
 canvas of ``--elements`` element maps (one Yjs update) straight into a fresh SQLite store, start
 ``canvashub serve`` with ``CANVASHUB_COMPACT_EVERY_UPDATES=100``, connect 10 editors (pycrdt) making
-5 edits/s each for ``--seconds``, probe ``/healthz`` every 10 ms (its latency is the loop stall seen
-by a client), and at mid-window open 10 more sockets within 1 s (time until each gets its sync step 2).
+5 edits/s each for ``--seconds``, probe ``/healthz`` every 10 ms from a process of its own (its latency
+is the loop stall seen by a client), and at mid-window open 10 more sockets within 1 s (time until each gets its sync step 2).
 Then restart the server: a cold JSON export (GET the canvas, not loaded), then a cold join.
 Prints ONE JSON line: per server, stall (healthz) max/p99, edit latency p50/p99/max, join times,
 compactions, cold export and cold load times.
@@ -79,6 +79,33 @@ async def healthz_probe(port: int, latencies: list[float], stop_at: asyncio.Even
         except TimeoutError:
             pass
     writer.close()
+
+
+class ProbeProcess:
+    """``healthz_probe`` in a process of its own (``--probe PORT``): the bench's own loop (20 clients,
+    joiners decoding 3.5 MB frames) then cannot delay the probe and pass for a server stall. Probes
+    until its stdin closes, then prints its latencies as one JSON list."""
+
+    def __init__(self, port: int) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--probe", str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+
+    def finish(self) -> list[float]:
+        out, _ = self.proc.communicate(b"", timeout=30)
+        return json.loads(out)
+
+
+async def probe_until_stdin_closes(port: int) -> list[float]:
+    latencies: list[float] = []
+    stop_at = asyncio.Event()
+    probe = asyncio.create_task(healthz_probe(port, latencies, stop_at))
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
+    stop_at.set()
+    await probe
+    return latencies
 
 
 async def http_get(port: int, path: str) -> tuple[float, int]:
@@ -178,13 +205,13 @@ async def run_server(label: str, exe: Path, seed: bytes, args: argparse.Namespac
         health: list[float] = []
         first_load_ms, first = await join(url)  # loads the room (not measured in the window)
         editors = [asyncio.create_task(editor(url, n, 5.0, stop_at, delays)) for n in range(10)]
-        probe = asyncio.create_task(healthz_probe(port, health, stop_at))
+        probe = ProbeProcess(port)
         await asyncio.sleep(args.seconds / 2)  # the measurement window's first half
         joins = await asyncio.gather(*[delayed_join(url, i * 0.1) for i in range(10)])
         await asyncio.sleep(args.seconds / 2)
         stop_at.set()
         sent = sum(await asyncio.gather(*editors))
-        await probe
+        health = probe.finish()
         compactions = await metric(port, "canvashub_compactions_total")
         for _, ws in joins:
             await ws.close()
@@ -193,13 +220,10 @@ async def run_server(label: str, exe: Path, seed: bytes, args: argparse.Namespac
         stop(proc)
     proc = serve(exe, data_dir, port)  # restart: nothing loaded
     try:
-        cold_health: list[float] = []
-        stop_cold = asyncio.Event()
-        probe = asyncio.create_task(healthz_probe(port, cold_health, stop_cold))
+        probe = ProbeProcess(port)
         export_ms, export_bytes = await http_get(port, f"/api/canvases/{CANVAS}")
         cold_load_ms, ws = await join(url)
-        stop_cold.set()
-        await probe
+        cold_health = probe.finish()
         await ws.close()
     finally:
         stop(proc)
@@ -248,7 +272,11 @@ def main() -> int:
     ap.add_argument("--elements", type=int, default=20_000)
     ap.add_argument("--seconds", type=float, default=20.0, help="measurement window with 10 editors")
     ap.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR", help="also run another checkout")
+    ap.add_argument("--probe", type=int, default=0, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.probe:
+        print(json.dumps(asyncio.run(probe_until_stdin_closes(args.probe))), flush=True)
+        return 0
     print(json.dumps(asyncio.run(main_async(args))), flush=True)
     return 0
 

@@ -5,8 +5,13 @@ to its history: ~0.35 s for a canvas of 20,000 element maps, and pycrdt never
 releases the GIL, so a thread would stall the loop all the same (NOTES). The
 ``Replayer`` sends the stored bytes to a small ``ProcessPoolExecutor`` (spawned
 processes: nothing of the server's loop, sockets or threads is inherited) and
-gets back the merged update and its state vector, or a rendered export. Canvases
+gets back the merged update and its state vector (for a load, also cut into slices
+the loop applies one at a time: crdt/split.py), or a rendered export. Canvases
 of at most ``INLINE_MAX_BYTES`` stored bytes are replayed inline (a few ms).
+
+The pool's processes start with the pool (at server start), without re-running
+the server's main script (see ``_without_main_script``): a worker is up ~0.3 s
+after start instead of ~1.2 s, so the first load after start finds it warm.
 
 Bounded: ``workers`` processes, at most ``max_in_flight`` jobs submitted (the
 others wait), each job (waiting included) under ``timeout``; a job past its
@@ -18,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
 import signal
+import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
@@ -32,6 +39,7 @@ import orjson
 from canvashub.crdt.digest import content_etag
 from canvashub.crdt.export import NotExportable, document_json
 from canvashub.crdt.replay import replay_parts
+from canvashub.crdt.split import SplitRefused, split_update
 
 from .logs import log
 
@@ -44,6 +52,10 @@ class Merged:
     update: bytes  # the document's full state, one Yjs update
     state: bytes  # its state vector
     skipped: list[tuple[str, str]]  # parts that did not apply (non-strict only): (label, error)
+    # ``update`` cut into updates of at most SLICE_BYTES that rebuild it in order (loads only; empty:
+    # apply ``update`` whole), and why it could not be cut (crdt/split.py refused it).
+    slices: list[bytes] = dataclasses.field(default_factory=list)
+    split_refused: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +74,19 @@ class ReplayFailed(Exception):
 def merge_job(parts: Parts, strict: bool) -> Merged:
     doc, skipped = replay_parts(parts, strict=strict)
     return Merged(doc.get_update(), doc.get_state(), skipped)
+
+
+def load_job(parts: Parts, slice_bytes: int) -> Merged:
+    """``merge_job`` for a room's cold load: also the merged state in slices the loop applies one by one
+    (crdt/split.py), so no single apply stalls it for long."""
+    merged = merge_job(parts, False)
+    if len(merged.update) <= slice_bytes:
+        return merged
+    try:
+        slices = split_update(merged.update, slice_bytes)
+    except SplitRefused as exc:
+        return dataclasses.replace(merged, split_refused=str(exc))
+    return dataclasses.replace(merged, slices=slices)
 
 
 def export_job(parts: Parts, binary: bool) -> Exported:
@@ -113,8 +138,9 @@ class Replayer:
             pool = concurrent.futures.ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
             )
-            for _ in range(self.workers):
-                pool.submit(_ready)  # start the processes now, not on the first load
+            with _without_main_script():
+                for _ in range(self.workers):
+                    pool.submit(_ready)  # start the processes now (in ``submit``), not on the first load
         finally:
             if main_thread:
                 signal.signal(signal.SIGINT, previous)
@@ -161,6 +187,12 @@ class Replayer:
             return merge_job(parts, strict)
         return await self.run(merge_job, list(parts), strict)
 
+    async def load(self, parts: Parts, slice_bytes: int) -> Merged:
+        """A stored canvas merged for a room's load (corrupt parts skipped), cut into slices."""
+        if _small(parts):
+            return merge_job(parts, False)
+        return await self.run(load_job, list(parts), slice_bytes)
+
     async def export(self, parts: Parts, binary: bool) -> Exported:
         if _small(parts):
             return export_job(parts, binary)
@@ -172,6 +204,25 @@ INLINE_MAX_BYTES = 32 * 1024  # replayed on the loop: a few ms at most, less tha
 
 def _small(parts: Parts) -> bool:
     return sum(len(update) for _, update in parts) <= INLINE_MAX_BYTES
+
+
+@contextlib.contextmanager
+def _without_main_script() -> Iterator[None]:
+    """Hide the parent's main *script* from ``spawn`` while workers start (they start synchronously in
+    ``ProcessPoolExecutor.submit``). ``spawn`` re-runs that script in every child ("safe importing of
+    the main module"); for the ``canvashub`` console script that imports the whole server (~0.8 s of
+    a ~1.2 s start), and a worker needs only this module. A main run with ``-m`` is never re-run by
+    ``spawn`` (its name ends in ``.__main__``), so there is nothing to hide then."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
