@@ -35,7 +35,7 @@ from .generators import build_generators
 from .health import HealthMonitor
 from .http_api import HttpApi, OperationsApi, RequestMetrics, http_exception_response, route
 from .hub import Hub
-from .jobs import JobService
+from .jobs import JobService, Worker
 from .limits import ConnectionCounter, OriginPolicy, UpgradePacer, offences
 from .metrics import Metrics
 from .openapi import ApiDocs
@@ -131,17 +131,6 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         slow_notice=settings.store_slow_notice,
         compactor=compactor,
     )
-    rooms: dict[str, Room] = {}  # the loaded canvases: the hub's registry fills it, the cluster reads it
-    cluster = Cluster(
-        pubsub,
-        rooms,
-        is_loading=lambda canvas_id: hub.registry.is_loading(canvas_id),
-        on_deleted=lambda canvas_id: hub.drop_deleted(canvas_id),
-    )
-    hub = Hub(settings, store, persister, compactor, cluster, metrics, replayer, rooms)
-    persister.on_committed = cluster.committed
-    persister.on_durable = hub.stored
-    persister.on_retrying = lambda canvas_id: hub.stored(canvas_id, None)
     webhooks = WebhookService(
         store,
         parse_webhook_endpoints(settings.webhooks),  # checked by Settings already
@@ -172,6 +161,28 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
     changes = ChangeCollector(hooks, wait=settings.webhook_change_debounce, max_wait=settings.webhook_change_max_wait)
     if hooks.has("saved"):
         persister.on_saved = lambda canvas_id, seq, count: hooks.notify("saved", SavedEvent(canvas_id, seq, count))
+    rooms: dict[str, Room] = {}  # the loaded canvases: the hub's registry fills it, the cluster reads it
+    cluster = Cluster(
+        pubsub,
+        rooms,
+        is_loading=lambda canvas_id: hub.registry.is_loading(canvas_id),
+        on_deleted=lambda canvas_id: hub.drop_deleted(canvas_id),
+    )
+    hub = Hub(
+        settings,
+        store,
+        persister,
+        compactor,
+        cluster,
+        metrics,
+        replayer,
+        rooms,
+        seed=hooks.load if hooks.has("load") else None,
+        changes=changes,
+    )
+    persister.on_committed = cluster.committed
+    persister.on_durable = hub.stored
+    persister.on_retrying = lambda canvas_id: hub.stored(canvas_id, None)
     generators = build_generators(
         settings.pattern_step_delay, settings.generator_http_url or None, settings.generator_http_timeout
     )
@@ -216,6 +227,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         jobs=jobs,
         settings=settings,
         metrics=metrics,
+        hooks=hooks,
     )
     native_sockets = NativeSockets(sockets, settings, metrics)  # canvashub serve's transport for /ws
     background: list[asyncio.Task[None]] = []
@@ -317,6 +329,51 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
     app.state.extensions = hooks
     app.state.ws_protocol = native_sockets.protocol_class()
     return app
+
+
+def create_worker(settings: Settings, extensions: Sequence[object] = ()) -> tuple[Worker, Store, str, Extensions]:
+    """What ``canvashub worker`` runs: a job worker on the store, reporting to the extensions'
+    ``generation`` hook, with ``generation.*`` webhooks written in the job's own transaction (the
+    servers deliver them: a worker process only writes to the outbox)."""
+    store, backend = make_store(settings)
+    metrics = Metrics()
+    webhooks = WebhookService(
+        store,
+        parse_webhook_endpoints(settings.webhooks),
+        metrics,
+        max_attempts=settings.webhook_max_attempts,
+        timeout=settings.webhook_timeout,
+        retry_base=settings.webhook_retry_base,
+        retry_max=settings.webhook_retry_max,
+        concurrency=settings.webhook_concurrency,
+        poll_interval=settings.webhook_poll_interval,
+        retention=settings.webhook_retention,
+        store_timeout=settings.store_timeout,
+    )
+    hooks = Extensions(
+        [*load_extensions(settings.extensions), *extensions],
+        timeout=settings.hook_timeout,
+        max_queue=settings.hook_queue,
+        on_outcome=metrics.hook_outcome,
+    )
+
+    def job_state(job: Job, status: str, error: tuple[str, str] | None) -> None:
+        hooks.notify("generation", GenerationEvent(job.id, job.canvas_id, status, None if error is None else error[1]))
+
+    worker = Worker(
+        store,
+        build_generators(
+            settings.pattern_step_delay, settings.generator_http_url or None, settings.generator_http_timeout
+        ),
+        concurrency=max(1, settings.job_workers),
+        lease_seconds=settings.job_lease_seconds,
+        poll_interval=settings.job_poll_interval,
+        retry_base=settings.job_retry_base,
+        retry_max=settings.job_retry_max,
+        webhooks=webhooks if webhooks.enabled else None,
+        on_state=job_state,
+    )
+    return worker, store, backend, hooks
 
 
 def create_app_from_env() -> Starlette:

@@ -175,29 +175,19 @@ async def run_worker(settings: Settings) -> int:
     import signal
 
     from . import logs
-    from .app import make_store
-    from .generators import build_generators
-    from .jobs import Worker
+    from .app import create_worker
 
     logs.configure(settings.log_level)
-    store, backend = make_store(settings)
+    try:
+        worker, store, backend, hooks = create_worker(settings)
+    except ValueError as exc:  # e.g. an extension that cannot be loaded
+        print(f"canvashub: {exc}", file=sys.stderr)
+        return 2
     try:
         await open_store(store, settings.startup_timeout)
     except StartupFailed as exc:
         report(exc)
         return 1
-    generators = build_generators(
-        settings.pattern_step_delay, settings.generator_http_url or None, settings.generator_http_timeout
-    )
-    worker = Worker(
-        store,
-        generators,
-        concurrency=max(1, settings.job_workers),
-        lease_seconds=settings.job_lease_seconds,
-        poll_interval=settings.job_poll_interval,
-        retry_base=settings.job_retry_base,
-        retry_max=settings.job_retry_max,
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -208,11 +198,12 @@ async def run_worker(settings: Settings) -> int:
         "worker_started",
         worker=worker.worker_id,
         store=backend,
-        generators=sorted(generators),
+        generators=sorted(worker.generators),
         concurrency=worker.concurrency,
     )
     await stop.wait()
     await worker.stop()  # jobs cut short keep their leases and are reclaimed when those expire
+    await hooks.stop(settings.hook_timeout)
     await store.close()
     logs.log(logging.INFO, "worker_stopped", worker=worker.worker_id)
     return 0

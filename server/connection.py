@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from http.cookies import CookieError, SimpleCookie
 from time import perf_counter
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl
@@ -47,6 +48,7 @@ from .errors import (
     error_body,
 )
 from .event_requests import EventRequests
+from .extensions import AuthRequest, Hooks, SessionEvent
 from .jobs import JobService
 from .limits import (
     ConnectionCounter,
@@ -100,6 +102,8 @@ class BaseConnection:
         "message_bucket",
         "byte_bucket",
         "expiry",
+        "user_id",
+        "opened_at",
         "_max_bytes",
         "_stall_seconds",
         "_waiting_since",
@@ -140,6 +144,8 @@ class BaseConnection:
         self.requests = EventRequests(jobs, self.canvas_id, principal, self.send_event) if events else None
         # Access (see server/auth.py): what this socket's token lets it do.
         self.principal = principal
+        self.user_id = principal.user_id
+        self.opened_at = time.monotonic()
         self.may_write = principal.can("edit")
         self.may_announce = self.may_write or announce
         self.denied_told = False
@@ -367,6 +373,7 @@ class Upgrade(NamedTuple):
     host: str | None
     query_string: bytes
     subprotocols: Sequence[str]
+    headers: Sequence[tuple[bytes, bytes]] = ()  # (lower-case name, value): what an authenticate hook sees
 
 
 class Admitted(NamedTuple):
@@ -399,7 +406,9 @@ class WebSocketEndpoint:
         jobs: JobService | None,
         settings: Settings,
         metrics: Metrics,
+        hooks: Hooks | None = None,
     ) -> None:
+        self.hooks = hooks  # the extensions: authenticate, connect and disconnect
         self.canvases = canvases
         self.rooms = rooms
         self.auth = auth
@@ -430,7 +439,10 @@ class WebSocketEndpoint:
         query = parse_qsl(upgrade.query_string.decode("latin-1"))
         token, subprotocol = websocket_token(query, upgrade.subprotocols)
         try:
-            principal = self.auth.authenticate(token)
+            vouched = None
+            if self.hooks is not None and self.hooks.has("authenticate"):
+                vouched = await self.hooks.authenticate(auth_request("y-websocket", canvas_id, token, upgrade))
+            principal = vouched if vouched is not None else self.auth.authenticate(token)
             self.auth.authorize(principal, canvas_id, "read")
         except AccessDenied as exc:
             offences.record(
@@ -501,6 +513,8 @@ class WebSocketEndpoint:
             )
         log(logging.DEBUG, "ws_open", canvas=conn.canvas_id, conn=conn.id, user=principal.user_id, role=principal.role)
         self.metrics.connections_opened += 1
+        if self.hooks is not None and self.hooks.has("connect"):
+            self.hooks.notify("connect", session_event(conn))
         return True
 
     def finish(self, conn: BaseConnection) -> None:
@@ -514,6 +528,8 @@ class WebSocketEndpoint:
         if conn.requests is not None:
             conn.requests.cancel()
         log(logging.DEBUG, "ws_closed", canvas=conn.canvas_id, conn=conn.id, code=conn.close_code)
+        if self.hooks is not None and self.hooks.has("disconnect"):
+            self.hooks.notify("disconnect", session_event(conn, ended=True))
 
     # -- the ASGI transport ---------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -527,6 +543,7 @@ class WebSocketEndpoint:
             header(scope, b"host"),
             scope.get("query_string", b""),
             scope.get("subprotocols") or (),
+            scope.get("headers") or (),
         )
         try:
             admitted = await self.admit(upgrade)
@@ -652,6 +669,36 @@ def refuse(conn: BaseConnection, code: int, reason: str, *, flush: bool = False)
     )
     conn.room.leave(conn)
     conn.close(code, reason[:120], flush=flush)  # close reasons are capped at 123 bytes
+
+
+def auth_request(protocol: str, canvas_id: str | None, token: str | None, upgrade: Upgrade) -> AuthRequest:
+    """What an ``authenticate`` hook sees of an upgrade: the token, headers and cookies, the address."""
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in upgrade.headers}
+    cookies: dict[str, str] = {}
+    raw = headers.get("cookie")
+    if raw:
+        jar = SimpleCookie()
+        try:
+            jar.load(raw)
+        except CookieError:
+            pass
+        cookies = {name: morsel.value for name, morsel in jar.items()}
+    return AuthRequest(protocol, canvas_id, token, headers, cookies, upgrade.ip)
+
+
+def session_event(conn: BaseConnection, *, ended: bool = False, protocol: str = "y-websocket") -> SessionEvent:
+    principal = conn.principal
+    return SessionEvent(
+        conn.canvas_id,
+        str(conn.id),
+        principal.user_id,
+        principal.name,
+        principal.role,
+        protocol,
+        conn.ip,
+        conn.close_code if ended else None,
+        round(time.monotonic() - conn.opened_at, 3) if ended else None,
+    )
 
 
 def wants_events(query: list[tuple[str, str]]) -> bool:

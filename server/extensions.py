@@ -136,6 +136,12 @@ class Notifier(Protocol):
     def has(self, hook: str) -> bool: ...
 
 
+class Hooks(Notifier, Protocol):
+    """What the transports need of the extensions: notifications and the ``authenticate`` question."""
+
+    async def authenticate(self, request: AuthRequest) -> Principal | None: ...
+
+
 class ExtensionConfigError(ValueError):
     """``CANVASHUB_EXTENSIONS`` names something that cannot be loaded: a startup error."""
 

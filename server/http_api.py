@@ -48,7 +48,7 @@ from .errors import (
     answer_for,
     error_body,
 )
-from .extensions import DeletedEvent, Notifier
+from .extensions import AuthRequest, DeletedEvent, Hooks
 from .health import HealthMonitor
 from .hub import CanvasExport, binary_etag, etag_matches
 from .isotime import iso
@@ -194,7 +194,20 @@ def handler(action: str | None) -> Callable[[Callable[..., Awaitable[Response]]]
                     raise Forbidden("this Origin may not write here")
                 if action is not None:
                     auth = self.auth
-                    principal = auth.authenticate(bearer_token(request.headers.get("authorization")))
+                    token = bearer_token(request.headers.get("authorization"))
+                    vouched = None
+                    if self.hooks.has("authenticate"):
+                        vouched = await self.hooks.authenticate(
+                            AuthRequest(
+                                "http",
+                                canvas_id,
+                                token,
+                                dict(request.headers),
+                                dict(request.cookies),
+                                request.client.host if request.client else None,
+                            )
+                        )
+                    principal = vouched if vouched is not None else auth.authenticate(token)
                     request.state.principal = principal
                     if job_id is None:  # job routes check the job's canvas once they know it
                         auth.authorize(principal, canvas_id, action)
@@ -365,7 +378,7 @@ class HttpApi:
         origins: OriginPolicy,
         settings: Settings,
         webhooks: WebhookPublisher,
-        hooks: Notifier,
+        hooks: Hooks,
     ) -> None:
         self.hooks = hooks
         self.canvases = canvases

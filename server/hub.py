@@ -9,12 +9,13 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from pycrdt import Doc
 
 from canvashub.crdt.codec import KEEPALIVE_FRAME
+from canvashub.crdt.errors import ProtocolError
 from canvashub.crdt.replay import stored_parts
 from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
 from canvashub.storage.base import CanvasStore, LoadedCanvas, WebhookEvent
@@ -22,6 +23,7 @@ from canvashub.storage.base import CanvasStore, LoadedCanvas, WebhookEvent
 from .cluster import Cluster
 from .compaction import Compactor, log_skipped
 from .errors import CloseCode, Overloaded, PreconditionFailed, ShuttingDown, StoreUnavailable
+from .extensions import ChangeCollector
 from .jobs import JobWatcher
 from .logs import FailureLog, log
 from .metrics import Metrics
@@ -62,8 +64,13 @@ class Hub:
         metrics: Metrics,
         replayer: Replayer,
         rooms: dict[str, Room] | None = None,
+        *,
+        seed: Callable[[str], Awaitable[bytes | None]] | None = None,
+        changes: ChangeCollector | None = None,
     ) -> None:
         self.settings = settings
+        self.seed = seed  # the extensions' ``load`` hook: the content of a canvas that has nothing stored
+        self.changes = changes  # where rooms note their changes for the ``change`` hook
         self.store = store
         self.replayer = replayer
         self.persister = persister
@@ -200,7 +207,7 @@ class Hub:
             apply_ms=apply_ms,
             slices=len(merged.slices) if loaded is not None else 0,
         )
-        return Room(
+        room = Room(
             canvas_id,
             document,
             self.persister,
@@ -209,7 +216,31 @@ class Hub:
             updated_at,
             max_bytes=self.settings.max_document_bytes,
             size=size,
+            changes=self.changes,
         )
+        seeded = await self._seed(canvas_id, document) if loaded is None and self.seed is not None else None
+        if seeded is not None:
+            room.apply_local(seeded, origin="extension")  # stored like any change (and relayed to nobody yet)
+        return room
+
+    async def _seed(self, canvas_id: str, document: RoomDocument) -> Effects | None:
+        """A canvas with nothing stored gets the ``load`` hook's update, if any; a bad one is logged and
+        the canvas starts empty. Processes that seed the same canvas at once must return the same bytes
+        (then the second apply changes nothing), as docs/integrating.md says."""
+        assert self.seed is not None
+        update = await self.seed(canvas_id)
+        if not update:
+            return None
+        try:
+            effects = document.apply_update(update)
+        except PartiallyApplied as exc:  # what did apply is in the document: it is stored all the same
+            log(logging.ERROR, "seed_refused", canvas=canvas_id, reason=exc.reason, partly_applied=True)
+            return exc.effects
+        except ProtocolError as exc:
+            log(logging.ERROR, "seed_refused", canvas=canvas_id, reason=exc.reason)
+            return None
+        log(logging.INFO, "canvas_seeded", canvas=canvas_id, bytes=len(update))
+        return effects if effects.update is not None else None
 
     async def _apply_merged(self, canvas_id: str, merged: Merged) -> Doc:
         """The merged state applied to a fresh Doc on the loop (the document lives here): slice by slice

@@ -15,6 +15,7 @@ from .savestatus import SaveStatus
 
 class Peer(Protocol):
     id: int  # unique in this process; peers are hashed by it
+    user_id: str | None  # who its token says it is (None: anonymous)
     may_write: bool  # its role may change the document
     may_announce: bool  # its presence is relayed
     events: bool  # it opted into canvashub event frames

@@ -21,6 +21,7 @@ from canvashub.crdt.update import decode_state_vector
 
 from .cluster import Cluster
 from .errors import CanvasTooLarge, Overloaded
+from .extensions import ChangeCollector
 from .logs import log
 from .peer import Peer
 from .persistence import Persister
@@ -47,6 +48,7 @@ class Room:
         "taking_over",
         "durable_state",
         "storage_watchers",
+        "changes",
     )
 
     def __init__(
@@ -60,6 +62,7 @@ class Room:
         *,
         max_bytes: int = 0,
         size: int = 0,
+        changes: ChangeCollector | None = None,
     ) -> None:
         self.canvas_id = canvas_id
         self.document = document
@@ -87,6 +90,10 @@ class Room:
         # loaded, then what the persister reports after each commit (see ``storage_state``).
         self.durable_state: bytes = document.doc.get_state()
         self.storage_watchers: set[Peer] = set()  # told each storage change until told "saved"
+        # Where this process's changes are noted for the extensions' ``change`` hook (None: nobody listens).
+        self.changes = changes if changes is not None and changes.wanted else None
+        if self.changes is not None:
+            document.track_elements()
 
     @property
     def exists(self) -> bool:
@@ -158,7 +165,12 @@ class Room:
             if before is not None:
                 state = self.document.doc.get_state()  # recorded with the update too: one call
                 clocks = advanced_clocks(before, state)
+            created = not self.exists
             self._store(update, conn.save, clocks, state=state)
+            if self.changes is not None:
+                self.changes.note(
+                    self.canvas_id, self.document.take_changed_elements(), conn.user_id, "client", created
+                )
         if effects.awareness_refused:
             log(
                 logging.WARNING,
@@ -168,12 +180,17 @@ class Room:
                 entries=effects.awareness_refused,
             )
 
-    def apply_local(self, effects: Effects) -> asyncio.Future[int] | None:
-        """Relay and store a change made on the server (HTTP, restore, a job); returns the commit future."""
+    def apply_local(self, effects: Effects, origin: str = "server") -> asyncio.Future[int] | None:
+        """Relay and store a change made on the server (HTTP, restore, a job, an extension's seed); returns
+        the commit future. ``origin`` is what the ``change`` hook reports."""
         if effects.update is None:
             return None
         self._relay(effects.broadcast)
-        return self._store(effects.update, want_result=True)
+        created = not self.exists
+        done = self._store(effects.update, want_result=True)
+        if self.changes is not None:
+            self.changes.note(self.canvas_id, self.document.take_changed_elements(), None, origin, created)
+        return done
 
     def _relay(self, frames: list[bytes], skip: Peer | None = None) -> None:
         for out in frames:
@@ -218,6 +235,8 @@ class Room:
         self._relay(effects.broadcast)
         self._changed(len(effects.update))
         self.unconfirmed[(node, number)] = (effects.update, now)
+        if self.changes is not None:
+            self.document.take_changed_elements()  # reported by the process that made the change
 
     def apply_peer_awareness(self, node: str, payload: bytes, now: float) -> None:
         self._relay(self.document.remote_awareness(node, payload, now).broadcast)

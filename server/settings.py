@@ -317,6 +317,7 @@ class Settings:
         "CANVASHUB_STORE_TIMEOUT",
         "seconds before one storage call is abandoned (and retried, for appends)",
         above=0,
+        worker=True,
     )
     store_slow_notice: float = _opt(
         1.0,
@@ -427,23 +428,33 @@ class Settings:
         low=0,
     )
 
-    # -- webhooks (see docs/integrating.md) ------------------------------------------
+    # -- extensions and webhooks (see docs/integrating.md) ----------------------------
     extensions: str = _opt(
         "",
         "CANVASHUB_EXTENSIONS",
         "extension factories to load, package.module:factory,... (docs/integrating.md; unset: none)",
+        worker=True,
     )
     hook_timeout: float = _opt(
-        5.0, "CANVASHUB_HOOK_TIMEOUT", "seconds an extension hook may take before it is abandoned", above=0
+        5.0,
+        "CANVASHUB_HOOK_TIMEOUT",
+        "seconds an extension hook may take before it is abandoned",
+        above=0,
+        worker=True,
     )
     hook_queue: int = _opt(
-        10000, "CANVASHUB_HOOK_QUEUE", "notifications queued per extension before new ones are dropped", low=1
+        10000,
+        "CANVASHUB_HOOK_QUEUE",
+        "notifications queued per extension before new ones are dropped",
+        low=1,
+        worker=True,
     )
     webhooks: str = _opt(
         "",
         "CANVASHUB_WEBHOOKS",
         'webhook endpoints, a JSON list of {"name", "url", "secret": "whsec_...", "events": ["canvas.*", ...]} (unset: none)',
         check=_webhooks_check,
+        worker=True,
     )
     webhook_max_attempts: int = _opt(
         12, "CANVASHUB_WEBHOOK_MAX_ATTEMPTS", "attempts per delivery before it is dead-lettered", low=1

@@ -464,6 +464,7 @@ class NativeProtocol(asyncio.Protocol):
             _text(headers.get(b"host")),
             query,
             subprotocols,
+            tuple(headers.items()),
         )
         self._state = _ADMITTING
         task = asyncio.get_running_loop().create_task(self._admit(upgrade, key))

@@ -21,6 +21,7 @@ from .support import free_port, metric_value, wait_until
 from .test_cli import assert_refused, run_cli, serve_args
 from .test_scale_out import redis_process, start_cluster  # noqa: F401 (fixture)
 from .webhook_receiver import Receiver, new_secret
+from .wire import WireClient, key_updates
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -404,3 +405,35 @@ def test_settings_defaults_are_sane():
     assert s.webhooks == "" and s.webhook_max_attempts == 12 and s.webhook_retry_max == 3600.0
     assert (s.webhook_change_debounce, s.webhook_change_max_wait) == (2.0, 10.0)
     assert dataclasses.replace(s, webhook_timeout=1.0).webhook_timeout == 1.0
+
+
+async def test_hook_driven_events_reach_the_receiver(server_factory, receiver):
+    """A socket that joins, edits and leaves a new canvas produces session.started, canvas.created,
+    canvas.changed (with the element ids), canvas.saved (with the seq) and session.ended, signed."""
+    server = await server_factory(
+        **FAST,
+        webhook_change_debounce=0.1,
+        webhook_change_max_wait=0.5,
+        webhooks=config(receiver.endpoint(events=["canvas.*", "session.*"])),
+    )
+    client = await WireClient.connect(server, "hooked", sync=True)
+    _, updates = key_updates(3, prefix="shape")
+    for update in updates:
+        await client.send_update(update)
+    await client.wait_save(where=lambda e: e["through"] == 3)
+    await client.close()
+
+    def kinds(r) -> set[str]:
+        return {body["type"] for body in r.unique().values()}
+
+    wanted = {"session.started", "canvas.created", "canvas.changed", "canvas.saved", "session.ended"}
+    await receiver.wait_for(lambda r: wanted <= kinds(r), 30, "every hook-driven event")
+    bodies = list(receiver.unique().values())
+    changed = [b["data"] for b in bodies if b["type"] == "canvas.changed"]
+    assert {"shape0", "shape1", "shape2"} <= {e for data in changed for e in data["elements"]}
+    assert all(data["canvas_id"] == "hooked" for data in changed)
+    saved = [b["data"] for b in bodies if b["type"] == "canvas.saved"]
+    assert max(data["seq"] for data in saved) >= 1
+    ended = next(b["data"] for b in bodies if b["type"] == "session.ended")
+    assert ended["protocol"] == "y-websocket" and ended["canvas_id"] == "hooked"
+    assert receiver.bad_signatures == 0
