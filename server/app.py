@@ -8,7 +8,7 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -131,19 +131,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         slow_notice=settings.store_slow_notice,
         compactor=compactor,
     )
-    webhooks = WebhookService(
-        store,
-        parse_webhook_endpoints(settings.webhooks),  # checked by Settings already
-        metrics,
-        max_attempts=settings.webhook_max_attempts,
-        timeout=settings.webhook_timeout,
-        retry_base=settings.webhook_retry_base,
-        retry_max=settings.webhook_retry_max,
-        concurrency=settings.webhook_concurrency,
-        poll_interval=settings.webhook_poll_interval,
-        retention=settings.webhook_retention,
-        store_timeout=settings.store_timeout,
-    )
+    webhooks = make_webhooks(settings, store, metrics)
     # Webhooks for what hooks report (canvas.created/changed/saved, session.*) come from a built-in
     # extension; canvas.deleted and generation.* are written with what they report (same transaction).
     bridge = None
@@ -152,12 +140,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
             webhooks, wait=settings.webhook_change_debounce, max_wait=settings.webhook_change_max_wait
         )
         loaded_extensions.append(bridge)
-    hooks = Extensions(
-        loaded_extensions,
-        timeout=settings.hook_timeout,
-        max_queue=settings.hook_queue,
-        on_outcome=metrics.hook_outcome,
-    )
+    hooks = make_extensions(settings, metrics, loaded_extensions)
     changes = ChangeCollector(hooks, wait=settings.webhook_change_debounce, max_wait=settings.webhook_change_max_wait)
     if hooks.has("saved"):
         persister.on_saved = lambda canvas_id, seq, count: hooks.notify("saved", SavedEvent(canvas_id, seq, count))
@@ -187,10 +170,6 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         settings.pattern_step_delay, settings.generator_http_url or None, settings.generator_http_timeout
     )
 
-    def job_state(job: Job, status: str, error: tuple[str, str] | None) -> None:
-        metrics.job_state(status)
-        hooks.notify("generation", GenerationEvent(job.id, job.canvas_id, status, None if error is None else error[1]))
-
     jobs = JobService(
         hub,
         store,
@@ -204,7 +183,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         retry_max=settings.job_retry_max,
         store_timeout=settings.store_timeout,
         webhooks=webhooks,
-        on_state=job_state,
+        on_state=job_listener(metrics, hooks),
     )
     hub.job_events = jobs.watcher
     api = HttpApi(hub, store, jobs, replayer, auth, origins, settings, webhooks, hooks)
@@ -331,15 +310,10 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
     return app
 
 
-def create_worker(settings: Settings, extensions: Sequence[object] = ()) -> tuple[Worker, Store, str, Extensions]:
-    """What ``canvashub worker`` runs: a job worker on the store, reporting to the extensions'
-    ``generation`` hook, with ``generation.*`` webhooks written in the job's own transaction (the
-    servers deliver them: a worker process only writes to the outbox)."""
-    store, backend = make_store(settings)
-    metrics = Metrics()
-    webhooks = WebhookService(
+def make_webhooks(settings: Settings, store: Store, metrics: Metrics) -> WebhookService:
+    return WebhookService(
         store,
-        parse_webhook_endpoints(settings.webhooks),
+        parse_webhook_endpoints(settings.webhooks),  # checked by Settings already
         metrics,
         max_attempts=settings.webhook_max_attempts,
         timeout=settings.webhook_timeout,
@@ -350,15 +324,32 @@ def create_worker(settings: Settings, extensions: Sequence[object] = ()) -> tupl
         retention=settings.webhook_retention,
         store_timeout=settings.store_timeout,
     )
-    hooks = Extensions(
-        [*load_extensions(settings.extensions), *extensions],
-        timeout=settings.hook_timeout,
-        max_queue=settings.hook_queue,
-        on_outcome=metrics.hook_outcome,
+
+
+def make_extensions(settings: Settings, metrics: Metrics, extensions: Sequence[object]) -> Extensions:
+    return Extensions(
+        extensions, timeout=settings.hook_timeout, max_queue=settings.hook_queue, on_outcome=metrics.hook_outcome
     )
 
+
+def job_listener(metrics: Metrics, hooks: Extensions) -> Callable[[Job, str, tuple[str, str] | None], None]:
+    """Every job state this process causes: counted, and told to the extensions' ``generation`` hook."""
+
     def job_state(job: Job, status: str, error: tuple[str, str] | None) -> None:
+        metrics.job_state(status)
         hooks.notify("generation", GenerationEvent(job.id, job.canvas_id, status, None if error is None else error[1]))
+
+    return job_state
+
+
+def create_worker(settings: Settings, extensions: Sequence[object] = ()) -> tuple[Worker, Store, str, Extensions]:
+    """What ``canvashub worker`` runs: a job worker on the store, reporting to the extensions'
+    ``generation`` hook, with ``generation.*`` webhooks written in the job's own transaction (the
+    servers deliver them: a worker process only writes to the outbox)."""
+    store, backend = make_store(settings)
+    metrics = Metrics()
+    webhooks = make_webhooks(settings, store, metrics)
+    hooks = make_extensions(settings, metrics, [*load_extensions(settings.extensions), *extensions])
 
     worker = Worker(
         store,
@@ -371,7 +362,7 @@ def create_worker(settings: Settings, extensions: Sequence[object] = ()) -> tupl
         retry_base=settings.job_retry_base,
         retry_max=settings.job_retry_max,
         webhooks=webhooks if webhooks.enabled else None,
-        on_state=job_state,
+        on_state=job_listener(metrics, hooks),
     )
     return worker, store, backend, hooks
 

@@ -157,6 +157,11 @@ class BaseConnection:
     def __hash__(self) -> int:
         return self.id
 
+    def report_slow(self, reason: str, **queued: int) -> None:
+        """Count and log a slow-client disconnect (``queued``: what was waiting, per transport)."""
+        self.metrics.slow_client_disconnects += 1
+        log(logging.WARNING, "slow_client_disconnected", canvas=self.canvas_id, conn=self.id, reason=reason, **queued)
+
     def write_denied(self, update: bytes) -> None:
         """A viewer sent a change: it is dropped; the client is told once (y-protocols auth message + event)."""
         if self.denied_told or update == EMPTY_UPDATE:  # every client sends an empty step 2 on join
@@ -288,16 +293,7 @@ class Connection(BaseConnection):
 
         Leaving the room is deferred to the next loop turn because we may be inside
         the room's broadcast loop over its connections."""
-        self.metrics.slow_client_disconnects += 1
-        log(
-            logging.WARNING,
-            "slow_client_disconnected",
-            canvas=self.canvas_id,
-            conn=self.id,
-            reason=reason,
-            queued_frames=len(self._queue),
-            queued_bytes=self._queued_bytes,
-        )
+        self.report_slow(reason, queued_frames=len(self._queue), queued_bytes=self._queued_bytes)
         message = "client stopped reading" if reason == "stalled" else "send queue full: client is not reading"
         self.close(CloseCode.TRY_AGAIN_LATER, message, flush=False)
         asyncio.get_running_loop().call_soon(self.room.leave, self)

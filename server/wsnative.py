@@ -162,13 +162,8 @@ class NativeConnection(BaseConnection):
             self._overflow("stalled")
 
     def _overflow(self, reason: str) -> None:
-        self.metrics.slow_client_disconnects += 1
-        log(
-            logging.WARNING,
-            "slow_client_disconnected",
-            canvas=self.canvas_id,
-            conn=self.id,
-            reason=reason,
+        self.report_slow(
+            reason,
             queued_frames=len(self._out or ()) // 2,
             queued_bytes=self._out_bytes,
             transport_bytes=self._transport.get_write_buffer_size(),
