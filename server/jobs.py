@@ -155,7 +155,10 @@ class Worker:
             job = None
             if len(self._running) < self.concurrency:
                 try:
-                    job = await self.store.claim_job(self.worker_id, self.lease_seconds)
+                    # Bounded by the lease: a claim cut short after it committed expires and is reclaimed.
+                    job = await asyncio.wait_for(
+                        self.store.claim_job(self.worker_id, self.lease_seconds), self.lease_seconds
+                    )
                     self._claim_failures.recovered()
                 except Exception as exc:  # store down: try again later
                     self._claim_failures.failed(repr(exc))
@@ -346,6 +349,7 @@ class JobWatcher:
         # A result's claim must outlast loading the canvas, writing the element and waiting for it to be
         # durable (each bounded by about one store timeout) and marking it applied.
         self.result_lease = max(MIN_RESULT_LEASE, 3 * store_timeout)
+        self.store_timeout = store_timeout
         self.claimer_id = f"{os.uname().nodename}:{os.getpid()}:watcher:{secrets.token_hex(4)}"
         self._applied_here: dict[str, float] = {}  # job id -> when this process applied its result (monotonic)
         self.changed = asyncio.Event()
@@ -386,8 +390,9 @@ class JobWatcher:
         while not self._stopping:
             self.changed.clear()
             try:
-                await self._poll()
-                await self._apply_results()
+                # Bounded: a database that stops answering must not stall job events for good.
+                await asyncio.wait_for(self._poll(), self.store_timeout)
+                await asyncio.wait_for(self._apply_results(), self.result_lease)  # a cut-short claim expires
                 self._failures.recovered()
             except asyncio.CancelledError:
                 raise
