@@ -75,7 +75,7 @@ class Metrics:
         )
         self.frame_handling = Histogram(
             "canvashub_frame_handling_seconds",
-            "time one inbound frame held the event loop (parse, apply, fan-out)",
+            "CPU time one inbound frame held the event loop (parse, apply, fan-out; the loop thread's own time)",
             buckets=FAST_BUCKETS,
             registry=self.registry,
         )
@@ -141,7 +141,7 @@ class _Attributes(Collector):
         yield attempts
         yield GaugeMetricFamily(
             "canvashub_frame_handling_max_seconds",
-            "longest time one inbound frame held the event loop",
+            "longest CPU time one inbound frame held the event loop",
             value=m.frame_handling_max_seconds,
         )
         for name, value in m.gauges().items():

@@ -71,6 +71,11 @@ async def test_job_states_and_hook_calls_are_counted(server_factory) -> None:
             await asyncio.sleep(0.05)  # poll interval of a wait bounded to 30 s
         else:
             raise AssertionError("the generation did not succeed within 30 s")
+        # The job succeeds a moment before its element is written into the canvas (which creates it).
+        for _attempt in range(600):
+            if (await http.get("/api/canvases/m2")).status_code == 200:
+                break
+            await asyncio.sleep(0.05)  # poll interval of a wait bounded to 30 s
         assert (await http.delete("/api/canvases/m2")).status_code == 204
         await wait_until(lambda: listener.seen == ["m2"], 10, "deleted hook")
         text = (await http.get("/metrics")).text
