@@ -149,7 +149,11 @@ NODES = {
         "their part",
     },
 }
-USER = {"type": "object", "required": ["id", "name"], "properties": {"id": {"type": "string"}, "name": {"type": "string"}}}
+USER = {
+    "type": "object",
+    "required": ["id", "name"],
+    "properties": {"id": {"type": "string"}, "name": {"type": "string"}},
+}
 ROOM = {
     "type": "object",
     "required": ["id", "connections", "users", "users_truncated", "backlog", "locked", "nodes"],

@@ -13,12 +13,14 @@ import httpx
 import pytest
 from pycrdt import Map
 
+from canvashub.client import AccessForbidden, Backoff, Canvas, HttpClient, HttpError
 from canvashub.crdt import codec
 from canvashub.crdt.codec import Reader
 from canvashub.server.auth import mint_token
 from canvashub.server.directory import ADMIN_CHANNEL, HEARTBEAT
 from canvashub.server.pubsub import MemoryBroker, MemoryPubSub, RedisPubSub
 
+from .js_client import JsClient
 from .support import skip_or_fail, wait_until
 from .wire import WireClient, key_updates
 
@@ -293,3 +295,43 @@ async def test_locks_are_read_again_after_a_pubsub_outage(server_factory, storag
         await server.app.state.directory.refresh_locks()
         assert room.locked
         assert (await http.patch("/api/canvases/missed/elements/e2", json={"x": 2})).status_code == 423
+
+
+async def test_python_client_admin_methods_and_a_disconnected_peer_stays_out(live_server):
+    """HttpClient's admin methods (open mode: anyone is an admin); a Python peer an administrator disconnects
+    ends with AccessForbidden (4403) and does not reconnect."""
+    async with HttpClient(live_server.http_url) as api:
+        canvas = Canvas(live_server.http_url, "kick", backoff=Backoff(base=0.05, cap=0.5))
+        await canvas.start()
+        with canvas.doc.transaction():
+            canvas.doc.get("elements", type=Map)["x"] = Map({"type": "rect"})
+        await canvas.saved(timeout=10)
+        rooms = await api.list_rooms()
+        assert [(room["id"], room["connections"]) for room in rooms["rooms"]] == [("kick", 1)]
+        (session,) = (await api.list_sessions("kick"))["sessions"]
+        assert session["user_id"] is None and session["role"] == "editor"
+        assert await api.lock("kick") == {"id": "kick", "locked": True}
+        with pytest.raises(HttpError) as refused:
+            await api.patch_element("kick", "y", {"x": 1})
+        assert refused.value.status == 423 and refused.value.type == "locked"
+        assert (await api.unlock("kick"))["locked"] is False
+        assert (await api.disconnect("kick"))["disconnected"] == 1
+        with pytest.raises(AccessForbidden):
+            await canvas.wait_closed(timeout=10)
+        assert canvas.attempts == 1
+        await canvas.close()
+
+
+async def test_the_stock_provider_sees_4403_and_stays_disconnected(server_factory, tmp_path):
+    """The stock y-websocket provider disconnected by an administrator gets 4403 and gives up (no reconnect)."""
+    server = await server_factory(**AUTH, data_dir=str(tmp_path))
+    client = await JsClient.start(f"ws://127.0.0.1:{server.port}/ws", "stock", token=token("editor", "ann"))
+    try:
+        await client.wait_event("synced")
+        async with httpx.AsyncClient(base_url=server.http_url, headers=ADMIN, timeout=10) as http:
+            answer = await http.post("/api/canvases/stock/disconnect", json={"user_id": "ann"})
+        assert answer.json()["disconnected"] == 1
+        closed = await client.wait_event("closed", timeout=6, where=lambda e: e.get("terminal"))
+        assert closed["code"] == 4403 and client.errors() == []
+    finally:
+        await client.close()
