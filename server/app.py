@@ -26,10 +26,12 @@ from canvashub.storage.postgres import PostgresStore
 from canvashub.storage.sqlite import SQLiteStore
 
 from . import logs, openapi
+from .admin import AdminApi
 from .auth import Authenticator
 from .cluster import Cluster
 from .compaction import Compactor
 from .connection import WebSocketEndpoint
+from .directory import Directory
 from .extensions import ChangeCollector, Extensions, GenerationEvent, SavedEvent, load_extensions
 from .generators import build_generators
 from .health import HealthMonitor
@@ -188,6 +190,9 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
     hub.job_events = jobs.watcher
     api = HttpApi(hub, store, jobs, replayer, auth, origins, settings, webhooks, hooks)
     operations = OperationsApi(hub, persister, health, cluster, metrics, backend)
+    # The admin API: live canvases and sessions across processes (asked over the pub/sub), disconnects, locks.
+    directory = Directory(pubsub, rooms, persister, store, store_timeout=settings.store_timeout)
+    admin = AdminApi(directory, cluster, store, auth, origins, settings, hooks)
     metrics.gauges = lambda: {
         **{name: float(value) for name, value in hub.stats().items()},
         **{
@@ -222,6 +227,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         persister.start()
         compactor.start()
         cluster.start()
+        await directory.start()  # answers the other processes' admin queries
         webhooks.start()  # delivers what earlier runs (or other processes) left in the outbox
         jobs.start()
         hub.start()
@@ -245,6 +251,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
             await compactor.stop()
             await replayer.stop()
             await cluster.stop()
+            await directory.stop()
             await health.stop()
             await pubsub.close()
             for task in background:
@@ -255,7 +262,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
 
     # The router is built from the same table /openapi.json is rendered from (server/openapi.py).
     api_docs = ApiDocs(openapi.document(version("canvashub")), settings.demo_dir)
-    owners = {"api": api, "assets": api, "operations": operations, "docs": api_docs}
+    owners = {"api": api, "admin": admin, "assets": api, "operations": operations, "docs": api_docs}
 
     def routes_of(*names: str) -> list[Route]:
         return [
@@ -268,7 +275,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         *routes_of("operations", "docs"),
         # Its own router: under /api, no match is a JSON 404 and a wrong method a JSON 405 listing the
         # path's methods, never a fall through to the demo's static files below.
-        Mount("/api", routes=routes_of("api")),
+        Mount("/api", routes=routes_of("api", "admin")),
         *routes_of("assets"),
         WebSocketRoute("/ws/{canvas_id}", sockets),
     ]
@@ -288,7 +295,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
             Middleware(
                 CORSMiddleware,
                 allow_origins=cors_origins,
-                allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
+                allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
                 allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match"],
                 expose_headers=["ETag", "Location", "Retry-After"],
                 max_age=600,
@@ -304,6 +311,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
     app.state.hub = hub
     app.state.jobs = jobs
     app.state.webhooks = webhooks
+    app.state.directory = directory
     app.state.settings = settings
     app.state.extensions = hooks
     app.state.ws_protocol = native_sockets.protocol_class()

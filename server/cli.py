@@ -23,6 +23,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from .app import create_app
+from .auth import ROLES
 from .settings import Settings, option_name, worker_field_names
 from .startup import StartupFailed, bind_listener, open_store, report
 
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--secret), or RS256/ES256 with --private-key.",
     )
     token.add_argument("--canvas", required=True, help="canvas id, or a pattern with * (e.g. 'team-*', '*')")
-    token.add_argument("--role", required=True, choices=["viewer", "editor", "owner"])
+    token.add_argument("--role", required=True, choices=list(ROLES))
     token.add_argument("--user", required=True, help="user id (the token's sub)")
     token.add_argument("--name", help="display name shown in presence (default: the user id)")
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")

@@ -17,6 +17,8 @@ Every process that holds a canvas subscribes to its channel (``canvas:{id}``)
   a pub/sub outage (state vector exchange, then everyone converges).
 - ``x``: the canvas was deleted: receivers close their sockets on it (4404).
 - ``d`` + varUint(n): the sender has stored its updates numbered up to n.
+- ``l`` + ``1`` or ``0``: an administrator locked (unlocked) the canvas; the lock is already in
+  storage, so a process that loads the canvas later reads it there.
 
 Updates carry the sender's number (``u`` + varUint(n) + update; 0 for sync
 answers). A receiver keeps each relayed update until the sender confirms it with
@@ -69,8 +71,10 @@ class ClusterRoom(Protocol):
 
     def expire_peer_presence(self, before: float) -> None: ...
 
+    def set_locked(self, locked: bool) -> None: ...
 
-UPDATE, AWARENESS, SYNC, SYNC_REPLY, DELETED, DURABLE = b"u", b"a", b"s", b"t", b"x", b"d"
+
+UPDATE, AWARENESS, SYNC, SYNC_REPLY, DELETED, DURABLE, LOCK = b"u", b"a", b"s", b"t", b"x", b"d", b"l"
 PEER_COMMIT_TIMEOUT = 3.0  # a relayed change its sender has not confirmed durable by then is stored here
 EARLY_BUFFER = 1024  # messages kept for a canvas that is still loading (the sync answer covers the rest)
 PRESENCE_TIMEOUT = 35.0  # clients renew presence every 15 s; another process's silent clients expire after this
@@ -177,6 +181,21 @@ class Cluster:
     def publish_deleted(self, canvas_id: str) -> None:
         self.pubsub.publish(self.channel(canvas_id), DELETED)
 
+    def lock_changed(self, canvas_id: str, locked: bool) -> None:
+        """The canvas's lock was just stored (or removed): apply it here and tell the other processes.
+
+        A room loading here right now may have read storage before the change: the message waits in
+        the load's early buffer like one from another process, and applies once the room is registered."""
+        payload = LOCK + (b"1" if locked else b"0")
+        room = self.rooms.get(canvas_id)
+        if room is not None:
+            room.set_locked(locked)
+        else:
+            early = self._early.get(canvas_id)
+            if early is not None:
+                early.append((self.pubsub.node_id, payload))
+        self.pubsub.publish(self.channel(canvas_id), payload)
+
     def resync(self) -> None:
         """After a pub/sub outage: state vector exchange for every canvas this process holds."""
         rooms = list(self.rooms.values())
@@ -227,6 +246,8 @@ class Cluster:
                     self._publish_presence(room)
             elif kind == DELETED:
                 self.on_deleted(canvas_id)
+            elif kind == LOCK:
+                room.set_locked(body == b"1")
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - a bad message must not stop the reader (yrs panics too)

@@ -107,7 +107,10 @@ class BaseConnection:
         "_max_bytes",
         "_stall_seconds",
         "_waiting_since",
+        "opened_at",
     )
+
+    protocol = "y-websocket"  # what the admin API's session listing shows (GET /api/canvases/{id}/sessions)
 
     def __init__(
         self,
@@ -153,6 +156,7 @@ class BaseConnection:
         self.message_bucket: TokenBucket | None = rates[0] if rates is not None else None
         self.byte_bucket: TokenBucket | None = rates[1] if rates is not None else None
         self.expiry: asyncio.TimerHandle | None = None  # the token's expiry timer, while connected
+        self.opened_at = time.time()  # wall clock, for the admin API's session listing
 
     def __hash__(self) -> int:
         return self.id
@@ -167,7 +171,10 @@ class BaseConnection:
         if self.denied_told or update == EMPTY_UPDATE:  # every client sends an empty step 2 on join
             return
         self.denied_told = True
-        reason = f"read-only: role {self.principal.role!r} may not edit this canvas"
+        if self.room.locked and self.may_write:
+            reason = "read-only: an administrator locked this canvas"
+        else:
+            reason = f"read-only: role {self.principal.role!r} may not edit this canvas"
         log(logging.INFO, "write_denied", canvas=self.canvas_id, conn=self.id, role=self.principal.role)
         self.enqueue(encode_auth_denied(reason))
         self.send_event({"type": "denied", "action": "edit", "reason": reason})
@@ -500,6 +507,8 @@ class WebSocketEndpoint:
         room.document.set_identity(conn, principal.identity)
         if conn.events:
             conn.send_event(principal.describe())
+            if room.locked:
+                conn.send_event({"type": "lock", "locked": True})  # an administrator locked the canvas
             for event in self.canvases.snapshot_events(conn.canvas_id):
                 conn.send_event(event)
             room.report_storage(conn)  # what is durable: sync step 1's state vector does not say

@@ -31,6 +31,7 @@ class CloseCode(IntEnum):
     SERVICE_RESTART = 1012  # what is left open when the server stops after its drain
     TRY_AGAIN_LATER = 1013
     UNAUTHORIZED = 4401  # the access token expired while connected
+    DISCONNECTED_BY_ADMIN = 4403  # POST /api/canvases/{id}/disconnect: final on purpose (docs/protocol.md)
     CANVAS_DELETED = 4404
     CANVAS_TOO_LARGE = 4413  # a write would grow the canvas past its size cap
 
@@ -91,6 +92,11 @@ class CanvasDeleted(Conflict):
     """The canvas was deleted while the change waited to be written (a socket on it closes with 4404)."""
 
 
+class CanvasLocked(ServerError):
+    """An administrator locked the canvas read-only (``PUT /api/canvases/{id}/lock``): writes are refused.
+    A socket never meets it: a locked canvas drops a socket's updates like a viewer's (``write_denied``)."""
+
+
 class PreconditionFailed(ServerError):
     """``If-Match`` does not match the current ETag."""
 
@@ -149,6 +155,7 @@ TABLE: dict[type[BaseException], Answer] = {
     Conflict: Answer(409, "conflict", CloseCode.POLICY_VIOLATION),
     CanvasDeleted: Answer(409, "conflict", CloseCode.CANVAS_DELETED),
     PreconditionFailed: Answer(412, "conflict", CloseCode.POLICY_VIOLATION),
+    CanvasLocked: Answer(423, "locked", CloseCode.POLICY_VIOLATION),
     TooLarge: Answer(413, "too_large", CloseCode.MESSAGE_TOO_BIG),
     CanvasTooLarge: Answer(413, "too_large", CloseCode.CANVAS_TOO_LARGE),
     Overloaded: Answer(503, "unavailable", CloseCode.TRY_AGAIN_LATER, retry_after=True),

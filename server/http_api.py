@@ -2,7 +2,7 @@
 
 Every error is JSON ``{"error": {"type", "message"}}`` with one of the types
 ``unauthorized`` (401), ``forbidden`` (403), ``not_found``, ``conflict``, ``invalid``
-(400, or 422 with an ``errors`` list), ``too_large``, ``unavailable``, ``timeout``. Writes reach live clients like any other change and answer once
+(400, or 422 with an ``errors`` list), ``too_large``, ``locked`` (423), ``unavailable``, ``timeout``. Writes reach live clients like any other change and answer once
 the change is durable (200), or 202 if it is not durable within
 ``http_durable_timeout`` (it is still queued and will be written).
 """

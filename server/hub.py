@@ -22,7 +22,7 @@ from canvashub.storage.base import CanvasStore, LoadedCanvas, WebhookEvent
 
 from .cluster import Cluster
 from .compaction import Compactor, log_skipped
-from .errors import CloseCode, Overloaded, PreconditionFailed, ShuttingDown, StoreUnavailable
+from .errors import CanvasLocked, CloseCode, Overloaded, PreconditionFailed, ShuttingDown, StoreUnavailable
 from .extensions import ChangeCollector
 from .jobs import JobWatcher
 from .logs import FailureLog, log
@@ -217,6 +217,7 @@ class Hub:
             max_bytes=self.settings.max_document_bytes,
             size=size,
             changes=self.changes,
+            locked=loaded is not None and loaded.locked,
         )
         seeded = await self._seed(canvas_id, document) if loaded is None and self.seed is not None else None
         if seeded is not None:
@@ -347,7 +348,8 @@ class Hub:
         loading it if needed.
 
         Raises ``Overloaded`` if the storage backlog cannot take ``size`` more bytes, ``ShuttingDown``
-        while draining, ``PreconditionFailed`` if ``if_match`` is not the current ETag and
+        while draining, ``PreconditionFailed`` if ``if_match`` is not the current ETag, ``CanvasLocked``
+        if an administrator locked the canvas and
         ``ProtocolError`` if the change is invalid (``CanvasTooLarge`` if ``size`` more bytes could
         take the canvas past its cap). Returns the new ETag and the commit future (None if the change
         was a no-op).
@@ -363,6 +365,8 @@ class Hub:
                 room.exists and (etag_matches(if_match, room.etag) or etag_matches(if_match, binary_etag(room.etag)))
             ):
                 raise PreconditionFailed(room.etag)
+            if room.locked:
+                raise CanvasLocked(f"canvas {canvas_id!r} is locked read-only by an administrator")
             room.check_growth(size)
             try:
                 effects = change(room.document)

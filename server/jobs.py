@@ -42,7 +42,7 @@ from canvashub.crdt.edits import patch_element
 from canvashub.crdt.room import Effects, RoomDocument
 from canvashub.storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, JobStore, Store
 
-from .errors import CanvasTooLarge, Conflict, ServerError, UnprocessableBody, answer
+from .errors import CanvasLocked, CanvasTooLarge, Conflict, ServerError, UnprocessableBody, answer
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
 from .isotime import iso
 from .logs import FailureLog, log
@@ -478,7 +478,7 @@ class JobWatcher:
                 _, done = await self.canvases.write(
                     job.canvas_id, element_patch(element_id, element), size=len(orjson.dumps(element))
                 )
-            except CanvasTooLarge as exc:  # the job succeeded but its element cannot be added
+            except (CanvasTooLarge, CanvasLocked) as exc:  # the job succeeded but its element cannot be added
                 log(logging.WARNING, "job_result_refused", job=job.id, canvas=job.canvas_id, reason=exc.reason)
                 self._applied(job.id)
                 await self.store.mark_result_applied(job.id)

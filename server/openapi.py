@@ -22,7 +22,7 @@ from canvashub.storage.base import WEBHOOK_DELIVERY_STATUSES
 
 from .canvas_ids import CANVAS_ID_PATTERN, CANVAS_ID_RULE
 from .errors import TABLE, NotFound, answer, error_body
-from .schemas import ELEMENT_PATCH, GENERATION_REQUEST
+from .schemas import DISCONNECT_REQUEST, ELEMENT_PATCH, GENERATION_REQUEST
 from .settings import WEBHOOK_NAME
 
 JSON = "application/json"
@@ -140,6 +140,75 @@ DELIVERY = {
         "payload": {"type": "object", "description": "the message body as sent"},
     },
 }
+NODES = {
+    "nodes": {"type": "array", "items": {"type": "string"}, "description": "the processes (node ids) that answered"},
+    "missing_nodes": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "processes heard from in the last 15 s that did not answer within 1 s: the answer lacks "
+        "their part",
+    },
+}
+USER = {
+    "type": "object",
+    "required": ["id", "name"],
+    "properties": {"id": {"type": "string"}, "name": {"type": "string"}},
+}
+ROOM = {
+    "type": "object",
+    "required": ["id", "connections", "users", "users_truncated", "backlog", "locked", "nodes"],
+    "properties": {
+        "id": {"type": "string"},
+        "connections": {"type": "integer", "description": "sockets on the canvas, all processes together"},
+        "users": {"type": "array", "items": USER, "description": "authenticated users on it (at most 20)"},
+        "users_truncated": {"type": "boolean"},
+        "backlog": {"type": "integer", "description": "updates of the canvas not yet durable"},
+        "locked": {"type": "boolean"},
+        "nodes": {
+            "type": "array",
+            "description": "the processes holding the canvas, each with its part",
+            "items": {
+                "type": "object",
+                "required": ["node", "connections", "backlog"],
+                "properties": {
+                    "node": {"type": "string"},
+                    "connections": {"type": "integer"},
+                    "backlog": {"type": "integer"},
+                },
+            },
+        },
+    },
+}
+SESSION = {
+    "type": "object",
+    "required": ["id", "node", "user_id", "name", "role", "protocol", "ip", "connected_at", "may_write"],
+    "properties": {
+        "id": {"type": "string", "description": "{node}-{number}: unique in the cluster while connected"},
+        "node": {"type": "string"},
+        "user_id": {"type": ["string", "null"], "description": "the token's sub (null in open mode)"},
+        "name": {"type": ["string", "null"]},
+        "role": {"type": ["string", "null"], "enum": ["viewer", "editor", "owner", "admin", None]},
+        "protocol": {"type": "string"},
+        "ip": {"type": ["string", "null"]},
+        "connected_at": OPTIONAL_TIMESTAMP,
+        "may_write": {"type": "boolean", "description": "its role may edit (a lock refuses its writes all the same)"},
+    },
+}
+LOCK_STATE = {
+    "type": "object",
+    "required": ["id", "locked"],
+    "properties": {"id": {"type": "string"}, "locked": {"type": "boolean"}},
+}
+DISCONNECTED = {
+    "type": "object",
+    "required": ["id", "user_id", "disconnected", "nodes", "missing_nodes"],
+    "properties": {
+        "id": {"type": "string"},
+        "user_id": {"type": ["string", "null"]},
+        "disconnected": {"type": "integer", "description": "sockets closed (code 4403), all processes together"},
+        **NODES,
+    },
+}
 
 
 def page(key: str, item: dict[str, Any]) -> dict[str, Any]:
@@ -214,6 +283,7 @@ ERROR_MEANINGS = {
     406: "the Accept header allows nothing this resource offers",
     409: "the request conflicts with the canvas's state",
     412: "If-Match does not match the current ETag",
+    423: "an administrator locked the canvas read-only",
     413: "the body or the canvas would be too large",
     422: "JSON of the wrong shape (``errors`` lists each problem)",
     503: "unavailable: shutting down, storage backlog full or storage unreachable (Retry-After)",
@@ -226,7 +296,7 @@ def errors(*statuses: int) -> dict[int, dict[str, Any]]:
 
 
 READ_ERRORS = errors(400, 401, 403, 404, 503, 504)
-WRITE_ERRORS = errors(400, 401, 403, 404, 409, 412, 413, 503, 504)
+WRITE_ERRORS = errors(400, 401, 403, 404, 409, 412, 413, 423, 503, 504)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +305,7 @@ class Operation:
 
     method: str
     path: str
-    owner: str  # "api" (HttpApi, mounted at /api), "operations" (OperationsApi) or "docs"
+    owner: str  # "api" (HttpApi) or "admin" (AdminApi), both mounted at /api; "operations" (OperationsApi) or "docs"
     handler: str
     summary: str
     tag: str
@@ -246,7 +316,7 @@ class Operation:
 
     @property
     def public_path(self) -> str:
-        prefix = "/api" if self.owner == "api" else ""
+        prefix = "/api" if self.owner in ("api", "admin") else ""
         return prefix + re.sub(r"\{(\w+):\w+\}", r"{\1}", self.path)
 
 
@@ -443,6 +513,82 @@ OPERATIONS: tuple[Operation, ...] = (
             {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(WEBHOOK_DELIVERY_STATUSES)}},
             {"name": "endpoint", "in": "query", "schema": {"type": "string", "pattern": f"^{WEBHOOK_NAME.pattern}$"}},
         ),
+        action="admin",
+    ),
+    _op(
+        "GET",
+        "/rooms",
+        "list_rooms",
+        "Live canvases across the cluster, with connections, users, storage backlog and lock (admin)",
+        "admin",
+        {
+            200: json_body(
+                {
+                    **page("rooms", ROOM),
+                    "required": ["rooms", "next_cursor", "nodes", "missing_nodes"],
+                    "properties": {**page("rooms", ROOM)["properties"], **NODES},
+                },
+                "one page of live canvases, by id, as every process answered just now",
+            ),
+            **errors(400, 401, 403),
+        },
+        parameters=CANVAS_PAGING,
+        owner="admin",
+        action="admin",
+    ),
+    _op(
+        "GET",
+        "/canvases/{canvas_id}/sessions",
+        "list_sessions",
+        "Who is on a canvas, on every process (admin)",
+        "admin",
+        {
+            200: json_body(
+                {
+                    **page("sessions", SESSION),
+                    "required": ["sessions", "next_cursor", "nodes", "missing_nodes"],
+                    "properties": {**page("sessions", SESSION)["properties"], **NODES},
+                },
+                "one page of sessions, by session id (none if the canvas is not live anywhere)",
+            ),
+            **errors(400, 401, 403),
+        },
+        parameters=(CANVAS_ID, *paging({"type": "string", "pattern": "^[!-~]{1,100}-[0-9]{1,18}$"})),
+        owner="admin",
+        action="admin",
+    ),
+    _op(
+        "POST",
+        "/canvases/{canvas_id}/disconnect",
+        "disconnect",
+        "Disconnect everyone on a canvas, or one user, on every process: their sockets close with 4403 (admin)",
+        "admin",
+        {200: json_body(DISCONNECTED, "the sockets closed"), **errors(400, 401, 403, 413, 422)},
+        parameters=(CANVAS_ID,),
+        request={"required": False, "content": {JSON: {"schema": DISCONNECT_REQUEST}}},
+        owner="admin",
+        action="admin",
+    ),
+    _op(
+        "PUT",
+        "/canvases/{canvas_id}/lock",
+        "lock_canvas",
+        "Lock a canvas read-only on every process, until unlocked (survives restarts) (admin)",
+        "admin",
+        {200: json_body(LOCK_STATE, "locked"), **errors(400, 401, 403, 404, 503, 504)},
+        parameters=(CANVAS_ID,),
+        owner="admin",
+        action="admin",
+    ),
+    _op(
+        "DELETE",
+        "/canvases/{canvas_id}/lock",
+        "unlock_canvas",
+        "Unlock a canvas (admin)",
+        "admin",
+        {200: json_body(LOCK_STATE, "unlocked"), **errors(400, 401, 403, 404, 503, 504)},
+        parameters=(CANVAS_ID,),
+        owner="admin",
         action="admin",
     ),
     _op(

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from canvashub.crdt.codec import EMPTY_UPDATE, AwarenessFrame, Message, SyncStep2, SyncUpdate
+from canvashub.crdt.codec import EMPTY_UPDATE, AwarenessFrame, Message, SyncStep2, SyncUpdate, encode_sync_step1
 from canvashub.crdt.digest import content_etag
 from canvashub.crdt.room import Effects, PartiallyApplied, RoomDocument
 from canvashub.crdt.update import decode_state_vector
@@ -49,6 +49,7 @@ class Room:
         "durable_state",
         "storage_watchers",
         "changes",
+        "locked",
     )
 
     def __init__(
@@ -63,6 +64,7 @@ class Room:
         max_bytes: int = 0,
         size: int = 0,
         changes: ChangeCollector | None = None,
+        locked: bool = False,
     ) -> None:
         self.canvas_id = canvas_id
         self.document = document
@@ -94,6 +96,7 @@ class Room:
         self.changes = changes if changes is not None and changes.wanted else None
         if self.changes is not None:
             document.track_elements()
+        self.locked = locked  # an administrator locked the canvas: every socket's updates are dropped
 
     @property
     def exists(self) -> bool:
@@ -131,7 +134,7 @@ class Room:
         update = message.update if isinstance(message, (SyncUpdate, SyncStep2)) else None  # it may write
         writes = update is not None
         if update is not None:
-            if not conn.may_write:
+            if not conn.may_write or self.locked:
                 conn.write_denied(update)  # never applied, never stored
                 return
             self.check_growth(size)
@@ -315,6 +318,22 @@ class Room:
         self._etag = None
         self.updated_at = time.time()
         self.size_estimate += size
+
+    def set_locked(self, locked: bool) -> None:
+        """An administrator locked or unlocked the canvas (here or on another process). Opted-in sockets
+        get a ``lock`` event. On unlock, each socket that may write is sent sync step 1: a client answers
+        with what the server lacks, i.e. the changes it made while they were being dropped."""
+        if locked == self.locked:
+            return
+        self.locked = locked
+        for conn in self.connections:
+            conn.send_event({"type": "lock", "locked": locked})
+        if not locked:
+            step1 = encode_sync_step1(self.document.doc.get_state())
+            for conn in self.connections:
+                if conn.may_write:
+                    conn.enqueue(step1)
+        log(logging.INFO, "canvas_locked" if locked else "canvas_unlocked", canvas=self.canvas_id)
 
     def leave(self, conn: Peer) -> None:
         self.storage_watchers.discard(conn)

@@ -42,6 +42,13 @@ GENERATION_REQUEST = {
     "additionalProperties": False,
 }
 
+DISCONNECT_REQUEST = {
+    "type": "object",
+    "description": "whom to disconnect: one user (every socket of theirs), or everyone if absent",
+    "properties": {"user_id": {"type": "string", "minLength": 1, "maxLength": 200}},
+    "additionalProperties": False,
+}
+
 _validators: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
 
 

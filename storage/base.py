@@ -24,6 +24,7 @@ class LoadedCanvas:
     version: int
     updates: list[tuple[int, bytes]]
     updated_at: float | None
+    locked: bool = False  # an administrator locked it read-only (``CanvasStore.set_canvas_lock``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +246,13 @@ class CanvasStore(StoreLifecycle, Protocol):
 
     async def list_canvases(self, after: str | None, limit: int) -> list[CanvasInfo]:
         """Canvases ordered by id; ``after`` is an exclusive cursor on id."""
+
+    async def set_canvas_lock(self, canvas_id: str, locked: bool, now: float | None = None) -> bool:
+        """Lock the canvas read-only (``locked``) or unlock it; True if the canvas exists (else nothing is
+        stored). ``load`` reports the lock; deleting the canvas removes it. Idempotent."""
+
+    async def locked_canvases(self, canvas_ids: Sequence[str]) -> set[str]:
+        """Which of ``canvas_ids`` are locked (any number of ids; unknown ids are not locked)."""
 
     async def delete_canvas(self, canvas_id: str, events: Sequence[WebhookEvent] = ()) -> bool:
         """Remove canvas, log, versions and the canvas's jobs; True if the canvas existed.

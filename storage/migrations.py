@@ -120,6 +120,14 @@ SQLITE: list[tuple[int, list[str]]] = [
             "WHERE status IN ('delivered', 'dead')",
         ],
     ),
+    (
+        5,
+        [
+            # Admin lock (PUT /api/canvases/{id}/lock): set while the canvas is read-only for everyone.
+            # Nullable, no default: no table rewrite. The row's delete removes the lock with the canvas.
+            "ALTER TABLE canvases ADD COLUMN locked_at REAL",
+        ],
+    ),
 ]
 
 POSTGRES: list[tuple[int, list[str]]] = [
@@ -267,6 +275,13 @@ POSTGRES: list[tuple[int, list[str]]] = [
             "CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint, id)",
             "CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (updated_at) "
             "WHERE status IN ('delivered', 'dead')",
+        ],
+    ),
+    (
+        7,
+        [
+            # Admin lock, as SQLite migration 5 (nullable, no default: no table rewrite).
+            "ALTER TABLE canvases ADD COLUMN locked_at DOUBLE PRECISION",
         ],
     ),
 ]

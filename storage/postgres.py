@@ -95,8 +95,8 @@ class PostgresStore:
     async def load(self, canvas_id: str) -> LoadedCanvas | None:
         async with self._acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             row = await conn.fetchrow(
-                "SELECT snapshot, version, EXTRACT(EPOCH FROM updated_at)::float8 AS updated_at "
-                "FROM canvases WHERE id = $1",
+                "SELECT snapshot, version, EXTRACT(EPOCH FROM updated_at)::float8 AS updated_at, "
+                "locked_at IS NOT NULL AS locked FROM canvases WHERE id = $1",
                 canvas_id,
             )
             if row is None:
@@ -105,7 +105,7 @@ class PostgresStore:
                 "SELECT seq, data FROM canvas_updates WHERE canvas_id = $1 ORDER BY seq", canvas_id
             )
         return LoadedCanvas(
-            row["snapshot"], row["version"], [(r["seq"], r["data"]) for r in updates], row["updated_at"]
+            row["snapshot"], row["version"], [(r["seq"], r["data"]) for r in updates], row["updated_at"], row["locked"]
         )
 
     async def compact(
@@ -173,6 +173,25 @@ class PostgresStore:
                 limit,
             )
         return [CanvasInfo(r["id"], r["version"], r["updated_at"]) for r in rows]
+
+    async def set_canvas_lock(self, canvas_id: str, locked: bool, now: float | None = None) -> bool:
+        locked_at = (time.time() if now is None else now) if locked else None
+        async with self._acquire() as conn:
+            # COALESCE: locking a locked canvas keeps when it was first locked.
+            found = await conn.fetchval(
+                "UPDATE canvases SET locked_at = CASE WHEN $1::float8 IS NULL THEN NULL "
+                "ELSE COALESCE(locked_at, $1::float8) END WHERE id = $2 RETURNING true",
+                locked_at,
+                canvas_id,
+            )
+        return found is not None
+
+    async def locked_canvases(self, canvas_ids: Sequence[str]) -> set[str]:
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id FROM canvases WHERE locked_at IS NOT NULL AND id = ANY($1::text[])", list(canvas_ids)
+            )
+        return {r["id"] for r in rows}
 
     async def delete_canvas(self, canvas_id: str, events: Sequence[WebhookEvent] = ()) -> bool:
         rows = webhook_event_rows(events)

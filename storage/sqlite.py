@@ -137,7 +137,8 @@ class SQLiteStore:
             conn.execute("BEGIN")
             try:
                 row = conn.execute(
-                    "SELECT snapshot, version, updated_at FROM canvases WHERE id = ?", (canvas_id,)
+                    "SELECT snapshot, version, updated_at, locked_at IS NOT NULL FROM canvases WHERE id = ?",
+                    (canvas_id,),
                 ).fetchone()
                 if row is None:
                     return None
@@ -146,7 +147,7 @@ class SQLiteStore:
                 ).fetchall()
             finally:
                 conn.execute("COMMIT")
-            return LoadedCanvas(row[0], row[1], [(s, bytes(d)) for s, d in updates], row[2])
+            return LoadedCanvas(row[0], row[1], [(s, bytes(d)) for s, d in updates], row[2], bool(row[3]))
 
         return await self._run(body)
 
@@ -212,6 +213,40 @@ class SQLiteStore:
                 (after, after, limit),
             ).fetchall()
             return [CanvasInfo(*r) for r in rows]
+
+        return await self._run(body)
+
+    async def set_canvas_lock(self, canvas_id: str, locked: bool, now: float | None = None) -> bool:
+        locked_at = (time.time() if now is None else now) if locked else None
+
+        def body(conn: sqlite3.Connection) -> bool:
+            # COALESCE: locking a locked canvas keeps when it was first locked.
+            return (
+                conn.execute(
+                    "UPDATE canvases SET locked_at = CASE WHEN ? IS NULL THEN NULL ELSE COALESCE(locked_at, ?) END "
+                    "WHERE id = ?",
+                    (locked_at, locked_at, canvas_id),
+                ).rowcount
+                > 0
+            )
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def locked_canvases(self, canvas_ids: Sequence[str]) -> set[str]:
+        ids = list(dict.fromkeys(canvas_ids))
+
+        def body(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT id FROM canvases WHERE locked_at IS NOT NULL AND id IN ({marks})", chunk
+                    )
+                )
+            return found
 
         return await self._run(body)
 

@@ -158,6 +158,33 @@ async def test_delete_canvas(store):
     assert loaded.version == 0 and loaded.snapshot is None and [u for _, u in loaded.updates] == [b"new"]
 
 
+async def test_lock_is_stored_reported_and_goes_with_the_canvas(backend, store):
+    """set_canvas_lock only on an existing canvas; load and locked_canvases report it (across a reopen, through
+    appends and compactions); unlock clears it; deleting the canvas removes it."""
+    cid, other = _uid(), _uid()
+    assert await store.set_canvas_lock(cid, True) is False  # no such canvas: nothing stored
+    (seq,) = await store.append_updates([(cid, b"u1")])
+    await store.append_updates([(other, b"o1")])
+    assert (await store.load(cid)).locked is False
+    assert await store.set_canvas_lock(cid, True) is True
+    assert await store.set_canvas_lock(cid, True) is True  # idempotent
+    await store.append_updates([(cid, b"u2")])
+    assert await store.compact(cid, 0, b"snap", seq, keep_versions=3) == 1
+    assert (await store.load(cid)).locked is True and (await store.load(other)).locked is False
+    many = [f"x{i}" for i in range(1200)]  # more ids than SQLite binds in one statement
+    assert await store.locked_canvases([*many, cid, other, cid]) == {cid}
+    assert await store.locked_canvases([]) == set()
+    await store.close()
+    store = await backend.open_store()
+    assert (await store.load(cid)).locked is True
+    assert await store.set_canvas_lock(cid, False) is True
+    assert (await store.load(cid)).locked is False and await store.locked_canvases([cid]) == set()
+    assert await store.set_canvas_lock(cid, True) is True
+    assert await store.delete_canvas(cid) is True
+    await store.append_updates([(cid, b"again")])
+    assert (await store.load(cid)).locked is False  # a re-created canvas starts unlocked
+
+
 async def test_data_survives_reopen(backend, store):
     """Appended rows and snapshots are still there after close and reopen."""
     cid = _uid()

@@ -1,4 +1,4 @@
-"""``HttpClient``: the canvas HTTP API of docs/protocol.md ("HTTP", "Generations") over httpx.
+"""``HttpClient``: the canvas HTTP API of docs/protocol.md ("HTTP", "Admin", "Generations") over httpx.
 
 Every non-2xx answer raises ``HttpError`` with the status and the JSON error's ``type`` and
 ``message`` (``errors`` for a 422), as the server's one error table produces them.
@@ -201,6 +201,30 @@ class HttpClient:
                 raise TimeoutError(f"generation {job_id} not finished and placed after {timeout} s")
             await asyncio.sleep(min(interval, remaining))  # polling interval of a bounded wait
             interval = min(max_poll, interval * 2)
+
+    # -- admin (an ``admin`` token; docs/integrating.md, "Admin API") ----------------------------------
+
+    async def list_rooms(self, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """Live canvases across the cluster: ``{"rooms": [...], "next_cursor", "nodes", "missing_nodes"}``."""
+        return await self._json("GET", "/api/rooms", params={"limit": limit, "cursor": cursor})
+
+    async def list_sessions(
+        self, canvas_id: str, *, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """Who is on the canvas, on every process: ``{"sessions": [...], "next_cursor", ...}``."""
+        return await self._json("GET", _canvas(canvas_id, "/sessions"), params={"limit": limit, "cursor": cursor})
+
+    async def disconnect(self, canvas_id: str, user_id: str | None = None) -> dict[str, Any]:
+        """Close everyone's sockets on the canvas (or ``user_id``'s) with 4403: ``{"disconnected", ...}``."""
+        body = {"user_id": user_id} if user_id is not None else {}
+        return await self._json("POST", _canvas(canvas_id, "/disconnect"), json=body)
+
+    async def lock(self, canvas_id: str) -> dict[str, Any]:
+        """Make the canvas read-only for everyone until ``unlock`` (``HttpError`` 404 if it does not exist)."""
+        return await self._json("PUT", _canvas(canvas_id, "/lock"))
+
+    async def unlock(self, canvas_id: str) -> dict[str, Any]:
+        return await self._json("DELETE", _canvas(canvas_id, "/lock"))
 
 
 def _canvas(canvas_id: str, rest: str = "") -> str:
