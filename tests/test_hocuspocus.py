@@ -410,3 +410,18 @@ async def test_sync_status_acknowledges_each_update_once_durable(live_server: Li
     rooms = live_server.hub.registry.rooms
     await wait_until(lambda: "acks" not in rooms or not rooms["acks"].connections, 5, "document closed by the client")
     await raw.ws.close()
+
+
+async def test_expired_token_closes_only_its_document(server_factory):
+    """A document whose token expires gets a CLOSE message; the socket's other document stays open."""
+    server = await server_factory(auth_secret=SECRET)
+    raw = await RawSocket.open(server)
+    short = mint_token(SECRET, canvas="short", role="editor", user="u", ttl=1)
+    long = mint_token(SECRET, canvas="long", role="editor", user="u", ttl=600)
+    await raw.authenticate("short", short)
+    await raw.authenticate("long", long)
+    closed = await raw.expect("short", lambda m: isinstance(m, tuple) and m[1] == 7, timeout=10)
+    assert b"expired" in closed[2]
+    await raw.ws.send(address_prefix("long") + codec.encode_sync_step1(b"\x00"))
+    await raw.expect("long", lambda m: isinstance(m, codec.SyncStep2))
+    await raw.ws.close()
