@@ -1,6 +1,6 @@
 """Run the benchmark shapes against canvashub and the reference servers, one server at a time.
 
-    /work/main/.venv/bin/python bench/run.py [--servers canvashub,relay,pycrdt-websocket,node,hocuspocus]
+    /work/main/.venv/bin/python bench/run.py [--servers canvashub,canvashub-hocuspocus,relay,pycrdt-websocket,node,hocuspocus]
         [--shapes s1,s2,s3,s4,s5,idle] [--duration 15] [--repeat 1] [--out results.jsonl]
         [--stores sqlite,postgres] [--database-url DSN] [--events]
 
@@ -239,6 +239,17 @@ def servers(canvashub_args: str = "", database_url: str = DEFAULT_DATABASE_URL) 
             per_run=postgres_schema(database_url),
             events=True,
             store="postgres",
+        ),
+        # canvashub's Hocuspocus endpoint (docs/protocol.md), driven by @hocuspocus/provider like the
+        # `hocuspocus` server below: the same rooms and storage as `canvashub`, another protocol
+        "canvashub-hocuspocus": Server(
+            "canvashub-hocuspocus",
+            "ws://127.0.0.1:{port}/hocuspocus/{room}",  # the provider's URL is /hocuspocus, the room its document
+            hub_cmd,
+            missing=hub_missing,
+            env={"DATABASE_URL": "", "CANVASHUB_DATA_DIR": ".canvashub-data", **NO_PACING},
+            store="sqlite",
+            client="hocuspocus",
         ),
         "relay": Server(
             "relay",
@@ -654,8 +665,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--servers",
-        default=",".join(s for s in servers() if s != "canvashub-postgres"),
-        help="comma-separated, from: %(default)s (canvashub runs once per --stores entry)",
+        default=",".join(s for s in servers() if s not in ("canvashub-postgres", "canvashub-hocuspocus")),
+        help="comma-separated (default: %(default)s; also canvashub-postgres and canvashub-hocuspocus: "
+        "canvashub's /hocuspocus endpoint driven by @hocuspocus/provider); canvashub runs once per --stores entry",
     )
     ap.add_argument(
         "--stores",

@@ -35,6 +35,7 @@ from .directory import Directory
 from .extensions import ChangeCollector, Extensions, GenerationEvent, SavedEvent, load_extensions
 from .generators import build_generators
 from .health import HealthMonitor
+from .hocuspocus import HocuspocusEndpoint
 from .http_api import HttpApi, OperationsApi, RequestMetrics, http_exception_response, route
 from .hub import Hub
 from .jobs import JobService, Worker
@@ -214,6 +215,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         hooks=hooks,
     )
     native_sockets = NativeSockets(sockets, settings, metrics)  # canvashub serve's transport for /ws
+    hocuspocus = HocuspocusEndpoint(sockets, auth, hooks)  # /hocuspocus: the same rooms, another protocol
     background: list[asyncio.Task[None]] = []
 
     @contextlib.asynccontextmanager
@@ -278,6 +280,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         Mount("/api", routes=routes_of("api", "admin")),
         *routes_of("assets"),
         WebSocketRoute("/ws/{canvas_id}", sockets),
+        WebSocketRoute("/hocuspocus", hocuspocus),
     ]
     editor_page = Path(settings.demo_dir, "canvas.html")
     if editor_page.is_file():
@@ -314,6 +317,7 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
     app.state.directory = directory
     app.state.settings = settings
     app.state.extensions = hooks
+    app.state.hocuspocus = hocuspocus  # broadcast_stateless(canvas_id, payload): docs/protocol.md
     app.state.ws_protocol = native_sockets.protocol_class()
     return app
 

@@ -107,7 +107,6 @@ class BaseConnection:
         "_max_bytes",
         "_stall_seconds",
         "_waiting_since",
-        "opened_at",
     )
 
     protocol = "y-websocket"  # what the admin API's session listing shows (GET /api/canvases/{id}/sessions)
@@ -148,7 +147,6 @@ class BaseConnection:
         # Access (see server/auth.py): what this socket's token lets it do.
         self.principal = principal
         self.user_id = principal.user_id
-        self.opened_at = time.monotonic()
         self.may_write = principal.can("edit")
         self.may_announce = self.may_write or announce
         self.denied_told = False
@@ -691,7 +689,7 @@ def auth_request(protocol: str, canvas_id: str | None, token: str | None, upgrad
     return AuthRequest(protocol, canvas_id, token, headers, cookies, upgrade.ip)
 
 
-def session_event(conn: BaseConnection, *, ended: bool = False, protocol: str = "y-websocket") -> SessionEvent:
+def session_event(conn: BaseConnection, *, ended: bool = False) -> SessionEvent:
     principal = conn.principal
     return SessionEvent(
         conn.canvas_id,
@@ -699,10 +697,10 @@ def session_event(conn: BaseConnection, *, ended: bool = False, protocol: str = 
         principal.user_id,
         principal.name,
         principal.role,
-        protocol,
+        conn.protocol,
         conn.ip,
         conn.close_code if ended else None,
-        round(time.monotonic() - conn.opened_at, 3) if ended else None,
+        round(time.time() - conn.opened_at, 3) if ended else None,
     )
 
 

@@ -21,6 +21,7 @@ from .support import skip_or_fail
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 CLIENT_SCRIPT = JS_DIR / "client.mjs"
+HOCUSPOCUS_SCRIPT = JS_DIR / "hocuspocus_client.mjs"  # @hocuspocus/provider, several documents per socket
 STDOUT_LIMIT = 64 * 1024 * 1024  # a "read" reply may carry a large text
 
 
@@ -69,12 +70,18 @@ class JsClient:
         timeout: float = 10.0,
         token: str | None = None,
         protocols: list[str] | None = None,
+        script: Path = CLIENT_SCRIPT,
+        **extra: Any,
     ) -> JsClient:
+        """``script``: ``HOCUSPOCUS_SCRIPT`` runs @hocuspocus/provider instead (``ws_base`` is then the
+        endpoint's URL and ``room`` a comma-separated list of documents); ``extra`` goes into its options."""
         node = require_node()
-        options = {"connect": connect, "events": events, "token": token, "protocols": protocols}
+        if script == HOCUSPOCUS_SCRIPT and not (JS_DIR / "node_modules" / "@hocuspocus" / "provider").is_dir():
+            skip_or_fail(f"run `npm ci` in {JS_DIR} (@hocuspocus/provider missing)")
+        options = {"connect": connect, "events": events, "token": token, "protocols": protocols, **extra}
         proc = await asyncio.create_subprocess_exec(
             node,
-            str(CLIENT_SCRIPT),
+            str(script),
             ws_base,
             room,
             json.dumps(options),
@@ -86,7 +93,7 @@ class JsClient:
         )
         client = cls(proc, name)
         ready = await client.wait_event("ready", timeout=timeout)
-        client.client_id = ready["clientID"]
+        client.client_id = ready.get("clientID")
         return client
 
     # -- reading -------------------------------------------------------------
@@ -240,4 +247,4 @@ def decode_state_vector(data: bytes) -> dict[int, int]:
     return {var_uint(): var_uint() for _ in range(var_uint())}
 
 
-__all__ = ["JsClient", "JsClientError", "decode_state_vector", "require_node", "JS_DIR"]
+__all__ = ["JsClient", "JsClientError", "decode_state_vector", "require_node", "JS_DIR", "HOCUSPOCUS_SCRIPT"]

@@ -9,6 +9,8 @@
 //   events.js      canvashub event channel (type-100 frames)
 //   savestatus.js  Saving… / Saved / Retrying… / Offline
 //   connection.js  offline/online, close codes, auth errors, token field
+//   protocol.js    y-websocket or Hocuspocus (the switch in the Token popover)
+//   hocuspocus.js  the Hocuspocus provider behind the part of WebsocketProvider's interface we use
 //   generations.js prompt box, jobs with live progress
 //   history.js     versions: list, preview, restore
 
@@ -23,7 +25,9 @@ import { createCamera } from './camera.js'
 import { CREATE_TOOLS, createBoard } from './board.js'
 import { createPresence } from './presence.js'
 import { attachEvents } from './events.js'
-import { createSaveStatus } from './savestatus.js'
+import { createSaveStatus, createUnsyncedSaveStatus } from './savestatus.js'
+import { createHocuspocusConnection } from './hocuspocus.js'
+import { getProtocol, protocolField } from './protocol.js'
 import { createConnection } from './connection.js'
 import { createGenerations } from './generations.js'
 import { createHistory } from './history.js'
@@ -69,10 +73,15 @@ const start = async () => {
 
   const idb = new IndexeddbPersistence(`canvashub:${config.httpBase}:${config.canvasId}`, ydoc)
   // BroadcastChannel sync is disabled so that tabs really talk through the server.
-  const provider = new WebsocketProvider(config.wsBase + '/ws', config.canvasId, ydoc, {
-    connect: false, disableBc: true, params: { events: '1' }
-  })
+  const protocol = getProtocol()
+  const provider = protocol === 'hocuspocus'
+    ? createHocuspocusConnection({ url: config.wsBase + '/hocuspocus', name: config.canvasId, ydoc })
+    : new WebsocketProvider(config.wsBase + '/ws', config.canvasId, ydoc, {
+      connect: false, disableBc: true, params: { events: '1' }
+    })
   const events = attachEvents(provider)
+  if (protocol === 'hocuspocus') provider.on('access', (event) => events.emit(event))
+  document.body.dataset.protocol = protocol
 
   /** What the server lets us do (the `access` event; absent in open mode: everything). */
   let access = null
@@ -85,10 +94,15 @@ const start = async () => {
     connectionEl: $('connection-dot'),
     onDeleted: () => { idb.clearData().catch(() => {}) }
   })
-  const saveStatus = createSaveStatus({
-    ydoc, provider, events, el: $('save-status'), textEl: $('save-text'),
-    isOffline: connection.isOffline, isBlocked: () => connection.blocked
-  })
+  const saveStatus = protocol === 'hocuspocus'
+    ? createUnsyncedSaveStatus({
+      ydoc, provider, el: $('save-status'), textEl: $('save-text'),
+      isOffline: connection.isOffline, isBlocked: () => connection.blocked
+    })
+    : createSaveStatus({
+      ydoc, provider, events, el: $('save-status'), textEl: $('save-text'),
+      isOffline: connection.isOffline, isBlocked: () => connection.blocked
+    })
   connection.onChange(() => saveStatus.render())
 
   // ---- canvas -----------------------------------------------------------------
@@ -215,7 +229,8 @@ const start = async () => {
     if (!tokenPopover.hidden) { tokenPopover.hidden = true; return }
     tokenPopover.replaceChildren(
       el('p', {}, getToken() ? 'This tab uses an access token.' : 'No access token set (fine when the server runs in open mode).'),
-      connection.tokenForm(getToken() ? 'Use this token' : 'Connect with token'))
+      connection.tokenForm(getToken() ? 'Use this token' : 'Connect with token'),
+      protocolField(protocol))
     tokenPopover.hidden = false
     tokenPopover.querySelector('input').focus()
   })
@@ -316,7 +331,7 @@ const start = async () => {
 
   // Handy for debugging in the console and for end-to-end tests.
   window.canvashub = {
-    Y, doc: ydoc, ydoc, provider, undoManager, elements, selection, board, camera, config, events,
+    Y, doc: ydoc, ydoc, provider, protocol, undoManager, elements, selection, board, camera, config, events,
     saveStatus, connection, idb, presence, generations, history, get access () { return access }
   }
 

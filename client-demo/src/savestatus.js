@@ -173,3 +173,64 @@ export const createSaveStatus = ({ ydoc, provider, events, el, textEl, isOffline
     onChange (fn) { listeners.add(fn); return () => listeners.delete(fn) }
   }
 }
+
+/**
+ * The save indicator over the Hocuspocus protocol: the provider's `unsyncedChanges`. canvashub
+ * acknowledges an update (SyncStatus) only once it is in the database, so 0 means everything this tab
+ * sent is saved; while the database is down it stays above 0 ("Saving…").
+ *
+ * @param {{ provider: ReturnType<import('./hocuspocus.js').createHocuspocusConnection>, ydoc: Y.Doc,
+ *           el: HTMLElement, textEl: HTMLElement, isOffline: () => boolean, isBlocked?: () => string | null }} opts
+ */
+export const createUnsyncedSaveStatus = ({ provider, ydoc, el, textEl, isOffline, isBlocked = () => null }) => {
+  let synced = false
+  let readonly = false
+  let localSinceSync = false // edits made while not connected: kept on this device until synced
+  let lastSavedAt = 0
+  const listeners = new Set()
+
+  const state = () => {
+    if (isBlocked()) return 'blocked'
+    if (isOffline()) return 'offline'
+    if (!provider.wsconnected) return provider.wsUnsuccessfulReconnects < 2 ? 'connecting' : 'offline'
+    if (!synced) return 'connecting'
+    if (provider.unsyncedChanges > 0) return readonly ? 'refused' : 'saving'
+    return 'saved'
+  }
+  let shown = ''
+  const render = () => {
+    const s = state()
+    const text = {
+      connecting: localSinceSync ? 'Connecting… (changes kept on this device)' : 'Connecting…',
+      offline: 'Offline — changes kept on this device',
+      saving: 'Saving…',
+      refused: 'Not saved — read-only',
+      blocked: 'Not connected',
+      saved: lastSavedAt ? `Saved ${formatTime(lastSavedAt)}` : 'Saved'
+    }[s]
+    el.dataset.state = s
+    el.title = text
+    if (text !== shown) { textEl.textContent = text; shown = text }
+    for (const fn of listeners) fn(s)
+  }
+  ydoc.on('update', (_update, origin) => {
+    if (!provider.isRemote(origin) && !provider.wsconnected) localSinceSync = true
+    render()
+  })
+  provider.on('status', ({ status }) => { if (status !== 'connected') synced = false; render() })
+  provider.on('sync', (s) => { synced = s; render() })
+  provider.on('access', (event) => { readonly = event.can && event.can.edit === false; render() })
+  provider.on('unsynced', (number) => {
+    if (number === 0) { lastSavedAt = Date.now(); localSinceSync = false }
+    render()
+  })
+  window.addEventListener('online', render)
+  window.addEventListener('offline', render)
+  render()
+  return {
+    state,
+    render,
+    get unsaved () { return provider.unsyncedChanges > 0 || localSinceSync },
+    onChange (fn) { listeners.add(fn); return () => listeners.delete(fn) }
+  }
+}

@@ -324,3 +324,40 @@ async def test_api_reference_page_renders_offline(browser, live_server) -> None:
     await expect(page.get_by_text("/api/canvases/{canvas_id}/generations").first).to_be_visible()
     assert outside == [] and errors == []
     await context.close()
+
+
+async def test_protocol_switch_hocuspocus_and_y_websocket_edit_together(server_factory, browser):
+    """The settings switch moves one tab to the Hocuspocus protocol (/hocuspocus); it and a y-websocket
+    tab share shapes and presence, and its save indicator (the provider's durable SyncStatus) reaches
+    "saved"."""
+    from canvashub.server.hocuspocus import DocumentSession
+
+    server = await server_factory()
+    canvas_id = "e2e-" + secrets.token_hex(4)
+    url = canvas_url(server, canvas_id)
+    _, alice = await open_user(browser, url, "Alice")
+    _, bob = await open_user(browser, url, "Bob")
+
+    # Alice switches to Hocuspocus in the settings (the Token popover): the editor reloads with it
+    await alice.get_by_test_id("token-toggle").click()
+    async with alice.expect_navigation():
+        await alice.get_by_test_id("protocol-select").select_option("hocuspocus")
+    await expect(alice.locator("body")).to_have_attribute("data-protocol", "hocuspocus")
+    await expect(alice.get_by_test_id("save-status")).to_have_attribute("data-state", "saved")
+    assert await bob.evaluate("window.canvashub.protocol") == "y-websocket"
+    room = server.hub.registry.rooms[canvas_id]
+    await expect(bob.get_by_test_id("presence-user")).to_have_count(2)
+    assert sum(isinstance(peer, DocumentSession) for peer in room.connections) == 1
+
+    await draw(alice, "r", 120, 120)
+    await expect(bob.get_by_test_id("element")).to_have_count(1)
+    await draw(bob, "o", 420, 160)
+    await expect(alice.get_by_test_id("element")).to_have_count(2)
+    await hover(alice, 300, 420)
+    await expect(bob.locator('[data-testid="remote-cursor"][data-name="Alice"]')).to_be_visible()
+    await hover(bob, 640, 360)
+    await expect(alice.locator('[data-testid="remote-cursor"][data-name="Bob"]')).to_be_visible()
+    await expect(alice.get_by_test_id("save-status")).to_have_attribute("data-state", "saved")
+    assert len(room.document.doc.get("elements", type=Map)) == 2
+    await alice.screenshot(path=shot("hocuspocus-alice"))
+    no_page_errors(alice, bob)
