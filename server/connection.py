@@ -203,66 +203,59 @@ class BaseConnection:
         raise NotImplementedError
 
 
-class Connection(BaseConnection):
-    """Outbound side of one ASGI socket: bounded queue plus writer task."""
+class AsgiOutbox:
+    """The outbound side of one ASGI socket: a deque drained by a writer task, bounded by bytes and by
+    time without a completed send (the slow-client rule of the module docstring). Used by ``Connection``
+    (one canvas per socket) and by the Hocuspocus socket (server/hocuspocus.py: many documents per
+    socket); ``on_overflow(reason)`` is told when the client is not reading."""
 
     __slots__ = (
         "_send",
         "_queue",
         "_queued_bytes",
+        "_max_bytes",
         "_max_messages",
+        "_stall_seconds",
         "_sent",
-        "_last_sent_bytes",
         "_sent_seen",
+        "_last_sent_bytes",
+        "_waiting_since",
         "_waiter",
+        "writer",
+        "closing",
+        "close_code",
+        "_close_reason",
+        "idle",
+        "on_overflow",
     )
 
-    def __init__(
-        self,
-        room: Room,
-        send: Send,
-        *,
-        max_messages: int,
-        max_bytes: int,
-        stall_seconds: float,
-        metrics: Metrics,
-        principal: Principal,
-        ip: str,
-        rates: tuple[TokenBucket, TokenBucket] | None,
-        events: bool = False,
-        announce: bool = True,
-        jobs: JobService | None = None,
-    ) -> None:
-        """``send``: the ASGI send; ``max_messages`` is only a safety bound on per-frame overhead."""
-        super().__init__(
-            room,
-            max_bytes=max_bytes,
-            stall_seconds=stall_seconds,
-            metrics=metrics,
-            principal=principal,
-            ip=ip,
-            rates=rates,
-            events=events,
-            announce=announce,
-            jobs=jobs,
-        )
+    def __init__(self, send: Send, *, max_bytes: int, max_messages: int, stall_seconds: float) -> None:
         self._send = send
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
+        self._max_bytes = max_bytes
         self._max_messages = max_messages
-        self._sent = 0  # sends completed: write progress
-        self._last_sent_bytes = 0  # the size of the last frame sent: the transport may still be draining it
-        self._sent_seen = 0  # ``_sent`` when ``_waiting_since`` was last set
+        self._stall_seconds = stall_seconds
+        self._sent = 0
+        self._sent_seen = 0
+        self._last_sent_bytes = 0
+        self._waiting_since: float | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self.writer: asyncio.Future[None] | None = None
+        self.closing = False
+        self.close_code: int | None = None
+        self._close_reason = ""
+        self.idle = True
+        self.on_overflow: Callable[[str], None] = lambda reason: None
 
     def enqueue(self, frame: bytes) -> None:
         if self.closing:
             return
         if self._queued_bytes + len(frame) > self._max_bytes:
-            self._overflow("bytes")
+            self.on_overflow("bytes")
             return
         if len(self._queue) >= self._max_messages:
-            self._overflow("frames")
+            self.on_overflow("frames")
             return
         self._queue.append(frame)
         self._queued_bytes += len(frame)
@@ -271,9 +264,13 @@ class Connection(BaseConnection):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    @property
+    def queued(self) -> tuple[int, int]:
+        return len(self._queue), self._queued_bytes
+
     def check_stall(self, now: float) -> None:
-        """Called by the hub's periodic sweep (``now``: the loop's clock): drop the client if frames have
-        waited ``send_stall_seconds`` while no send to it completed.
+        """Called by the hub's periodic sweep (``now``: the loop's clock): ``on_overflow("stalled")`` if frames
+        have waited ``stall_seconds`` while no send to the client completed.
 
         No timer per frame: a send counter, compared from one sweep to the next. Frames wait while the
         deque holds some or while the writer is inside a send (uvicorn awaits the transport's drain there
@@ -283,53 +280,35 @@ class Connection(BaseConnection):
         if self.closing:
             return
         writer = self.writer
-        in_send = self._waiter is None and writer is not None and not writer.done()  # not parked: sending
+        in_send = self._waiter is None and writer is not None and not writer.done()
         if not (self._queue or in_send):
             self._waiting_since = None
         elif self._waiting_since is None or self._sent != self._sent_seen:
             self._waiting_since = now
             self._sent_seen = self._sent
         elif now - self._waiting_since >= self._stall_seconds + self._last_sent_bytes / SLOW_LINK_BYTES_PER_SECOND:
-            self._overflow("stalled")
-
-    def _overflow(self, reason: str) -> None:
-        """The client is not reading (``reason``: ``bytes`` over the cap, ``stalled`` without write
-        progress, or the ``frames`` safety bound): drop it now so the room's memory stays flat.
-
-        Leaving the room is deferred to the next loop turn because we may be inside
-        the room's broadcast loop over its connections."""
-        self.report_slow(reason, queued_frames=len(self._queue), queued_bytes=self._queued_bytes)
-        message = "client stopped reading" if reason == "stalled" else "send queue full: client is not reading"
-        self.close(CloseCode.TRY_AGAIN_LATER, message, flush=False)
-        asyncio.get_running_loop().call_soon(self.room.leave, self)
-
-    @property
-    def queued(self) -> tuple[int, int]:
-        return len(self._queue), self._queued_bytes
+            self.on_overflow("stalled")
 
     def close(self, code: int, reason: str, *, flush: bool) -> None:
-        """Stop accepting frames; the writer sends what is queued (if ``flush``), then the close frame."""
         if self.closing:
             return
         self.closing = True
         self.close_code = code
-        self.metrics.closes_by_code[int(code)] += 1
         self._close_reason = reason
         waiter = self._waiter
-        parked = waiter is not None and not waiter.done()  # the writer waits for frames, not on the client
+        parked = waiter is not None and not waiter.done()
         if not flush:
             self._queue.clear()
             self._queued_bytes = 0
             if self.writer is not None and not parked:
-                self.writer.cancel()  # it may be blocked on a client that stopped reading
+                self.writer.cancel()
                 self.writer = asyncio.get_running_loop().create_task(self._send_close())
         if waiter is not None and parked:
-            waiter.set_result(None)  # the writer sends what is left, then the close frame
+            waiter.set_result(None)
 
     async def run_writer(self) -> None:
         loop = asyncio.get_running_loop()
-        queue = self._queue
-        send = self._send
+        queue, send = self._queue, self._send
         try:
             while True:
                 while queue:
@@ -354,7 +333,90 @@ class Connection(BaseConnection):
         try:
             await self._send({"type": "websocket.close", "code": self.close_code, "reason": self._close_reason})
         except Exception:
-            pass  # already disconnected: nothing left to tell the client
+            pass  # already disconnected
+
+
+class Connection(BaseConnection):
+    """One ASGI socket on one canvas: its outbound side is an ``AsgiOutbox`` (bounded queue + writer task)."""
+
+    __slots__ = ("out",)
+
+    def __init__(
+        self,
+        room: Room,
+        send: Send,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        stall_seconds: float,
+        metrics: Metrics,
+        principal: Principal,
+        ip: str,
+        rates: tuple[TokenBucket, TokenBucket] | None,
+        events: bool = False,
+        announce: bool = True,
+        jobs: JobService | None = None,
+    ) -> None:
+        """``send``: the ASGI send; ``max_messages`` is only a safety bound on per-frame overhead."""
+        self.out = AsgiOutbox(send, max_bytes=max_bytes, max_messages=max_messages, stall_seconds=stall_seconds)
+        super().__init__(
+            room,
+            max_bytes=max_bytes,
+            stall_seconds=stall_seconds,
+            metrics=metrics,
+            principal=principal,
+            ip=ip,
+            rates=rates,
+            events=events,
+            announce=announce,
+            jobs=jobs,
+        )
+        self.out.on_overflow = self._overflow
+
+    @property
+    def writer(self) -> asyncio.Future[None] | None:
+        """The outbox's writer task (``close`` may replace it with one that only sends the close frame)."""
+        return self.out.writer
+
+    @writer.setter
+    def writer(self, task: asyncio.Future[None] | None) -> None:
+        self.out.writer = task
+
+    def enqueue(self, frame: bytes) -> None:
+        self.out.enqueue(frame)
+        self.idle = False
+
+    def check_stall(self, now: float) -> None:
+        """Called by the hub's periodic sweep: see ``AsgiOutbox.check_stall``."""
+        self.out.check_stall(now)
+
+    def _overflow(self, reason: str) -> None:
+        """The client is not reading (``reason``: ``bytes`` over the cap, ``stalled`` without write
+        progress, or the ``frames`` safety bound): drop it now so the room's memory stays flat.
+
+        Leaving the room is deferred to the next loop turn because we may be inside
+        the room's broadcast loop over its connections."""
+        queued_frames, queued_bytes = self.out.queued
+        self.report_slow(reason, queued_frames=queued_frames, queued_bytes=queued_bytes)
+        message = "client stopped reading" if reason == "stalled" else "send queue full: client is not reading"
+        self.close(CloseCode.TRY_AGAIN_LATER, message, flush=False)
+        asyncio.get_running_loop().call_soon(self.room.leave, self)
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        return self.out.queued
+
+    def close(self, code: int, reason: str, *, flush: bool) -> None:
+        """Stop accepting frames; the writer sends what is queued (if ``flush``), then the close frame."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        self.metrics.closes_by_code[int(code)] += 1
+        self.out.close(code, reason, flush=flush)
+
+    async def run_writer(self) -> None:
+        await self.out.run_writer()
 
 
 class Lobby(Protocol):

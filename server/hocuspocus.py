@@ -32,7 +32,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from time import perf_counter
 from typing import Any, NamedTuple
 
@@ -60,7 +59,7 @@ from canvashub.crdt.hocuspocus import (
 
 from .auth import Authenticator, Principal
 from .canvas_ids import CANVAS_ID_RULE, is_valid_canvas_id
-from .connection import BaseConnection, Receive, Send, WebSocketEndpoint, refuse, reject
+from .connection import AsgiOutbox, BaseConnection, Receive, Send, WebSocketEndpoint, refuse, reject
 from .errors import (
     AccessDenied,
     CanvasTooLarge,
@@ -87,132 +86,7 @@ SOCKET_CODES = frozenset({CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART, Close
 MAX_DOCUMENTS_PER_SOCKET = 64  # documents open or authenticating on one socket
 MAX_EARLY_MESSAGES = 256  # messages waiting for their document's token, per socket
 MAX_EARLY_BYTES = 4 * 1024 * 1024  # and their bytes (or max_frame_bytes, if larger)
-SLOW_LINK_BYTES_PER_SECOND = 64 * 1024  # as in server/connection.py
 CANVAS_SAVED = 0  # an owed acknowledgement that waits for the whole canvas to be in storage
-
-
-class AsgiOutbox:
-    """The outbound side of one ASGI socket: a deque drained by a writer task, bounded by bytes and by
-    time without a completed send (the same slow-client rule as ``connection.Connection``)."""
-
-    __slots__ = (
-        "_send",
-        "_queue",
-        "_queued_bytes",
-        "_max_bytes",
-        "_max_messages",
-        "_stall_seconds",
-        "_sent",
-        "_sent_seen",
-        "_last_sent_bytes",
-        "_waiting_since",
-        "_waiter",
-        "writer",
-        "closing",
-        "close_code",
-        "_close_reason",
-        "idle",
-        "on_overflow",
-    )
-
-    def __init__(self, send: Send, *, max_bytes: int, max_messages: int, stall_seconds: float) -> None:
-        self._send = send
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._max_bytes = max_bytes
-        self._max_messages = max_messages
-        self._stall_seconds = stall_seconds
-        self._sent = 0
-        self._sent_seen = 0
-        self._last_sent_bytes = 0
-        self._waiting_since: float | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self.writer: asyncio.Future[None] | None = None
-        self.closing = False
-        self.close_code: int | None = None
-        self._close_reason = ""
-        self.idle = True
-        self.on_overflow: Callable[[str], None] = lambda reason: None
-
-    def enqueue(self, frame: bytes) -> None:
-        if self.closing:
-            return
-        if self._queued_bytes + len(frame) > self._max_bytes:
-            self.on_overflow("bytes")
-            return
-        if len(self._queue) >= self._max_messages:
-            self.on_overflow("frames")
-            return
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
-        self.idle = False
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    @property
-    def queued(self) -> tuple[int, int]:
-        return len(self._queue), self._queued_bytes
-
-    def check_stall(self, now: float) -> None:
-        """See ``connection.Connection.check_stall``: frames waiting with no send completing."""
-        if self.closing:
-            return
-        writer = self.writer
-        in_send = self._waiter is None and writer is not None and not writer.done()
-        if not (self._queue or in_send):
-            self._waiting_since = None
-        elif self._waiting_since is None or self._sent != self._sent_seen:
-            self._waiting_since = now
-            self._sent_seen = self._sent
-        elif now - self._waiting_since >= self._stall_seconds + self._last_sent_bytes / SLOW_LINK_BYTES_PER_SECOND:
-            self.on_overflow("stalled")
-
-    def close(self, code: int, reason: str, *, flush: bool) -> None:
-        if self.closing:
-            return
-        self.closing = True
-        self.close_code = code
-        self._close_reason = reason
-        waiter = self._waiter
-        parked = waiter is not None and not waiter.done()
-        if not flush:
-            self._queue.clear()
-            self._queued_bytes = 0
-            if self.writer is not None and not parked:
-                self.writer.cancel()
-                self.writer = asyncio.get_running_loop().create_task(self._send_close())
-        if waiter is not None and parked:
-            waiter.set_result(None)
-
-    async def run_writer(self) -> None:
-        loop = asyncio.get_running_loop()
-        queue, send = self._queue, self._send
-        try:
-            while True:
-                while queue:
-                    frame = queue.popleft()
-                    size = len(frame)
-                    self._queued_bytes -= size
-                    await send({"type": "websocket.send", "bytes": frame})
-                    self._sent += 1
-                    self._last_sent_bytes = size
-                if self.closing:
-                    break
-                self._waiter = loop.create_future()
-                await self._waiter
-                self._waiter = None
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the client went away while we were sending: the reader sees the disconnect
-            return
-        await self._send_close()
-
-    async def _send_close(self) -> None:
-        try:
-            await self._send({"type": "websocket.close", "code": self.close_code, "reason": self._close_reason})
-        except Exception:
-            pass  # already disconnected
 
 
 _last_prefixed: list[bytes] = [b"", b"", b""]  # (frame, prefix, prefix + frame): see DocumentSession.enqueue
