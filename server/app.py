@@ -215,7 +215,9 @@ def create_app(settings: Settings, pubsub: PubSub | None = None, extensions: Seq
         hooks=hooks,
     )
     native_sockets = NativeSockets(sockets, settings, metrics)  # canvashub serve's transport for /ws
-    hocuspocus = HocuspocusEndpoint(sockets, auth, hooks)  # /hocuspocus: the same rooms, another protocol
+    # /hocuspocus: the same rooms, another protocol; stateless broadcasts cross processes like updates
+    hocuspocus = HocuspocusEndpoint(sockets, auth, hooks, publish_stateless=cluster.publish_stateless)
+    cluster.on_stateless = hocuspocus.deliver_stateless
     background: list[asyncio.Task[None]] = []
 
     @contextlib.asynccontextmanager

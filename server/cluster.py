@@ -75,6 +75,7 @@ class ClusterRoom(Protocol):
 
 
 UPDATE, AWARENESS, SYNC, SYNC_REPLY, DELETED, DURABLE, LOCK = b"u", b"a", b"s", b"t", b"x", b"d", b"l"
+STATELESS = b"m"  # an application's stateless message for the canvas's clients (server/hocuspocus.py)
 PEER_COMMIT_TIMEOUT = 3.0  # a relayed change its sender has not confirmed durable by then is stored here
 EARLY_BUFFER = 1024  # messages kept for a canvas that is still loading (the sync answer covers the rest)
 PRESENCE_TIMEOUT = 35.0  # clients renew presence every 15 s; another process's silent clients expire after this
@@ -101,6 +102,8 @@ class Cluster:
         self.rooms = rooms
         self.is_loading = is_loading
         self.on_deleted = on_deleted
+        # Told (canvas, payload) of a stateless broadcast another process made (None: nobody delivers them).
+        self.on_stateless: Callable[[str, str], object] | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._failures = FailureLog("cluster_maintenance", level=logging.ERROR)
         self._early: dict[str, list[tuple[str, bytes]]] = {}
@@ -181,6 +184,10 @@ class Cluster:
     def publish_deleted(self, canvas_id: str) -> None:
         self.pubsub.publish(self.channel(canvas_id), DELETED)
 
+    def publish_stateless(self, canvas_id: str, payload: str) -> None:
+        """A stateless message broadcast here: the other processes deliver it to their own clients."""
+        self.pubsub.publish(self.channel(canvas_id), STATELESS + payload.encode())
+
     def lock_changed(self, canvas_id: str, locked: bool) -> None:
         """The canvas's lock was just stored (or removed): apply it here and tell the other processes.
 
@@ -248,6 +255,9 @@ class Cluster:
                 self.on_deleted(canvas_id)
             elif kind == LOCK:
                 room.set_locked(body == b"1")
+            elif kind == STATELESS:
+                if self.on_stateless is not None:
+                    self.on_stateless(canvas_id, body.decode())
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - a bad message must not stop the reader (yrs panics too)

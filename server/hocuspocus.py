@@ -32,6 +32,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any, NamedTuple
 
@@ -472,7 +473,9 @@ class HocuspocusEndpoint:
         sockets: WebSocketEndpoint,
         auth: Authenticator,
         hooks: Extensions | None = None,
+        publish_stateless: Callable[[str, str], None] | None = None,
     ) -> None:
+        self.publish_stateless = publish_stateless  # the other processes' clients get broadcasts too
         self.sockets = sockets  # admission parts, room registry, settings, start/finish of a peer
         self.rooms = sockets.rooms
         self.settings = sockets.settings
@@ -524,9 +527,15 @@ class HocuspocusEndpoint:
             )
 
     def broadcast_stateless(self, canvas_id: str, payload: str) -> int:
-        """Send a stateless message to every Hocuspocus client of ``canvas_id`` on this process (the
-        server helper of docs/protocol.md); returns how many documents it went to. y-websocket clients
-        have no such message and get nothing."""
+        """Send a stateless message to every Hocuspocus client of ``canvas_id``, on this process and (through
+        the cluster's pub/sub) on the others (the server helper of docs/protocol.md); returns how many
+        documents it went to on this process. y-websocket clients have no such message and get nothing."""
+        if self.publish_stateless is not None:
+            self.publish_stateless(canvas_id, payload)
+        return self.deliver_stateless(canvas_id, payload)
+
+    def deliver_stateless(self, canvas_id: str, payload: str) -> int:
+        """A stateless broadcast (made here or relayed by another process) to this process's clients."""
         room = self.rooms.rooms.get(canvas_id)
         if room is None:
             return 0

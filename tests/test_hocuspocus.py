@@ -15,6 +15,7 @@ from canvashub.crdt import codec
 from canvashub.crdt.hocuspocus import address_prefix, encode_close_document, encode_token
 from canvashub.server.auth import mint_token
 from canvashub.server.extensions import SessionEvent, StatelessEvent
+from canvashub.server.pubsub import MemoryBroker, MemoryPubSub
 
 from .js_client import HOCUSPOCUS_SCRIPT, JsClient
 from .support import LiveServer, wait_until
@@ -292,6 +293,20 @@ async def test_stateless_messages_reach_the_hook_and_the_helper_broadcasts(serve
     for client in (a, b):
         await client.wait_event("stateless", where=lambda e: e["doc"] == "sl" and e["payload"] == "hello all")
     assert not [e for e in b.events if e["event"] == "stateless" and e["doc"] == "other"]
+
+
+async def test_stateless_broadcast_reaches_clients_of_every_process(server_factory, clients, tmp_path):
+    """A broadcast made on one process reaches the canvas's Hocuspocus clients on another process too."""
+    broker = MemoryBroker()
+    a = await server_factory(pubsub=MemoryPubSub(broker), data_dir=str(tmp_path))
+    b = await server_factory(pubsub=MemoryPubSub(broker), data_dir=str(tmp_path))
+    on_a = await clients(a.port, ["shared"], name="on-a")
+    on_b = await clients(b.port, ["shared"], name="on-b")
+    await on_a.wait_event("synced")
+    await on_b.wait_event("synced")
+    assert a.app.state.hocuspocus.broadcast_stateless("shared", "from a") == 1  # its own client, counted
+    for client in (on_a, on_b):
+        await client.wait_event("stateless", where=lambda e: e["doc"] == "shared" and e["payload"] == "from a")
 
 
 # -- raw frames -------------------------------------------------------------------------------------
