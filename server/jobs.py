@@ -40,7 +40,17 @@ import orjson
 
 from canvashub.crdt.edits import patch_element
 from canvashub.crdt.room import Effects, RoomDocument
-from canvashub.storage.base import JOB_ACTIVE_STATUSES, JOB_TERMINAL_STATUSES, Job, JobStore, Store
+from canvashub.storage.base import (
+    JOB_ACTIVE_STATUSES,
+    JOB_TERMINAL_STATUSES,
+    LEASE_EXPIRED,
+    Job,
+    JobStore,
+    LeaseFailure,
+    Store,
+    WebhookEvent,
+    lease_expired_message,
+)
 
 from .errors import CanvasLocked, CanvasTooLarge, Conflict, ServerError, UnprocessableBody, answer
 from .generators.base import GenerationError, GenerationOutput, GenerationRequest, Generator
@@ -135,6 +145,20 @@ class Worker:
         self._claim_failures = FailureLog("job_claim")
         self._heartbeat_failures = FailureLog("job_heartbeat")
 
+    def _lease_failure(self, failed: list[tuple[Job, tuple[str, str]]]) -> LeaseFailure:
+        """What a claim writes for a job it fails because the job's last lease expired: its
+        ``generation.failed`` event (in the claim's transaction), noted in ``failed`` for after the commit."""
+
+        def events(job: Job, now: float) -> list[WebhookEvent]:
+            error = (LEASE_EXPIRED, lease_expired_message(job))
+            failed.append((job, error))
+            if self.webhooks is None:
+                return []
+            data = generation_data(job.id, job.canvas_id, job.generator, job.prompt, job.attempts, now, error=error)
+            return self.webhooks.prepare("generation.failed", data)
+
+        return events
+
     def nudge(self) -> None:
         """A job was just queued: look now instead of at the next poll."""
         self._nudge.set()
@@ -156,10 +180,18 @@ class Worker:
             if len(self._running) < self.concurrency:
                 try:
                     # Bounded by the lease: a claim cut short after it committed expires and is reclaimed.
+                    failed: list[tuple[Job, tuple[str, str]]] = []
                     job = await asyncio.wait_for(
-                        self.store.claim_job(self.worker_id, self.lease_seconds), self.lease_seconds
+                        self.store.claim_job(
+                            self.worker_id, self.lease_seconds, failed_events=self._lease_failure(failed)
+                        ),
+                        self.lease_seconds,
                     )
                     self._claim_failures.recovered()
+                    if failed and self.webhooks is not None:
+                        self.webhooks.committed()
+                    for dead, error in failed:  # their last worker died: failed inside the claim
+                        _tell(self.on_state, dead, "failed", error)
                 except Exception as exc:  # store down: try again later
                     self._claim_failures.failed(repr(exc))
             if job is not None:

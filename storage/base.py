@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -195,6 +195,11 @@ def check_final_status(status: str) -> None:
 LEASE_EXPIRED = "lease_expired"  # error_type of a job whose last lease expired with no attempts left
 
 
+# Builds the webhook events of a job that a claim fails because its last lease expired (pure: called
+# inside the claim's transaction, with the job as it was and the claim's ``now``).
+LeaseFailure = Callable[[Job, float], Sequence[WebhookEvent]]
+
+
 def lease_expired_message(job: Job) -> str:
     return f"the worker's lease expired on attempt {job.attempts} of {job.max_attempts}"
 
@@ -302,13 +307,20 @@ class JobStore(StoreLifecycle, Protocol):
         that cursor. A follower that must not miss changes should poll from ``cursor - margin``
         and drop rows it has already seen at the same (id, updated_at)."""
 
-    async def claim_job(self, worker_id: str, lease_seconds: float, now: float | None = None) -> Job | None:
+    async def claim_job(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        now: float | None = None,
+        failed_events: LeaseFailure | None = None,
+    ) -> Job | None:
         """Atomically lease one job, oldest run_after first, or None if nothing is claimable.
 
         Claimable: queued with run_after <= now and no cancel requested, or running with
         lease_expires < now (its worker died). The job becomes running, owned by ``worker_id``
         until now + lease_seconds, attempts + 1, progress 0, started_at set on its first claim.
-        Expired running jobs that already used max_attempts become failed ('lease_expired'), and
+        Expired running jobs that already used max_attempts become failed ('lease_expired'), with
+        the webhook events ``failed_events(job, now)`` builds written in the same transaction, and
         expired ones with a cancel request become cancelled, instead of being returned."""
 
     async def heartbeat(

@@ -16,6 +16,7 @@ from .base import (
     Asset,
     CanvasInfo,
     Job,
+    LeaseFailure,
     LoadedCanvas,
     VersionInfo,
     WebhookDelivery,
@@ -286,7 +287,13 @@ class PostgresStore:
     async def jobs_changed_since(self, since: float, limit: int) -> list[Job]:
         return await self._jobs("WHERE updated_at > $1 ORDER BY updated_at, id LIMIT $2", float(since), limit)
 
-    async def claim_job(self, worker_id: str, lease_seconds: float, now: float | None = None) -> Job | None:
+    async def claim_job(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        now: float | None = None,
+        failed_events: LeaseFailure | None = None,
+    ) -> Job | None:
         now = float(time.time() if now is None else now)
         expires = now + float(lease_seconds)
         async with self._acquire() as conn, conn.transaction():
@@ -317,6 +324,8 @@ class PostgresStore:
                         now,
                         expired.id,
                     )
+                    if failed_events is not None:
+                        await _insert_events(conn, webhook_event_rows(failed_events(expired, now)))
                     continue
                 queued = self._job_or_none(
                     await conn.fetchrow(

@@ -17,6 +17,7 @@ from .base import (
     Asset,
     CanvasInfo,
     Job,
+    LeaseFailure,
     LoadedCanvas,
     VersionInfo,
     WebhookDelivery,
@@ -347,7 +348,13 @@ class SQLiteStore:
             lambda conn: self._jobs(conn, "WHERE updated_at > ? ORDER BY updated_at, id LIMIT ?", (float(since), limit))
         )
 
-    async def claim_job(self, worker_id: str, lease_seconds: float, now: float | None = None) -> Job | None:
+    async def claim_job(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        now: float | None = None,
+        failed_events: LeaseFailure | None = None,
+    ) -> Job | None:
         now = float(time.time() if now is None else now)
         expires = now + float(lease_seconds)
 
@@ -371,6 +378,8 @@ class SQLiteStore:
                         "updated_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
                         (LEASE_EXPIRED, lease_expired_message(expired), now, now, expired.id),
                     )
+                    if failed_events is not None:
+                        _insert_events(conn, webhook_event_rows(failed_events(expired, now)))
                     continue
                 row = conn.execute(
                     _SELECT_JOB + "WHERE status = 'queued' AND run_after <= ? AND cancel_requested = 0 "

@@ -180,6 +180,25 @@ async def test_finish_job_writes_its_events_only_when_the_job_moves(store):
     assert [d.event_id for d in await store.list_webhook_deliveries(None, 10)] == ["msg_0002"]
 
 
+async def test_a_claim_that_fails_a_dead_workers_job_writes_its_events(store):
+    """A claim that marks a job failed (its last lease expired) writes ``failed_events`` in its transaction."""
+    await store.create_job("j1", "c", "fake", "p", {}, None, 1, now=T)
+    assert await store.claim_job("worker", LEASE, now=T) is not None  # attempt 1 of 1; the worker dies
+    built: list[tuple[str, float]] = []
+
+    def events(job, now):
+        built.append((job.id, now))
+        return [_event(7)]
+
+    assert await store.claim_job("other", LEASE, now=T + LEASE + 1, failed_events=events) is None
+    assert built == [("j1", T + LEASE + 1)]
+    job = await store.get_job("j1")
+    assert job is not None and job.status == "failed" and job.error_type == "lease_expired"
+    assert [d.event_id for d in await store.list_webhook_deliveries(None, 10)] == ["msg_0007"]
+    assert await store.claim_job("other", LEASE, now=T + 2 * LEASE, failed_events=events) is None
+    assert len(built) == 1  # nothing else failed: nothing else built
+
+
 async def test_prune_removes_old_finished_deliveries_and_their_events(store):
     """Delivered and dead deliveries older than the horizon go, with events left without deliveries."""
     await store.add_webhook_events([_event(1), _event(2), _event(3, endpoints=("a", "b"))])

@@ -437,3 +437,39 @@ async def test_hook_driven_events_reach_the_receiver(server_factory, receiver):
     ended = next(b["data"] for b in bodies if b["type"] == "session.ended")
     assert ended["protocol"] == "y-websocket" and ended["canvas_id"] == "hooked"
     assert receiver.bad_signatures == 0
+
+
+async def test_a_job_whose_last_worker_died_sends_generation_failed(server_factory, receiver):
+    """A job failed by a claim because its last worker's lease expired sends generation.failed, signed."""
+    from canvashub.server.jobs import Worker
+
+    server = await server_factory(
+        **FAST, job_workers=0, job_max_attempts=1, webhooks=config(receiver.endpoint(events=["generation.*"]))
+    )
+    store = server.hub.store
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        created = await http.post("/api/canvases/g/generations", json={"generator": "pattern", "prompt": "x"})
+    assert created.status_code == 202
+    job_id = created.json()["job"]["id"]
+    assert await store.claim_job("worker-that-dies", 0.05) is not None  # its only attempt; nobody renews it
+    worker = Worker(
+        store,
+        {},
+        concurrency=1,
+        lease_seconds=5,
+        poll_interval=0.05,
+        retry_base=0.1,
+        retry_max=1,
+        webhooks=server.app.state.webhooks,
+    )
+    worker.start()
+    try:
+        await receiver.wait_for(
+            lambda r: any(b["type"] == "generation.failed" for b in r.unique().values()), 30, "generation.failed"
+        )
+    finally:
+        await worker.stop()
+    failed = next(b for b in receiver.unique().values() if b["type"] == "generation.failed")
+    assert failed["data"]["generation"]["id"] == job_id
+    assert failed["data"]["generation"]["error"]["type"] == "lease_expired"
+    assert receiver.bad_signatures == 0
