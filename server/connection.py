@@ -306,6 +306,32 @@ class AsgiOutbox:
         if waiter is not None and parked:
             waiter.set_result(None)
 
+    async def read(self, receive: Receive, handle: Callable[[bytes | None, int], None]) -> None:
+        """Hand each inbound frame to ``handle`` (its bytes, None for a text frame, and its size) until the
+        client disconnects; once closing, frames are drained unread until the closing handshake ends."""
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if self.closing:
+                continue
+            data = message.get("bytes")
+            handle(data, len(data) if data is not None else len(message.get("text") or ""))
+
+    async def finish(self, grace: float) -> None:
+        """The socket's read side ended: a writer that owes the client a close frame gets ``grace`` seconds
+        to send what is queued and the close; any other writer is cancelled."""
+        writer = self.writer
+        if writer is None or writer.done():
+            return
+        if self.closing and self.close_code is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), grace)
+            except (TimeoutError, Exception):
+                writer.cancel()
+        else:
+            writer.cancel()
+
     async def run_writer(self) -> None:
         loop = asyncio.get_running_loop()
         queue, send = self._queue, self._send
@@ -649,31 +675,13 @@ class WebSocketEndpoint:
             await send(accept)
             self.start(conn, room)  # if it did not join, the writer sends just the close frame
             conn.writer = loop.create_task(conn.run_writer())
-            await read_loop(conn, receive, settings.max_frame_bytes, metrics)
+            # Feed the room until the client disconnects; a bad frame closes only ``conn``.
+            await conn.out.read(
+                receive, lambda data, size: receive_message(conn, data, size, settings.max_frame_bytes, metrics)
+            )
         finally:
             self.finish(conn)
-            writer = conn.writer
-            if writer is not None and not writer.done():
-                if conn.closing:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(writer), settings.shutdown_timeout)
-                    except (TimeoutError, Exception):
-                        writer.cancel()
-                else:
-                    writer.cancel()
-
-
-async def read_loop(conn: Connection, receive: Receive, max_frame_bytes: int, metrics: Metrics) -> None:
-    """Feed the room until the client disconnects; a bad frame closes only ``conn``."""
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if conn.closing:
-            continue  # drain until uvicorn reports the end of the closing handshake
-        data = message.get("bytes")
-        size = len(data) if data is not None else len(message.get("text") or "")
-        receive_message(conn, data, size, max_frame_bytes, metrics)
+            await conn.out.finish(settings.shutdown_timeout)
 
 
 def receive_message(

@@ -596,23 +596,7 @@ class HocuspocusEndpoint:
         await send({"type": "websocket.accept"})
         out.writer = asyncio.get_running_loop().create_task(out.run_writer())
         try:
-            while True:
-                message = await receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                if out.closing:
-                    continue  # drain until uvicorn reports the end of the closing handshake
-                data = message.get("bytes")
-                size = len(data) if data is not None else len(message.get("text") or "")
-                socket.receive(data, size)
+            await out.read(receive, socket.receive)
         finally:
             socket.gone()
-            writer = out.writer
-            if writer is not None and not writer.done():
-                if out.closing and out.close_code is not None:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(writer), settings.shutdown_timeout)
-                    except (TimeoutError, Exception):
-                        writer.cancel()
-                else:
-                    writer.cancel()
+            await out.finish(settings.shutdown_timeout)
